@@ -1,0 +1,1 @@
+"""Overparameterized StyleGAN2: neural network building blocks (ops, persistence, misc)."""
