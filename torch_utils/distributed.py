@@ -1,0 +1,66 @@
+"""Minimal torch.distributed setup for torchrun or SLURM launches; every helper works in a single process."""
+
+import os
+
+import torch
+
+from . import training_stats
+
+
+def _env_config(environ=None):
+    """Rank layout from torchrun (RANK, WORLD_SIZE, LOCAL_RANK) or SLURM (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID)."""
+    env = os.environ if environ is None else environ
+    if 'RANK' in env or 'WORLD_SIZE' in env:
+        rank, world_size, local_rank = env.get('RANK', '0'), env.get('WORLD_SIZE', '1'), env.get('LOCAL_RANK', '0')
+    elif 'SLURM_PROCID' in env:
+        rank, world_size, local_rank = env['SLURM_PROCID'], env.get('SLURM_NTASKS', '1'), env.get('SLURM_LOCALID', '0')
+    else:
+        rank, world_size, local_rank = '0', '1', '0'
+    return dict(rank=int(rank), world_size=int(world_size), local_rank=int(local_rank),
+                master_addr=env.get('MASTER_ADDR', 'localhost'), master_port=int(env.get('MASTER_PORT', '29500')))
+
+
+def init():
+    """Join the process group described by the environment; a no-op for a single process.
+
+    Backend: NCCL when CUDA is available (and the process uses GPU LOCAL_RANK), Gloo otherwise.
+    Multi-node SLURM jobs must export MASTER_ADDR (the first node's host name).
+    """
+    if is_initialized():
+        return
+    cfg = _env_config()
+    if cfg['world_size'] <= 1:
+        return
+    use_cuda = torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(cfg['local_rank'])
+    addr = cfg['master_addr']
+    host = f'[{addr}]' if ':' in addr and not addr.startswith('[') else addr
+    torch.distributed.init_process_group(backend='nccl' if use_cuda else 'gloo', init_method=f'tcp://{host}:{cfg["master_port"]}',
+                                         rank=cfg['rank'], world_size=cfg['world_size'])
+    sync_device = torch.device('cuda', cfg['local_rank']) if use_cuda else torch.device('cpu')
+    training_stats.init_multiprocessing(rank=get_rank(), sync_device=sync_device)
+
+
+def is_initialized():
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def get_rank():
+    return torch.distributed.get_rank() if is_initialized() else 0
+
+
+def get_world_size():
+    return torch.distributed.get_world_size() if is_initialized() else 1
+
+
+def barrier():
+    """Wait for all ranks (no-op in a single process)."""
+    if is_initialized():
+        torch.distributed.barrier()
+
+
+def print0(*args, **kwargs):
+    """print() on rank 0 only."""
+    if get_rank() == 0:
+        print(*args, **kwargs)

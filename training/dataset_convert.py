@@ -1,0 +1,355 @@
+"""Convert image folders, zips or procedural data into training zips (logic behind dataset_tool.py).
+
+Output layout (as read by ``training.dataset.ImageFolderDataset``)::
+
+    00000/img00000000.png ... 00001/img00001000.png ...
+    dataset.json   {"labels": [["00000/img00000000.png", 3], ...]} or {"labels": null}
+    skipped.json   {"skipped": [{"file": ..., "reason": ...}, ...]}   (only when files were skipped)
+"""
+
+import io
+import json
+import os
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
+TRANSFORMS = ('center-crop', 'center-crop-wide', 'none')
+LABELS_FILE = 'dataset.json'
+SKIPPED_FILE = 'skipped.json'
+
+
+class ConversionError(Exception):
+    """A one-line, user-facing problem with the conversion inputs."""
+
+
+def archive_name(idx):
+    """Name of image ``idx`` inside an output zip, e.g. ``00001/img00001234.png``."""
+    return f'{idx // 1000:05d}/img{idx:08d}.png'
+
+
+def is_image_file(name):
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _is_junk(rel):
+    parts = rel.split('/')
+    return parts[0] == '__MACOSX' or any(p.startswith('.') for p in parts)
+
+
+def parse_resolution(value):
+    """Parse ``'32'`` or ``'32x32'`` into an int; ``None``/``''`` gives ``None``."""
+    if value is None or value == '':
+        return None
+    m = re.fullmatch(r'\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?', str(value))
+    if m is None:
+        raise ConversionError(f"--resolution '{value}' is not a number; use e.g. --resolution 32")
+    w = int(m.group(1))
+    h = int(m.group(2)) if m.group(2) is not None else w
+    if w != h:
+        raise ConversionError(f"--resolution '{value}' is not square; use e.g. --resolution {max(w, h)}")
+    if w < 4 or w & (w - 1):
+        raise ConversionError(f'--resolution {w} must be a power of two >= 4 (e.g. 32, 64, 256)')
+    return w
+
+
+def _parse_labels(data, where):
+    """``dataset.json`` contents -> {relative_path: label} or None."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConversionError(f"'{where}' is not valid JSON ({e}); fix or remove it") from None
+    labels = obj.get('labels') if isinstance(obj, dict) else None
+    if labels is None:
+        return None
+    try:
+        return {str(name).replace('\\', '/'): label for name, label in labels}
+    except (TypeError, ValueError):
+        raise ConversionError(f"'{where}' must look like {{\"labels\": [[\"a/b.png\", 0], ...]}}") from None
+
+
+# ---------------------------------------------------------------------------- sources
+
+@dataclass
+class Source:
+    """A list of input items: ``(relative_name, reader)`` pairs plus optional labels."""
+    description: str
+    names: list
+    labels: dict = None  # relative name -> label, or None
+    reader: object = None  # callable(name) -> PIL.Image or np.ndarray (HWC uint8)
+    close: object = None
+    native_resolution: bool = False  # True: reader(name, resolution) renders at the target size
+
+
+def _folder_source(path):
+    names = []
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for f in files:
+            rel = os.path.relpath(os.path.join(root, f), path).replace(os.sep, '/')
+            if is_image_file(f) and not _is_junk(rel):
+                names.append(rel)
+    labels = None
+    labels_path = os.path.join(path, LABELS_FILE)
+    if os.path.isfile(labels_path):
+        with open(labels_path, 'rb') as fp:
+            labels = _parse_labels(fp.read(), labels_path)
+
+    def read(name):
+        with open(os.path.join(path, name), 'rb') as fp:
+            return fp.read()
+    return Source(f"folder '{path}'", sorted(names), labels, read)
+
+
+def _zip_source(path):
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ConversionError(f"--source '{path}' is not a readable zip ({e})") from None
+    names = sorted(n for n in zf.namelist() if not n.endswith('/') and is_image_file(n) and not _is_junk(n))
+    labels = None
+    if LABELS_FILE in zf.namelist():
+        labels = _parse_labels(zf.read(LABELS_FILE), f'{path}:{LABELS_FILE}')
+    return Source(f"zip '{path}'", names, labels, zf.read, zf.close)
+
+
+def _tiny_source(spec):
+    m = re.fullmatch(r'tiny:(\d+)(?::(\d+))?', spec)
+    if m is None:
+        raise ConversionError(f"--source '{spec}' is malformed; use tiny:NUM_IMAGES or tiny:NUM_IMAGES:SEED")
+    count, seed = int(m.group(1)), int(m.group(2) or 0)
+    from training.tiny_data import render_shapes
+    cache = {}
+
+    def read(name, resolution):
+        if resolution not in cache:
+            cache[resolution] = render_shapes(count, resolution, seed)
+        return cache[resolution][int(name)]
+    return Source(f'tiny shapes (seed {seed})', [str(i) for i in range(count)], None, read,
+                  native_resolution=True)
+
+
+def open_source(source):
+    """Resolve a ``--source`` value (folder, .zip or ``tiny:N[:SEED]``) into a :class:`Source`."""
+    source = str(source)
+    if source.startswith('tiny:'):
+        return _tiny_source(source)
+    if not os.path.exists(source):
+        raise ConversionError(f"--source '{source}' does not exist; pass an image folder, a .zip or tiny:1000")
+    if os.path.isdir(source):
+        return _folder_source(source)
+    if zipfile.is_zipfile(source):
+        return _zip_source(source)
+    raise ConversionError(f"--source '{source}' is neither a folder nor a zip file")
+
+
+# ---------------------------------------------------------------------------- images
+
+def to_rgb(img):
+    """Any PIL image (grey, 16-bit, palette, RGBA, CMYK, ...) -> RGB, alpha composited on white."""
+    img = PIL.ImageOps.exif_transpose(img)
+    if img.mode in ('I', 'I;16', 'I;16B', 'I;16L', 'I;16N', 'F'):
+        arr = np.asarray(img, dtype=np.float64)
+        if arr.size and arr.max() > 255:  # 16-bit data: map 0..65535 onto 0..255.
+            arr = arr / 257.0
+        arr = np.clip(np.rint(arr), 0, 255)
+        img = PIL.Image.fromarray(arr.astype(np.uint8), 'L')
+    if img.mode == 'P' and 'transparency' in img.info:
+        img = img.convert('RGBA')
+    if img.mode in ('RGBA', 'LA', 'PA', 'RGBa', 'La'):
+        rgba = img.convert('RGBA')
+        canvas = PIL.Image.new('RGBA', rgba.size, (255, 255, 255, 255))
+        img = PIL.Image.alpha_composite(canvas, rgba)
+    return img.convert('RGB') if img.mode != 'RGB' else img
+
+
+def decode_image(data):
+    """Encoded bytes -> RGB PIL image. Raises on unreadable data."""
+    with PIL.Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return to_rgb(img)
+
+
+def transform_image(img, resolution, transform, upscale=False):
+    """Return ``(uint8 HxWx3 array, None)`` or ``(None, reason)`` when the image must be skipped."""
+    w, h = img.size
+    if transform == 'none':
+        if (w, h) != (resolution, resolution):
+            return None, f'is {w}x{h}, expected {resolution}x{resolution} (use --transform center-crop)'
+        return np.asarray(img, dtype=np.uint8), None
+    if transform == 'center-crop':
+        side = min(w, h)
+        if side < resolution and not upscale:
+            return None, f'too small ({w}x{h} < {resolution}x{resolution}; pass --upscale to allow)'
+        left, top = (w - side) // 2, (h - side) // 2
+        img = img.crop((left, top, left + side, top + side))
+        img = img.resize((resolution, resolution), PIL.Image.LANCZOS)
+        return np.asarray(img, dtype=np.uint8), None
+    if transform == 'center-crop-wide':
+        # Keep the full width: scale width to `resolution`, then crop or letterbox vertically.
+        if w < resolution and not upscale:
+            return None, f'too small (width {w} < {resolution}; pass --upscale to allow)'
+        new_h = max(1, int(round(h * resolution / w)))
+        img = img.resize((resolution, new_h), PIL.Image.LANCZOS)
+        arr = np.asarray(img, dtype=np.uint8)
+        out = np.zeros([resolution, resolution, 3], dtype=np.uint8)
+        if new_h >= resolution:
+            top = (new_h - resolution) // 2
+            out[:] = arr[top:top + resolution]
+        else:
+            top = (resolution - new_h) // 2
+            out[top:top + new_h] = arr
+        return out, None
+    raise ConversionError(f"--transform '{transform}' is unknown; use one of {', '.join(TRANSFORMS)}")
+
+
+def encode_png(arr):
+    buf = io.BytesIO()
+    PIL.Image.fromarray(arr, 'RGB').save(buf, format='PNG', compress_level=6)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------- writing
+
+class _AtomicZip:
+    """Write a zip next to ``dest`` and move it into place only on success."""
+
+    def __init__(self, dest):
+        dest_dir = os.path.dirname(os.path.abspath(dest))
+        os.makedirs(dest_dir, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(dir=dest_dir, prefix=os.path.basename(dest) + '.', suffix='.tmp')
+        os.close(fd)
+        self.dest = dest
+        self.zip = zipfile.ZipFile(self.tmp, 'w', compression=zipfile.ZIP_STORED)
+
+    def write(self, name, data):
+        self.zip.writestr(name, data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.zip.close()
+        if exc_type is None:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; use normal permissions.
+            os.replace(self.tmp, self.dest)
+        elif os.path.exists(self.tmp):
+            os.remove(self.tmp)
+        return False
+
+
+def _check_dest(dest):
+    if not str(dest).lower().endswith('.zip'):
+        raise ConversionError(f"--dest '{dest}' must end with .zip")
+    if os.path.isdir(dest):
+        raise ConversionError(f"--dest '{dest}' is a folder; pass a .zip file path")
+
+
+def write_image_zip(dest, images, labels=None):
+    """Write uint8 [N, H, W, 3] images (and optional per-image labels) as a dataset zip."""
+    _check_dest(dest)
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f'got {len(labels)} labels for {len(images)} images')
+    names = [archive_name(i) for i in range(len(images))]
+    with _AtomicZip(dest) as out:
+        for name, img in zip(names, images):
+            out.write(name, encode_png(np.asarray(img, dtype=np.uint8)))
+        meta = {'labels': None if labels is None else [[n, l] for n, l in zip(names, labels)]}
+        out.write(LABELS_FILE, json.dumps(meta))
+    return dest
+
+
+@dataclass
+class ConvertResult:
+    dest: str
+    num_images: int
+    resolution: int
+    skipped: list = field(default_factory=list)  # [{"file": ..., "reason": ...}]
+    has_labels: bool = False
+
+    def summary(self):
+        msg = f"wrote {self.num_images} images at {self.resolution}x{self.resolution} to '{self.dest}'"
+        msg += ' with labels' if self.has_labels else ''
+        if self.skipped:
+            msg += f'; skipped {len(self.skipped)} (see {SKIPPED_FILE} in the zip)'
+        return msg
+
+
+def convert_dataset(source, dest, resolution=None, transform='center-crop', max_images=None,
+                    upscale=False, progress=True):
+    """Convert ``source`` into a training zip at ``dest``; returns a :class:`ConvertResult`.
+
+    Unreadable, too-small or wrongly sized files are skipped and listed in
+    ``skipped.json`` inside the zip. Raises :class:`ConversionError` on bad input.
+    """
+    _check_dest(dest)
+    if transform not in TRANSFORMS:
+        raise ConversionError(f"--transform '{transform}' is unknown; use one of {', '.join(TRANSFORMS)}")
+    resolution = parse_resolution(resolution)
+    if max_images is not None and int(max_images) < 1:
+        raise ConversionError(f'--max-images must be >= 1, got {max_images}')
+    src = open_source(source)
+    try:
+        return _convert(src, source, dest, resolution, transform, max_images, upscale, progress)
+    finally:
+        if src.close is not None:
+            src.close()
+
+
+def _convert(src, source, dest, resolution, transform, max_images, upscale, progress):
+    if not src.names:
+        raise ConversionError(f"no images found in '{source}' (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    if src.native_resolution and resolution is None:
+        resolution = 32
+    if resolution is None and transform != 'none':
+        raise ConversionError(f'--resolution is required with --transform {transform}; e.g. --resolution 256')
+    if src.labels is not None:
+        missing = [n for n in src.names if n not in src.labels]
+        if missing:
+            raise ConversionError(f"'{missing[0]}' has no entry in {LABELS_FILE} "
+                                  f'({len(missing)} images missing); add labels or remove {LABELS_FILE}')
+
+    from tqdm import tqdm
+    total = len(src.names) if max_images is None else min(len(src.names), int(max_images))
+    bar = tqdm(total=total, unit='img', disable=not progress, desc='dataset_tool')
+    skipped, out_labels, count = [], [], 0
+    with _AtomicZip(dest) as out:
+        for name in src.names:
+            if max_images is not None and count >= int(max_images):
+                break
+            if src.native_resolution:
+                arr, reason = src.reader(name, resolution), None
+            else:
+                try:
+                    img = decode_image(src.reader(name))
+                except Exception as e:  # Any decoder failure means "skip this file".
+                    skipped.append({'file': name, 'reason': f'unreadable ({type(e).__name__}: {e})'})
+                    continue
+                if resolution is None:  # --transform none without --resolution: use the first image.
+                    resolution = img.size[0]
+                arr, reason = transform_image(img, resolution, transform, upscale)
+            if arr is None:
+                skipped.append({'file': name, 'reason': reason})
+                continue
+            arcname = archive_name(count)
+            out.write(arcname, encode_png(arr))
+            if src.labels is not None:
+                out_labels.append([arcname, src.labels[name]])
+            count += 1
+            bar.update(1)
+        bar.close()
+        if count == 0:
+            raise ConversionError(f"no usable images in '{source}' ({len(skipped)} skipped, first: "
+                                  f"'{skipped[0]['file']}' {skipped[0]['reason']})")
+        out.write(LABELS_FILE, json.dumps({'labels': out_labels if src.labels is not None else None}))
+        if skipped:
+            out.write(SKIPPED_FILE, json.dumps({'skipped': skipped}, indent=1))
+    return ConvertResult(dest, count, resolution, skipped, src.labels is not None)
