@@ -13,6 +13,14 @@ from torch_utils.ops import bias_act, conv2d_gradfix, conv2d_resample, fma, upfi
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device on this machine')
 
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """Full float32 precision for the reference path's convolutions/matmuls on GPUs."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
 def _gen(seed):
     return torch.Generator().manual_seed(seed)
 
@@ -304,41 +312,97 @@ def test_fma(shapes):
     assert torch.autograd.gradgradcheck(fma.fma, (a, b, c))
 
 #----------------------------------------------------------------------------
-# CUDA vs reference (skipped without a GPU)
+# The CUDA autograd Functions on CPU, with the plugin replaced by a torch mirror of
+# the kernels: checks what the Functions save and pass, to first and second order.
 
-def _cuda_compare(fn, inputs, rtol=1e-4, atol=1e-4):
-    """Forward, first- and second-order gradients of fn(impl) on CUDA vs ref."""
-    results = {}
-    for impl in ('ref', 'cuda'):
-        xs = [t.detach().cuda().requires_grad_(t.requires_grad) for t in inputs]
-        y = fn(*xs, impl=impl)
-        dy = torch.randn(y.shape, generator=_gen(99), dtype=y.dtype).cuda()
-        need = [t for t in xs if t.requires_grad]
-        grads = torch.autograd.grad(y, need, dy, create_graph=True)
-        penalty = sum((g.square() * (1 + i)).sum() for i, g in enumerate(grads))
-        second = torch.autograd.grad(penalty, need, allow_unused=True)
-        results[impl] = (y, grads, second)
-    for r, c in zip(results['ref'], results['cuda']):
-        r = r if isinstance(r, (list, tuple)) else [r]
-        c = c if isinstance(c, (list, tuple)) else [c]
-        for a, b in zip(r, c):
-            if a is None or b is None:
-                assert a is None or not a.abs().max() > 0
-                continue
-            torch.testing.assert_close(b, a, rtol=rtol, atol=atol)
+class _MirrorPlugin:
+    """Elementwise formulas of bias_act.cu; upfirdn2d.cu via the reference op."""
+    @staticmethod
+    def bias_act(x, b, xref, yref, dy, grad, dim, act, alpha, gain, clamp):
+        W, e = torch.where, torch.exp
+        bb = b.reshape([-1 if i == dim else 1 for i in range(x.ndim)]) if b.numel() else 0
+        if grad == 0:
+            name = [k for k, v in bias_act.activation_funcs.items() if v.cuda_idx == act][0]
+            out = naive_act(name, x + bb, alpha) * gain
+            return out.clamp(-clamp, clamp) if clamp >= 0 else out
+        v = (xref if xref.numel() else 0 * x) + bb
+        yr = yref if yref.numel() else 0 * x
+        yy, s, one = yr / gain, torch.sigmoid(v), torch.ones_like(x)
+        if grad == 1:
+            d = {1: one, 2: W(yy > 0, one, 0 * x), 3: W(yy > 0, one, alpha * one), 4: 1 - yy * yy,
+                 5: yy * (1 - yy), 6: W(yy > 0, one, yy + 1), 7: W(yy > 0, SELU_SCALE * one, yy + SELU_SCALE * SELU_ALPHA),
+                 8: 1 - e(-yy), 9: s * (1 + v * (1 - s))}[act]
+            out = x * gain * d
+        else:
+            d = {4: -2 * yy * (1 - yy * yy), 5: yy * (1 - yy) * (1 - 2 * yy), 6: W(yy > 0, 0 * x, yy + 1),
+                 7: W(yy > 0, 0 * x, yy + SELU_SCALE * SELU_ALPHA), 8: e(-yy) * (1 - e(-yy)),
+                 9: s * (1 - s) * (2 + v * (1 - 2 * s))}.get(act, 0 * x)
+            out = x * dy * gain * d
+        return W((yr > -clamp) & (yr < clamp), out, 0 * out) if clamp >= 0 else out
+
+    @staticmethod
+    def upfirdn2d(x, f, upx, upy, downx, downy, x0, x1, y0, y1, flip, gain):
+        assert f.ndim == 2
+        y = upfirdn2d._upfirdn2d_ref(x, f, up=[upx, upy], down=[downx, downy], padding=[x0, x1, y0, y1],
+                                     flip_filter=flip, gain=gain)
+        cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return y.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)  # as the kernel
+
+@pytest.fixture
+def mirror_plugins(monkeypatch):
+    for mod in (bias_act, upfirdn2d):
+        monkeypatch.setattr(mod._plugin, 'module', _MirrorPlugin)
+
+def _close_or_zero(u, v, **tol):
+    if u is None and v is None:
+        return
+    torch.testing.assert_close(torch.zeros_like(v) if u is None else u, torch.zeros_like(u) if v is None else v, **tol)
+
+def _compare_orders(f_test, f_ref, inputs, **tol):
+    """Forward, gradient, and gradient of a squared-gradient penalty (as R1 takes)."""
+    out = []
+    for fn in (f_test, f_ref):
+        xs = [t.detach().clone().requires_grad_() for t in inputs]
+        y = fn(*xs)
+        g = torch.autograd.grad(y, xs, _randn(*y.shape, seed=90).to(y), create_graph=True)
+        pen = sum((gi.square() * (i + 1)).sum() for i, gi in enumerate(g))
+        h = torch.autograd.grad(pen, xs, allow_unused=True) if pen.requires_grad else [None] * len(xs)
+        out.append([y, *g, *h])
+    for u, v in zip(*out):
+        _close_or_zero(u, v, **tol)
+
+@pytest.mark.parametrize('act', ACTS)
+@pytest.mark.parametrize('clamp', [-1.0, 0.8])
+def test_bias_act_cuda_function_with_mirror_kernel(act, clamp, mirror_plugins):
+    spec = bias_act.activation_funcs[act]
+    fn = bias_act._cuda_function(dim=1, act=act, alpha=float(spec.def_alpha), gain=float(spec.def_gain), clamp=clamp)
+    x = _randn(2, 3, 4, 4, seed=91).to(memory_format=torch.channels_last)
+    b = _randn(3, seed=92)
+    ref = lambda t, u: bias_act.bias_act(t, u, act=act, clamp=None if clamp < 0 else clamp, impl='ref')
+    _compare_orders(fn.apply, ref, [x, b])
+
+@pytest.mark.parametrize('up,down,padding,fshape,flip,gain', UPFIRDN_CASES)
+def test_upfirdn2d_cuda_function_with_mirror_kernel(up, down, padding, fshape, flip, gain, mirror_plugins):
+    f = _randn(*fshape, seed=93).float()
+    fn = lambda t: upfirdn2d._cuda_function(up=up, down=down, padding=padding, flip_filter=flip, gain=gain).apply(t, f)
+    ref = lambda t: upfirdn2d.upfirdn2d(t, f, up=up, down=down, padding=padding, flip_filter=flip, gain=gain, impl='ref')
+    _compare_orders(fn, ref, [_randn(2, 3, 7, 6, seed=94)])
+
+#----------------------------------------------------------------------------
+# CUDA vs reference (skipped without a GPU)
 
 @needs_cuda
 @pytest.mark.parametrize('act', ACTS)
 @pytest.mark.parametrize('clamp', [None, 0.7])
 def test_bias_act_cuda_matches_ref(act, clamp):
-    x = torch.randn(3, 5, 4, 4, generator=_gen(50), dtype=torch.float64).requires_grad_()
-    b = torch.randn(5, generator=_gen(51), dtype=torch.float64).requires_grad_()
-    fn = lambda t, u, impl: bias_act.bias_act(t, u, act=act, clamp=clamp, impl=impl)
-    _cuda_compare(fn, [x, b], rtol=1e-6, atol=1e-6)
+    x = torch.randn(3, 5, 4, 4, generator=_gen(50), dtype=torch.float64)
+    b = torch.randn(5, generator=_gen(51), dtype=torch.float64)
+    fn = lambda impl: (lambda t, u: bias_act.bias_act(t, u, act=act, clamp=clamp, impl=impl))
+    _compare_orders(fn('cuda'), fn('ref'), [x.cuda(), b.cuda()], rtol=1e-6, atol=1e-6)
     # float32 and channels-last, bias along a different dim.
-    x32 = x.detach().float().to(memory_format=torch.channels_last)
-    fn32 = lambda t, u, impl: bias_act.bias_act(t, u, dim=2, act=act, alpha=0.1, gain=0.9, impl=impl)
-    _cuda_compare(fn32, [x32.requires_grad_(), torch.randn(4, generator=_gen(52)).requires_grad_()])
+    x32 = x.detach().float().cuda().to(memory_format=torch.channels_last)
+    fn32 = lambda impl: (lambda t, u: bias_act.bias_act(t, u, dim=2, act=act, alpha=0.1, gain=0.9, impl=impl))
+    _compare_orders(fn32('cuda'), fn32('ref'), [x32, torch.randn(4, generator=_gen(52)).cuda()], rtol=1e-4, atol=1e-4)
 
 @needs_cuda
 def test_bias_act_cuda_gradgradcheck():
@@ -352,12 +416,14 @@ def test_bias_act_cuda_gradgradcheck():
 @needs_cuda
 @pytest.mark.parametrize('up,down,padding,fshape,flip,gain', UPFIRDN_CASES)
 def test_upfirdn2d_cuda_matches_ref(up, down, padding, fshape, flip, gain):
-    x = torch.randn(2, 3, 7, 6, generator=_gen(60), dtype=torch.float64).requires_grad_()
+    x = torch.randn(2, 3, 7, 6, generator=_gen(60), dtype=torch.float64)
     f = torch.randn(*fshape, generator=_gen(61)).cuda()
-    fn = lambda t, impl: upfirdn2d.upfirdn2d(t, f, up=up, down=down, padding=padding, flip_filter=flip,
-                                             gain=gain, impl=impl)
-    _cuda_compare(fn, [x], rtol=1e-6, atol=1e-6)
-    _cuda_compare(fn, [x.detach().float().to(memory_format=torch.channels_last).requires_grad_()])
+    fn = lambda impl: (lambda t: upfirdn2d.upfirdn2d(t, f, up=up, down=down, padding=padding, flip_filter=flip,
+                                                     gain=gain, impl=impl))
+    _compare_orders(fn('cuda'), fn('ref'), [x.cuda()], rtol=1e-6, atol=1e-6)
+    x32 = x.detach().float().cuda().to(memory_format=torch.channels_last)
+    _compare_orders(fn('cuda'), fn('ref'), [x32], rtol=1e-4, atol=1e-4)
+    assert fn('cuda')(x32).is_contiguous(memory_format=torch.channels_last)
 
 @needs_cuda
 def test_upfirdn2d_cuda_gradgradcheck_and_half():

@@ -49,14 +49,16 @@ def assert_shape(tensor, ref_shape):
     shape = list(tensor.shape)
     ref_shape = list(ref_shape)
     if len(shape) != len(ref_shape):
-        raise AssertionError(f'Wrong number of dimensions: got {len(shape)} (shape {shape}), expected {len(ref_shape)} {ref_shape}')
+        raise AssertionError(f'Wrong number of dimensions: got {len(shape)} (shape {shape}), '
+                             f'expected {len(ref_shape)} {ref_shape}')
     for idx, (size, ref_size) in enumerate(zip(shape, ref_shape)):
         if ref_size is None:
             continue
         with suppress_tracer_warnings():
             size, ref_size = int(size), int(ref_size)
         if size != ref_size:
-            raise AssertionError(f'Wrong size for dimension {idx}: got {size}, expected {ref_size} (shape {shape}, expected {ref_shape})')
+            raise AssertionError(f'Wrong size for dimension {idx}: got {size}, expected {ref_size} '
+                                 f'(shape {shape}, expected {ref_shape})')
 
 
 # ----------------------------------------------------------------------------
@@ -221,7 +223,7 @@ def print_module_summary(module, inputs, max_nesting=3, skip_redundant=True):
         redundant = not own_params and not own_buffers and prev_outputs is not None and \
             len(outs) == len(prev_outputs) and all(a is b for a, b in zip(outs, prev_outputs))
         prev_outputs = outs
-        if skip_redundant and redundant:
+        if skip_redundant and redundant and mod is not module:
             continue
         name = names.get(id(mod), '?') or '<top-level>'
         out_rows = outs if outs else [None]
@@ -236,7 +238,8 @@ def print_module_summary(module, inputs, max_nesting=3, skip_redundant=True):
     total_params = sum(t.numel() for t in module.parameters())
     total_buffers = sum(t.numel() for t in module.buffers())
     header = ['Module', 'Parameters', 'Buffers', 'Output shape', 'Datatype']
-    table = [header, ['---'] * len(header)] + rows + [['---'] * len(header), ['Total', str(total_params), str(total_buffers), '-', '-']]
+    rule = ['---'] * len(header)
+    table = [header, rule] + rows + [rule, ['Total', str(total_params), str(total_buffers), '-', '-']]
     widths = [max(len(row[col]) for row in table) for col in range(len(header))]
     print()
     for row in table:

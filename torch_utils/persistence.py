@@ -79,11 +79,27 @@ def registered_classes():
     return dict(_by_path)
 
 
+# Modules defining the classes that stylegan2-ada-pytorch pickles name by bare class name
+# ('Generator', 'Discriminator', 'AugmentPipe'); imported by name on the first such lookup.
+NETWORK_MODULES = ('training.networks', 'training.augment')
+
+
+def _import_network_modules():
+    for module in NETWORK_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+
+
 def get_registered_class(name):
     """Look up a persistent class by 'module.qualname' or by bare class name (which must be unambiguous)."""
     cls = _by_path.get(name)
     if cls is not None:
         return cls
+    if name not in _by_name:
+        _import_network_modules()
     matches = _by_name.get(name, {})
     if len(matches) == 1:
         return next(iter(matches.values()))

@@ -13,6 +13,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from torch_utils.misc import InfiniteSampler  # noqa: F401  (re-exported: the training loop shards data with it)
+
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
 
 
@@ -266,48 +268,3 @@ class ImageFolderDataset(Dataset):
         return labels.astype(np.float32)
 
 
-class InfiniteSampler(torch.utils.data.Sampler):
-    """Endless index stream, sharded across ``num_replicas`` ranks.
-
-    All ranks walk the same (seeded) permutation; global step ``k`` belongs to
-    rank ``k % num_replicas``, so at every step the ranks draw disjoint items and
-    each full pass of ``len(dataset)`` global steps visits every item once.
-    After each step the visited item is swapped with a random recently visited
-    one (within ``window_size * len(dataset)``), so later passes use a slowly
-    drifting order instead of repeating the first one.
-    """
-
-    def __init__(self, dataset, rank=0, num_replicas=1, shuffle=True, seed=0, window_size=0.5):
-        if len(dataset) <= 0:
-            raise ValueError('InfiniteSampler needs a non-empty dataset')
-        if num_replicas <= 0 or not 0 <= rank < num_replicas:
-            raise ValueError(f'need 0 <= rank < num_replicas, got rank={rank}, num_replicas={num_replicas}')
-        if not 0 <= window_size <= 1:
-            raise ValueError(f'window_size must be in [0, 1], got {window_size}')
-        super().__init__()
-        self.dataset = dataset
-        self.rank = rank
-        self.num_replicas = num_replicas
-        self.shuffle = shuffle
-        self.seed = seed
-        self.window_size = window_size
-
-    def __iter__(self):
-        n = len(self.dataset)
-        order = np.arange(n)
-        rng = None
-        window = 0
-        if self.shuffle:
-            rng = np.random.RandomState(self.seed % (1 << 31))
-            rng.shuffle(order)
-            window = int(np.rint(n * self.window_size))
-        step = 0
-        while True:
-            pos = step % n
-            if step % self.num_replicas == self.rank:
-                yield int(order[pos])
-            if window >= 2:
-                # Swap only with positions already visited in this pass, keeping each pass a permutation.
-                other = pos - rng.randint(min(window, pos + 1))
-                order[pos], order[other] = order[other], order[pos]
-            step += 1

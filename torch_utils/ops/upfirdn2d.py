@@ -6,6 +6,8 @@ pixel. `impl='ref'` is pure PyTorch; `impl='cuda'` uses the kernel in
 `upfirdn2d.cu`, whose gradient is again an upfirdn2d (so higher orders work).
 """
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -136,6 +138,17 @@ def _upfirdn2d_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
     return x[:, :, ::downy, ::downx]
 
 #----------------------------------------------------------------------------
+
+def _init():
+    """Build the CUDA plugin now; True on success, False (after one warning) otherwise."""
+    try:
+        _plugin.load()
+        return True
+    except RuntimeError as exc:
+        if not _plugin.warned:
+            _plugin.warned = True
+            warnings.warn(f'{_plugin.module_name}: CUDA extension unavailable: {exc}', RuntimeWarning)
+        return False
 
 _cuda_functions = dict()
 

@@ -1,0 +1,1 @@
+"""Training presets and the option resolver (`configs.presets`)."""

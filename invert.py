@@ -1,0 +1,138 @@
+"""Invert images into a generator's latent space (Poirier-Ginter et al., "Overparameterization
+Improves StyleGAN Inversion", sec. 4.2): a thin CLI over `inversion.runner.run_inversion`."""
+
+import json
+from pathlib import Path
+
+import click
+import torch
+
+from inversion.losses import parse_lpips_spec
+from inversion.runner import InversionError, run_inversion
+from inversion.spaces import SPACES
+
+#----------------------------------------------------------------------------
+
+class BatchType(click.ParamType):
+    """'auto' or a positive integer."""
+    name = 'N|auto'
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or str(value).lower() == 'auto':
+            return value if isinstance(value, int) else 'auto'
+        try:
+            n = int(value)
+        except ValueError:
+            self.fail(f'{value!r} is neither a positive integer nor "auto"', param, ctx)
+        if n < 1:
+            self.fail(f'{n} is not a positive integer', param, ctx)
+        return n
+
+
+def _check_lpips(ctx, param, value):
+    try:
+        parse_lpips_spec(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from err
+    return value
+
+
+# Options restored from <DIR>/run.json by --resume DIR when not given on the command line.
+_RESUMED = dict(network='network', target='target', space='space', steps='steps', lr='lr', truncation='truncation',
+                truncation_until='truncation_until', crop='crop', lpips='lpips', mse_weight='mse_weight',
+                l1_weight='l1_weight', precision='precision', seed='seed')
+
+#----------------------------------------------------------------------------
+
+@click.command(context_settings=dict(max_content_width=120))
+@click.option('--network', metavar='PKL',                   help='Checkpoint path or URL (ours or stylegan2-ada-pytorch)')
+@click.option('--target', metavar='DIR|FILE|ZIP',          help='Image folder (recursive), single image, or zip')
+@click.option('--outdir', metavar='DIR',                   help='Where to write the results (same DIR again = resume)')
+@click.option('--space', type=click.Choice(SPACES + ('auto',)), default='auto', show_default=True,
+              help='Latent space; auto = W for overparameterized networks, w+ otherwise')
+@click.option('--steps', type=click.IntRange(min=1), default=1000, show_default=True, help='Adam steps per image')
+@click.option('--lr', type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True, help='Adam learning rate')
+@click.option('--batch', type=BatchType(), default='auto', show_default=True,
+              help='Images optimised together; auto = fit free GPU memory (8 off CUDA)')
+@click.option('--truncation', type=click.FloatRange(0, 1), default=0.9, show_default=True,
+              help='Pull toward the mean latent before each step by this psi; 1 = off')
+@click.option('--truncation-until', type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help='Fraction of the steps with truncation')
+@click.option('--seed', type=int, default=0, show_default=True, help='Random seed')
+@click.option('--save-every', type=click.IntRange(min=0), default=100, show_default=True,
+              help='Save resumable state every N steps; 0 = never')
+@click.option('--resume', 'resume_dir', metavar='DIR', type=click.Path(file_okay=False),
+              help='Continue the run in DIR with its recorded settings')
+@click.option('--device', default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
+@click.option('--precision', type=click.Choice(['fp32', 'tf32', 'bf16']), default='fp32', show_default=True,
+              help='fp32 = strict; tf32 = TF32 matmuls; bf16 = TF32 generator + bfloat16-autocast VGG')
+@click.option('--crop', type=click.Choice(['center', 'none']), default='center', show_default=True,
+              help='Center-crop to a square, or resize the whole image')
+@click.option('--lpips', default='vgg', show_default=True, callback=_check_lpips, metavar='SPEC',
+              help='vgg (lpips package) | vgg16-nvlabs[:PATH] (NVIDIA vgg16.pt, URL by default) | '
+                   'vgg-random (random VGG trunk: tests only)')
+@click.option('--trust-pickle', is_flag=True, help='Unpickle without restrictions (only for files you trust)')
+@click.option('--mse-weight', type=click.FloatRange(min=0), default=0.0, show_default=True, help='Weight of a pixel MSE term')
+@click.option('--l1-weight', type=click.FloatRange(min=0), default=0.0, show_default=True, help='Weight of a pixel L1 term')
+@click.option('--save-video', is_flag=True, help='Write frames/<name>/stepNNNNN.png (target | current) during optimisation')
+@click.option('--video-every', type=click.IntRange(min=1), default=10, show_default=True, help='Steps between video frames')
+@click.pass_context
+def main(ctx, network, target, outdir, space, steps, lr, batch, truncation, truncation_until, seed, save_every,
+         resume_dir, device, precision, crop, lpips, trust_pickle, mse_weight, l1_weight, save_video, video_every):
+    """Invert every image of --target into the latent space of --network.
+
+    Defaults are the paper's: Adam lr 0.05, betas (0.9, 0.999), 1000 steps from the mean
+    latent, LPIPS loss, truncation 0.9 toward the mean before each step of the first half.
+    Writes <name>.npy, <name>-recon.png, <name>-pair.png per image, and latents.npz,
+    results.jsonl, summary.json, lpips_curve.png, log.txt per run. A killed run continues
+    when started again with the same --outdir (or with --resume DIR).
+
+    \b
+    python invert.py --network=overparam-ffhq256.pkl --target=celebahq-test/ --space=W --outdir=out/W
+    python invert.py --network=ffhq.pkl --target=face.jpg --space=w+ --batch=1 --outdir=out/one
+    python invert.py --resume=out/W
+    """
+    params = dict(network=network, target=target, space=space, steps=steps, lr=lr, truncation=truncation,
+                  truncation_until=truncation_until, crop=crop, lpips=lpips, mse_weight=mse_weight,
+                  l1_weight=l1_weight, precision=precision, seed=seed)
+    if resume_dir is not None:
+        run_json = Path(resume_dir) / 'run.json'
+        if not run_json.is_file():
+            raise click.ClickException(f'--resume {resume_dir}: no run.json there, so no run to resume')
+        if outdir is not None and Path(outdir).resolve() != Path(resume_dir).resolve():
+            raise click.ClickException('--resume DIR continues the run in DIR: leave out --outdir or make it DIR')
+        recorded = json.loads(run_json.read_text())
+        saved = dict(recorded.get('settings', {}), network=recorded.get('network'))
+        for key, field in _RESUMED.items():
+            if ctx.get_parameter_source(key) == click.core.ParameterSource.DEFAULT and saved.get(field) is not None:
+                params[key] = saved[field]
+        outdir = resume_dir
+    for key in ('network', 'target', 'outdir'):
+        if (outdir if key == 'outdir' else params[key]) is None:
+            raise click.UsageError(f'--{key} is required (unless --resume DIR is given)')
+    try:
+        device = torch.device(device)
+    except RuntimeError as err:
+        raise click.BadParameter(str(err), param_hint='--device') from err
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise click.BadParameter('CUDA is not available on this machine', param_hint='--device')
+
+    args = dict(params, outdir=str(outdir), batch=batch, save_every=save_every, device=str(device),
+                trust_pickle=trust_pickle, save_video=save_video, video_every=video_every)
+    try:
+        summary = run_inversion(params['network'], params['target'], outdir, space=params['space'],
+                                steps=params['steps'], lr=params['lr'], batch=batch, truncation=params['truncation'],
+                                truncation_until=params['truncation_until'], seed=params['seed'],
+                                save_every=save_every, device=device, precision=params['precision'],
+                                crop=params['crop'], lpips=params['lpips'], trust_pickle=trust_pickle,
+                                mse_weight=params['mse_weight'], l1_weight=params['l1_weight'],
+                                save_video=save_video, video_every=video_every, args=args)
+    except InversionError as err:
+        raise click.ClickException(str(err)) from err
+    lpips_mean = 'n/a' if summary['lpips_mean'] is None else f'{summary["lpips_mean"]:.4f}'
+    click.echo(f'Inverted {summary["images"]} images into {summary["space"]}: mean LPIPS {lpips_mean} -> {outdir}')
+
+#----------------------------------------------------------------------------
+
+if __name__ == '__main__':
+    main()  # pylint: disable=no-value-for-parameter
