@@ -61,7 +61,8 @@ def test_phase_runs_and_reaches_expected_parameters(latent_rows, phase):
     assert all(torch.isfinite(p.grad).all() for p in [*G.parameters(), *D.parameters()] if p.grad is not None)
     if phase.startswith('G'):
         assert g > 0, 'G phases must reach G'
-        assert d > 0, 'D is in the G graph (the training loop freezes it with requires_grad)'
+        if phase != 'Greg':                                                # the path length does not involve D
+            assert d > 0, 'D is in the G graph (the training loop freezes it with requires_grad)'
         assert G.mapping.fc0.weight.grad.abs().sum() > 0
     else:
         assert g == 0, 'D phases run G without a graph'

@@ -80,18 +80,18 @@ def path_lengths_from_grads(pl_grads, row_reduction='mean'):
 
 class StyleGAN2Loss:
     def __init__(self,
-        device,                         # Device of the pl_mean buffer and of the random draws.
-        G,                              # Generator: G.mapping, G.synthesis, G.sample_z, G.num_ws.
-        D,                              # Discriminator: D(img, c) -> logits [N, 1].
-        augment_pipe            = None, # Differentiable augmentation applied before D, None = none.
-        r1_gamma                = 10,   # R1 weight, 0 = disable (the 'Dreg' phase then does nothing).
-        style_mixing_prob       = 0.9,  # Probability of mixing two latents, 0 = disable.
-        pl_weight               = 2,    # Path-length regularization weight, 0 = disable.
-        pl_batch_shrink         = 2,    # Path length on batch // pl_batch_shrink images.
-        pl_decay                = 0.01, # EMA decay of the path-length target pl_mean.
-        pl_no_weight_grad       = False,# Skip conv weight gradients in the PPL pass (vectors only; see below).
-        style_mixing_per_image  = False,# One cutoff per image; False = one per minibatch (as stylegan2-ada-pytorch).
-        pl_row_reduction        = 'mean',# Latent matrices: 'mean' over rows (the authors' fork) or 'sum' (baseline scale).
+        device,                             # Device of the pl_mean buffer and of the random draws.
+        G,                                  # Generator: G.mapping, G.synthesis, G.sample_z, G.w_shape.
+        D,                                  # Discriminator: D(img, c) -> logits [N, 1].
+        augment_pipe            = None,     # Differentiable augmentation applied before D, None = none.
+        r1_gamma                = 10,       # R1 weight, 0 = disable (the 'Dreg' phase then does nothing).
+        style_mixing_prob       = 0.9,      # Probability of mixing two latents, 0 = disable.
+        pl_weight               = 2,        # Path-length regularization weight, 0 = disable.
+        pl_batch_shrink         = 2,        # Path length on batch // pl_batch_shrink images.
+        pl_decay                = 0.01,     # EMA decay of the path-length target pl_mean.
+        pl_no_weight_grad       = False,    # Skip conv weight gradients in the PPL pass (vectors only, see below).
+        style_mixing_per_image  = False,    # One cutoff per image; False = one per minibatch (stylegan2-ada-pytorch).
+        pl_row_reduction        = 'mean',   # Latent matrices: 'mean' over rows (authors' fork) or 'sum' (baseline scale).
     ):
         self.device = torch.device(device)
         self.G = G
@@ -103,7 +103,8 @@ class StyleGAN2Loss:
         self.pl_batch_shrink = int(pl_batch_shrink)
         self.pl_decay = float(pl_decay)
         # With latent matrices the styles reach the image only through the per-sample (grouped-conv)
-        # weights, so dropping weight gradients would drop d img / d W: the flag applies to vectors only.
+        # weights, so dropping weight gradients would drop d img / d W: the flag applies to vectors only
+        # (and, as in stylegan2-ada-pytorch, is only right with non-fused modulation, the training default).
         self.pl_no_weight_grad = bool(pl_no_weight_grad) and len(G.w_shape) == 1
         self.style_mixing_per_image = bool(style_mixing_per_image)
         self.pl_row_reduction = pl_row_reduction
