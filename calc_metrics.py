@@ -1,0 +1,107 @@
+"""Compute metrics of a generator checkpoint and/or an inversion run; append them as JSON lines."""
+
+import os
+
+import click
+import torch
+
+import dnnlib
+from metrics import detectors, metric_main
+from torch_utils import checkpoint, distributed
+
+#----------------------------------------------------------------------------
+
+def _parse_metrics(value):
+    names = [m.strip() for m in value.split(',') if m.strip()]
+    bad = [m for m in names if not metric_main.is_valid_metric(m)]
+    if bad or not names:
+        raise click.BadParameter(f'{", ".join(bad) or "none given"}; valid: {", ".join(metric_main.list_valid_metrics())}')
+    return names
+
+
+@click.command()
+@click.option('--network', 'network_pkl', help='Checkpoint path or URL (not needed for recon metrics only)')
+@click.option('--metrics', 'metric_list', default='fid50k_full', show_default=True, help='Comma-separated metric names')
+@click.option('--data', help='Real images (zip or folder); default: the dataset recorded in the checkpoint')
+@click.option('--mirror', is_flag=True, help='x-flip the real images (legacy metrics only; *_full ignore it)')
+@click.option('--gpus', type=click.IntRange(min=1), default=1, show_default=True, help='Expected processes (launch with torchrun)')
+@click.option('--detector-path', help="Local Inception/VGG16 TorchScript file or folder, 'inception=P,vgg16=P', or random:DIM:SEED")
+@click.option('--inversion-run', type=click.Path(file_okay=False), help='Inversion output folder (recon metrics)')
+@click.option('--run-dir', '--outdir', 'run_dir', help='Where metric-<name>.jsonl is appended [default: next to the network]')
+@click.option('--num-images', type=click.IntRange(min=2), help='Quick run: generated images / PPL samples and a cap on real images')
+@click.option('--seed', type=int, default=0, show_default=True, help='Seed of latents, labels and KID subsets')
+@click.option('--batch', 'batch_size', type=click.IntRange(min=1), default=64, show_default=True, help='Images per detector call')
+@click.option('--workers', 'num_workers', type=click.IntRange(min=0), default=3, show_default=True, help='Data loader workers')
+@click.option('--trunc', 'truncation_psi', type=float, default=1.0, show_default=True, help='Truncation psi of generated images')
+@click.option('--device', default=None, help='Device [default: cuda:LOCAL_RANK if available, else cpu]')
+@click.option('--no-cache', is_flag=True, help='Recompute dataset features instead of reading the cache')
+@click.option('--trust-pickle', is_flag=True, help='Unpickle without restrictions (only for files you trust)')
+@click.option('--verbose/--quiet', default=True, show_default=True, help='Progress bars')
+def main(network_pkl, metric_list, data, mirror, gpus, detector_path, inversion_run, run_dir, num_images, seed, batch_size,
+         num_workers, truncation_psi, device, no_cache, trust_pickle, verbose):
+    """Compute metrics and append each to <run-dir>/metric-<name>.jsonl.
+
+    \b
+    python calc_metrics.py --network=run/network-snapshot-001000.pkl --metrics=fid50k_full,ppl2_wend
+    python calc_metrics.py --network=net.pkl --data=ffhq256.zip --metrics=fid50k_full --num-images=5000
+    python calc_metrics.py --inversion-run=out/invert-W --metrics=recon
+    torchrun --nproc_per_node=4 calc_metrics.py --network=net.pkl --gpus=4
+
+    Offline machines: pass NVIDIA's inception-2015-12-05.pt / vgg16.pt with --detector-path.
+    """
+    names = _parse_metrics(metric_list)
+    distributed.init()
+    rank, world = distributed.get_rank(), distributed.get_world_size()
+    if gpus != world and rank == 0:
+        click.echo(f'Note: --gpus={gpus} but {world} process(es) running; using {world} (launch with torchrun for more).',
+                   err=True)
+    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+    device = torch.device(device or (f'cuda:{local_rank}' if torch.cuda.is_available() else 'cpu'))
+
+    G, recorded_data = None, None
+    if any(metric_main.needs_generator(m) for m in names):
+        if not network_pkl:
+            raise click.UsageError(f'--network is required for {", ".join(m for m in names if metric_main.needs_generator(m))}')
+        try:
+            with dnnlib.util.open_url(network_pkl, verbose=rank == 0) as f:
+                pkl = checkpoint.load_network_pkl(f, trust=trust_pickle, device=device)
+        except (OSError, ValueError) as err:
+            raise click.ClickException(str(err))
+        G = next((pkl[k] for k in ('G_ema', 'G', 'net') if pkl.get(k) is not None), None)
+        if G is None:
+            raise click.ClickException(f'{network_pkl} holds no G_ema/G network')
+        recorded_data = (pkl.get('training_set_kwargs') or {}).get('path')
+    if any(m in ('recon', 'recon_pixel') for m in names) and not inversion_run:
+        raise click.UsageError('--inversion-run is required for the recon metrics')
+
+    dataset_kwargs = {}
+    data = data or recorded_data
+    if data is not None:
+        dataset_kwargs = dict(class_name='training.dataset.ImageFolderDataset', path=data, max_size=None, xflip=mirror,
+                              use_labels=bool(G is not None and G.c_dim != 0),
+                              resolution=G.img_resolution if G is not None else None)
+    elif any(metric_main.needs_dataset(m) or (m.startswith('ppl') and G.c_dim) for m in names):
+        raise click.UsageError('--data is required: the checkpoint records no dataset')
+
+    if run_dir is None:
+        if network_pkl and os.path.isfile(network_pkl):
+            run_dir = os.path.dirname(os.path.abspath(network_pkl))
+        elif inversion_run:
+            run_dir = inversion_run
+
+    for name in names:
+        try:
+            result = metric_main.calc_metric(name, G=G, dataset_kwargs=dataset_kwargs, num_gpus=world, rank=rank,
+                                             device=device, G_kwargs=dict(truncation_psi=truncation_psi),
+                                             detector_path=detector_path, num_gen=num_images, max_real=num_images,
+                                             seed=seed, batch_size=batch_size, num_workers=num_workers,
+                                             cache=not no_cache, progress=verbose, inversion_run=inversion_run)
+        except (detectors.DetectorUnavailableError, FileNotFoundError, ValueError) as err:
+            raise click.ClickException(str(err).splitlines()[0] if str(err) else type(err).__name__)
+        if rank == 0:
+            metric_main.report_metric(result, run_dir=run_dir, snapshot_pkl=network_pkl)
+
+#----------------------------------------------------------------------------
+
+if __name__ == '__main__':
+    main()
