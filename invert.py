@@ -130,7 +130,8 @@ def main(ctx, network, target, outdir, space, steps, lr, batch, truncation, trun
     except InversionError as err:
         raise click.ClickException(str(err)) from err
     lpips_mean = 'n/a' if summary['lpips_mean'] is None else f'{summary["lpips_mean"]:.4f}'
-    click.echo(f'Inverted {summary["images"]} images into {summary["space"]}: mean LPIPS {lpips_mean} -> {outdir}')
+    click.echo(f'Inverted {summary["images"]} images into {summary["space"]}: mean LPIPS {lpips_mean}, '
+               f'{summary["skipped"]} skipped -> {outdir}')
 
 #----------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ as NVIDIA's projector does; smaller images are evaluated at their own size.
 """
 
 import contextlib
+import copy
 import warnings
 
 import torch
@@ -30,6 +31,7 @@ import dnnlib
 
 NVLABS_VGG16_URL = 'https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/vgg16.pt'
 LPIPS_KINDS = ('vgg', 'vgg16-nvlabs', 'vgg-random')
+_LPIPS_CACHE = {}   # (random_backbone, seed) -> CPU lpips.LPIPS: building VGG16 (with its classifier) takes seconds.
 
 
 def parse_lpips_spec(spec):
@@ -59,17 +61,24 @@ class LpipsPackageVGG(torch.nn.Module):
         super().__init__()
         import lpips  # Imported on use: the package prints and warns on import of torchvision models.
         self._lpips = lpips
+        key = (bool(random_backbone), int(seed) if random_backbone else None)
+        if key not in _LPIPS_CACHE:
+            _LPIPS_CACHE[key] = self._build(lpips, random_backbone, seed)
+        self.model = copy.deepcopy(_LPIPS_CACHE[key])
+
+    @staticmethod
+    def _build(lpips, random_backbone, seed):
         with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
             warnings.filterwarnings('ignore', category=UserWarning, module=r'torchvision\..*')
             torch.manual_seed(seed)
             try:
-                self.model = lpips.LPIPS(net='vgg', pretrained=True, pnet_rand=random_backbone, verbose=False)
+                model = lpips.LPIPS(net='vgg', pretrained=True, pnet_rand=random_backbone, verbose=False)
             except Exception as err:  # torchvision's weight download failed (offline machine).
                 raise RuntimeError(
                     f'Could not load the VGG16 ImageNet weights for LPIPS ({type(err).__name__}: {err}). '
-                    f'Put torchvision\'s vgg16 weights into the torch hub cache, or use '
+                    f'Put torchvision\'s vgg16-397923af.pth into {torch.hub.get_dir()}/checkpoints, or use '
                     f'--lpips vgg16-nvlabs:PATH with NVIDIA\'s vgg16.pt') from err
-        self.model.eval().requires_grad_(False)
+        return model.eval().requires_grad_(False)
 
     def features(self, x):
         """x `[N, 3, H, W]` in [-1, 1] -> list of 5 channel-normalised feature maps `[N, C_k, H_k, W_k]` (float32)."""
@@ -93,7 +102,8 @@ class NvlabsVGG16(torch.nn.Module):
 
     def __init__(self, path_or_url=NVLABS_VGG16_URL, device=None):
         super().__init__()
-        with dnnlib.util.open_url(path_or_url) as f:
+        with dnnlib.util.open_url(path_or_url) as f, warnings.catch_warnings():
+            warnings.filterwarnings('ignore', category=FutureWarning, message='.*torch.jit')   # NVIDIA ships TorchScript.
             self.net = torch.jit.load(f, map_location=device).eval()
         for p in self.net.parameters():
             p.requires_grad_(False)

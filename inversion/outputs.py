@@ -25,6 +25,7 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFont
 import torch
+from tqdm import tqdm
 
 from torch_utils.image_io import append_jsonl, save_json, save_png
 
@@ -113,15 +114,14 @@ def read_results(path, repair=True):
     path = Path(path)
     if not path.is_file():
         return {}
-    records, bad = {}, False
-    for line in path.read_text().splitlines():
+    text = path.read_text()
+    records, bad = {}, bool(text) and not text.endswith('\n')
+    for line in text.splitlines():
         try:
             rec = json.loads(line)
             records[rec['name']] = rec
         except (ValueError, KeyError, TypeError):
             bad = bad or bool(line.strip())
-    if not path.read_text().endswith('\n') and path.stat().st_size > 0:
-        bad = True
     if bad and repair:
         text = ''.join(json.dumps(r) + '\n' for r in records.values())
         _atomic(path, lambda tmp: Path(tmp).write_text(text))
@@ -290,12 +290,11 @@ class RunLog:
         self.path = Path(path)
         self.echo = echo
 
-    def __call__(self, msg):
+    def __call__(self, msg, echo=True):
         line = f'{time.strftime("%Y-%m-%d %H:%M:%S")} {msg}'
         with open(self.path, 'a') as f:
             f.write(line + '\n')
-        if self.echo:
-            from tqdm import tqdm
+        if self.echo and echo:
             tqdm.write(msg)
 
 #----------------------------------------------------------------------------

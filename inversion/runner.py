@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 import dnnlib
 from torch_utils import checkpoint
@@ -142,7 +143,6 @@ class _Run:
             seconds = float(state.get('seconds', 0.0))
             self.log(f'Resuming a batch of {n} at step {inverter.step}/{opt["steps"]}: {", ".join(names[:4])}'
                      f'{" ..." if n > 4 else ""}')
-        from tqdm import tqdm
         bar = tqdm(total=opt['steps'], initial=inverter.step, desc=f'steps (batch of {n})', unit='step',
                    leave=False, disable=not opt['progress'], dynamic_ncols=True)
         start = time.perf_counter()
@@ -226,12 +226,17 @@ def run_inversion(network, target, outdir, *, space=None, steps=1000, lr=0.05, b
     See invert.py for the meaning of each option. Raises InversionError for bad inputs.
     """
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    log = outputs.RunLog(outdir / 'log.txt', echo=progress)
     device = torch.device(device)
     torch.manual_seed(seed)
 
-    # Generator, space, settings.
+    # Everything that can fail on bad inputs happens before anything is written.
+    try:
+        sources = scan_targets(target)
+    except FileNotFoundError as err:
+        raise InversionError(str(err)) from err
+    if not sources:
+        raise InversionError(f'No images ({" ".join(IMAGE_EXTENSIONS)}) found in {target}')
+    by_name = {s.name: s for s in sources}
     G, sha256 = load_generator(network, trust_pickle=trust_pickle, device=device)
     check_generator(G)
     latent_space = resolve_space(G, space)
@@ -247,18 +252,19 @@ def run_inversion(network, target, outdir, *, space=None, steps=1000, lr=0.05, b
         if diff:
             raise InversionError(f'{outdir} holds a run with other settings: {"; ".join(diff)}. '
                                  f'Use another --outdir, or the same settings to resume it')
-    save_json(run_json, dict(settings=settings, network=str(network), args=args or {}))
+    try:
+        loss = build_loss(lpips, device=device, resolution=lpips_resolution, mse_weight=mse_weight,
+                          l1_weight=l1_weight, precision=precision, seed=seed)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise InversionError(f'Cannot set up --lpips {lpips}: {err}') from err
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    network_ref = str(network) if dnnlib.util.is_url(str(network)) else os.path.abspath(os.path.expanduser(str(network)))
+    save_json(run_json, dict(settings=settings, network=network_ref, args=args or {}))
+    log = outputs.RunLog(outdir / 'log.txt', echo=progress)
     log(f'Generator {network} ({G.img_resolution} px, latent {list(G.w_shape)}, num_ws {G.num_ws}); '
         f'space {latent_space.name} {list(latent_space.param_shape)}; device {device}, {precision}')
 
-    # Targets.
-    try:
-        sources = scan_targets(target)
-    except FileNotFoundError as err:
-        raise InversionError(str(err)) from err
-    if not sources:
-        raise InversionError(f'No images ({" ".join(IMAGE_EXTENSIONS)}) found in {target}')
-    by_name = {s.name: s for s in sources}
     skipped_path = outdir / 'skipped.json'
     skipped = {}
     if skipped_path.is_file():
@@ -276,13 +282,6 @@ def run_inversion(network, target, outdir, *, space=None, steps=1000, lr=0.05, b
         if skipped.pop(src.source, None) is not None:      # Readable again since an earlier run.
             save_json(skipped_path, list(skipped.values()))
         return image
-
-    # Loss.
-    try:
-        loss = build_loss(lpips, device=device, resolution=lpips_resolution, mse_weight=mse_weight,
-                          l1_weight=l1_weight, precision=precision, seed=seed)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise InversionError(f'Cannot set up --lpips {lpips}: {err}') from err
 
     opt = dict(steps=int(steps), lr=lr, betas=tuple(betas), truncation=truncation, truncation_until=truncation_until,
                precision=precision, save_every=int(save_every), save_video=save_video, video_every=max(1, int(video_every)),
@@ -313,7 +312,6 @@ def run_inversion(network, target, outdir, *, space=None, steps=1000, lr=0.05, b
     else:
         batch_size = int(batch)
 
-    from tqdm import tqdm
     images_bar = tqdm(total=todo, desc='images', unit='img', disable=not progress, dynamic_ncols=True)
     try:
         for names, state in groups:
@@ -348,7 +346,8 @@ def run_inversion(network, target, outdir, *, space=None, steps=1000, lr=0.05, b
 
     summary = run.write_run_files(latents=True)
     lpips_mean = 'n/a' if summary['lpips_mean'] is None else f'{summary["lpips_mean"]:.4f}'
-    log(f'Done: {summary["images"]} images inverted (mean LPIPS {lpips_mean}), {len(skipped)} skipped -> {outdir}')
+    log(f'Done: {summary["images"]} images inverted (mean LPIPS {lpips_mean}), {len(skipped)} skipped -> {outdir}',
+        echo=False)                                                     # The CLI prints its own last line.
     return summary
 
 #----------------------------------------------------------------------------
