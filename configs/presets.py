@@ -112,6 +112,8 @@ def resolve_options(cfg='auto', **opts):
         o.batch_gpu = o.batch // o.gpus
     o.batch_gpu = min(o.batch_gpu, o.batch // max(o.gpus, 1))
     _validate(o)
+    if not PRECISIONS[o.precision][1]:   # Like stylegan2-ada-pytorch's --fp32: no FP16 layers, no clamping.
+        o.fp16_res, o.conv_clamp = 0, None
     return o
 
 
@@ -131,16 +133,14 @@ def _validate(o):
     need(o.kimg > 0 and o.tick > 0 and o.snap >= 1, '--kimg and --tick must be positive and --snap >= 1')
     need(not o.cond or o.has_labels, f'--cond=1 needs labels in {o.data}/dataset.json')
     widest = min(o.cbase // 4, o.cmax)
-    need(o.rows is None or o.rows >= max(widest, 3),
+    need(o.rows is None or o.rows == 1 or o.rows >= max(widest, 3),
          f'--rows={o.rows} is too small: the widest layer has {widest} channels, one row each')
     need(o.resume_kimg >= 0, '--resume-kimg must be >= 0')
 
 
 def build_training_kwargs(o):
     """Flat options -> the kwargs tree of `training_loop` (each sub-config names its class)."""
-    fp16 = PRECISIONS[o.precision][1]
-    num_fp16_res = o.fp16_res if fp16 else 0
-    conv_clamp = o.conv_clamp if fp16 else None
+    num_fp16_res, conv_clamp = o.fp16_res, o.conv_clamp
     c = dnnlib.EasyDict()
     c.training_set_kwargs = dict(class_name='training.dataset.ImageFolderDataset', path=o.data, use_labels=o.cond,
                                  max_size=o.subset, xflip=o.mirror, resolution=o.resolution)

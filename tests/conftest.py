@@ -8,6 +8,10 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+# One intra-op thread: on a busy 2-core machine more threads made small convolutions ~100x slower,
+# and results do not depend on the machine's core count.
+torch.set_num_threads(1)
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 

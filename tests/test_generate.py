@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 import generate
 import quickstart
-from conftest import shared_fixture
+from conftest import shared_fixture, tiny_generator_kwargs
 from torch_utils import checkpoint
 from training import networks
 from training.sampling import parse_range
@@ -19,7 +19,7 @@ def test_parse_range():
 
 
 def test_generate_from_our_pickle(tmp_path):
-    G = quickstart.tiny_generator(latent_rows=64, dim=64)
+    G = networks.Generator(**tiny_generator_kwargs(latent_rows=64, dim=64))
     checkpoint.save_network_pkl(tmp_path / 'net.pkl', dict(G_ema=G.eval()))
     result = CliRunner().invoke(generate.main, ['--network', str(tmp_path / 'net.pkl'), '--seeds', '1-3',
                                                 '--trunc', '0.7', '--outdir', str(tmp_path / 'out')])
@@ -52,8 +52,12 @@ def test_generate_bad_network_is_one_line(tmp_path):
 
 
 def test_quickstart_runs(tmp_path):
-    result = CliRunner().invoke(quickstart.main, ['--outdir', str(tmp_path)])
+    """The README's main job, shortened: train tiny-overparam briefly, invert 2 images into w and W."""
+    result = CliRunner().invoke(quickstart.main, ['--outdir', str(tmp_path), '--kimg', '0.016', '--steps', '4',
+                                                  '--images', '2'])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / 'quickstart.json').read_text())
-    assert summary['overparam']['z_shape'] == [64, 64]
-    assert (tmp_path / 'overparam-grid.png').is_file()
+    assert set(summary['inversions']) == {'w', 'W'}
+    for r in summary['inversions'].values():
+        assert r['num_images'] == 2 and np.isfinite(r['lpips']) and r['psnr'] > 0
+    assert 'LPIPS' in result.output and 'PSNR' in result.output

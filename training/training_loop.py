@@ -9,6 +9,7 @@ use torchrun/SLURM) and call `training_loop` in each with its rank; only rank 0 
 
 import contextlib
 import copy
+import inspect
 import io
 import os
 import time
@@ -79,35 +80,48 @@ def training_loop(
 class TrainingRun:
     """Builds data, networks, loss, phases and resume state from `training_loop`'s arguments; `train()` runs."""
 
+    @classmethod
+    def from_kwargs(cls, **kwargs):
+        """Like `training_loop(**kwargs)`, but returns the set-up run (for tests and notebooks)."""
+        bound = inspect.signature(training_loop).bind(**kwargs)
+        bound.apply_defaults()
+        return cls(dnnlib.EasyDict(bound.arguments))
+
     def __init__(self, cfg):
         self.cfg = c = cfg
         self.device = torch.device(c.device)
         self.rank, self.world_size = c.rank, c.world_size
-        self.log = RunLog(c.run_dir, rank=c.rank, echo=c.verbose)
-        self._old_backends = _setup_backends(c.precision, c.cudnn_benchmark, c.G_kwargs, c.D_kwargs)
         if c.batch_size % (c.batch_gpu * c.world_size) != 0:
             raise ValueError(f'batch_size={c.batch_size} must be a multiple of batch_gpu={c.batch_gpu} x '
                              f'world_size={c.world_size}')
         self.batch_rank = c.batch_size // c.world_size
         self.progress = dnnlib.EasyDict(cur_nimg=0, cur_tick=0, batch_idx=0, skipped_steps=0)
         self.last_snapshot = self.last_state = None
-        self._build()
-        self.fresh = not self._resume()
-        if self.world_size > 1:
-            for module in self.networks.values():
-                if module is not None:
-                    for tensor in misc.params_and_buffers(module):
+        self.training_set = self.data_iter = None
+        self._old_backends = _setup_backends(c.precision, c.cudnn_benchmark, c.G_kwargs, c.D_kwargs)
+        self.log = RunLog(c.run_dir, rank=c.rank, echo=c.verbose)
+        try:
+            self._build()
+            self.fresh = not self._resume()
+            if self.world_size > 1:   # Rank 0's weights everywhere (they already agree unless a file differs).
+                for module in self.networks.values():
+                    for tensor in misc.params_and_buffers(module) if module is not None else []:
                         torch.distributed.broadcast(tensor, src=0)
-        self._setup_data_iterator()
-        self._setup_metrics()
-        self.stats = training_stats.Collector(regex='.*')
-        self.ada_stats = training_stats.Collector(regex='Loss/signs/real')
+            self._setup_data_iterator()
+            self._setup_metrics()
+            self.stats = training_stats.Collector(regex='.*')
+            self.ada_stats = training_stats.Collector(regex='Loss/signs/real')
+        except BaseException:
+            self.close()
+            raise
 
     def _build(self):
         c, device = self.cfg, self.device
         self.training_set = dnnlib.util.construct_class_by_name(**c.training_set_kwargs)
         self.log(f'Dataset: {len(self.training_set)} images, shape {self.training_set.image_shape}, '
                  f'label dim {self.training_set.label_dim}')
+        if c.precision == 'mixed' and device.type != 'cuda':
+            self.log('Warning: precision=mixed runs FP16 layers on the CPU, which is slow; use fp32 there')
         torch.manual_seed(c.random_seed)   # Same initial networks on every rank and for every world size.
         common = dict(c_dim=self.training_set.label_dim, img_resolution=self.training_set.resolution,
                       img_channels=self.training_set.num_channels)
@@ -154,14 +168,18 @@ class TrainingRun:
         c = self.cfg
         seed = c.random_seed if self.fresh else (c.random_seed + self.progress.cur_nimg) % (1 << 31)
         sampler = misc.InfiniteSampler(self.training_set, rank=self.rank, num_replicas=self.world_size, seed=seed)
+        loader_kwargs = dict(c.data_loader_kwargs)
+        if self.device.type != 'cuda':
+            loader_kwargs['pin_memory'] = False   # Pinned memory only helps host-to-GPU copies.
         loader = torch.utils.data.DataLoader(self.training_set, sampler=sampler, batch_size=self.batch_rank,
-                                             **c.data_loader_kwargs)
+                                             **loader_kwargs)
         self.data_iter = iter(loader)
 
     def _setup_metrics(self):
         c = self.cfg
         self.metric_fn = None
-        if not c.metrics:
+        self.metrics = list(c.metrics)
+        if not self.metrics:
             return
         if callable(c.metric_fn):
             self.metric_fn = c.metric_fn
@@ -236,6 +254,30 @@ class TrainingRun:
         """Report the tick, write grids/snapshots/metrics when due; returns True to abort."""
         c, p = self.cfg, self.progress
         tick_end_time = time.time()
+        self._report_tick(tick_end_time)
+        abort = c.abort_fn is not None and bool(c.abort_fn())
+        if self.world_size > 1:   # Rank 0 decides, so that every rank leaves the loop together.
+            flag = torch.tensor(float(abort), device=self.device)
+            torch.distributed.broadcast(flag, src=0)
+            abort = bool(flag)
+        if abort:
+            self.log('Aborting...')
+        last = done or abort
+        if c.image_snapshot_ticks is not None and (last or p.cur_tick % c.image_snapshot_ticks == 0):
+            self._save_fakes(f'fakes{p.cur_nimg // 1000:06d}.png')
+        if c.network_snapshot_ticks is not None and (last or p.cur_tick % c.network_snapshot_ticks == 0):
+            self._save_snapshot()
+            self._evaluate_metrics()
+
+        p.cur_tick += 1
+        self.tick_start_nimg = p.cur_nimg
+        self.tick_start_time = time.time()
+        self.maintenance_time = self.tick_start_time - tick_end_time
+        return abort
+
+    def _report_tick(self, tick_end_time):
+        """Progress stats into training_stats, then one tick line (log.txt) and one stats.jsonl line."""
+        p = self.progress
         tick_kimg = (p.cur_nimg - self.tick_start_nimg) / 1000
         sec_per_tick = tick_end_time - self.tick_start_time
         gpu_mem = 0.0
@@ -260,29 +302,14 @@ class TrainingRun:
                   ('sec/tick', sec_per_tick, '<7.1f'), ('sec/kimg', sec_per_tick / max(tick_kimg, 1e-8), '<7.2f'),
                   ('maint', self.maintenance_time, '<5.1f'), ('cpumem', _cpu_mem_gb(), '<5.2f'),
                   ('gpumem', gpu_mem, '<5.2f'), ('augment', augment, '.3f')]
-        for label, name in [('G', 'Loss/G/loss'), ('D', 'Loss/D/loss'), ('r1', 'Loss/r1_penalty'), ('pl', 'Loss/pl_penalty')]:
+        for label, name in [('G', 'Loss/G/loss'), ('D', 'Loss/D/loss'), ('r1', 'Loss/r1_penalty'),
+                            ('pl', 'Loss/pl_penalty')]:
             if name in stats:
                 fields.append((label, stats[name].mean, '.4g'))
         if p.skipped_steps:
             fields.append(('skipped', p.skipped_steps, 'd'))
         self.log(format_tick(fields))
         self.log.write_stats(stats, p.cur_nimg, time.time())
-
-        abort = c.abort_fn is not None and bool(c.abort_fn())
-        if abort:
-            self.log('Aborting...')
-        last = done or abort
-        if c.image_snapshot_ticks is not None and (last or p.cur_tick % c.image_snapshot_ticks == 0):
-            self._save_fakes(f'fakes{p.cur_nimg // 1000:06d}.png')
-        if c.network_snapshot_ticks is not None and (last or p.cur_tick % c.network_snapshot_ticks == 0):
-            self._save_snapshot()
-            self._evaluate_metrics()
-
-        p.cur_tick += 1
-        self.tick_start_nimg = p.cur_nimg
-        self.tick_start_time = time.time()
-        self.maintenance_time = self.tick_start_time - tick_end_time
-        return abort
 
     #------------------------------------------------------------------------
     # Files.
@@ -320,6 +347,10 @@ class TrainingRun:
     def _save_snapshot(self):
         """network-snapshot-*.pkl (export) then training-state-*.pt (resume); rank 0 writes, all ranks gather RNG."""
         c, p = self.cfg, self.progress
+        if self.world_size > 1:   # All ranks must hold the same weights (w_avg follows each rank's own latents).
+            for module in self.networks.values():
+                if module is not None:
+                    misc.check_ddp_consistency(module, ignore_regex=r'.*\.w_avg')
         state = snapshot.capture_training_state(p, self.networks, self.phases, self.loss, self.device, self.world_size)
         if self.rank != 0:
             return
@@ -336,8 +367,13 @@ class TrainingRun:
         c, p = self.cfg, self.progress
         if self.metric_fn is None:
             return
-        for name in c.metrics:
-            result = self.metric_fn(name, self.G_ema, c.training_set_kwargs, self.world_size, self.rank, self.device)
+        for name in list(self.metrics):
+            try:
+                result = self.metric_fn(name, self.G_ema, c.training_set_kwargs, self.world_size, self.rank, self.device)
+            except Exception as err:   # E.g. detector weights missing offline: warn once, keep training.
+                self.log(f'Warning: metric {name} failed ({type(err).__name__}: {err}); not computed again in this run')
+                self.metrics.remove(name)
+                continue
             if self.rank == 0:
                 line = dict(result, metric=name, kimg=p.cur_nimg / 1000, timestamp=time.time(),
                             snapshot_pkl=os.path.basename(self.last_snapshot or ''))
@@ -351,8 +387,10 @@ class TrainingRun:
                     snapshot_pkl=self.last_snapshot, training_state=self.last_state)
 
     def close(self):
+        """Release the data loader, files and backend flags (safe to call twice)."""
         self.data_iter = None
-        self.training_set.close()
+        if self.training_set is not None:
+            self.training_set.close()
         self.log.close()
         _restore_backends(self._old_backends)
 
