@@ -230,3 +230,27 @@ def open_url(url, cache_dir=None, num_attempts=10, verbose=True, return_filename
             os.remove(tmp_path)
         raise
     return cache_path if return_filename else open(cache_path, 'rb')
+
+#----------------------------------------------------------------------------
+# Atomic file writing.
+
+def atomic_write(path, write_fn, suffix='.tmp', fsync=False):
+    """Call `write_fn(tmp_path)` on a temporary file beside `path`, then rename it onto `path`.
+
+    A kill or an exception leaves the previous `path` intact and no temporary file behind.
+    fsync: flush the file to disk before the rename (snapshots and checkpoints).
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{os.path.basename(path)}.', suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        if fsync:
+            with open(tmp, 'rb+') as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

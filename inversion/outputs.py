@@ -16,7 +16,6 @@ Resume format (`state/<group>.pt`, read with `torch.load(weights_only=True)`): a
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,31 +26,18 @@ import PIL.ImageFont
 import torch
 from tqdm import tqdm
 
+from dnnlib.util import atomic_write
 from torch_utils.image_io import append_jsonl, save_json, save_png
 
 #----------------------------------------------------------------------------
 # Atomic writing.
-
-def _atomic(path, write_fn, suffix='.tmp'):
-    """Call `write_fn(tmp_path)`, then rename onto `path` (same folder, so the rename is atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
 
 def save_npy(path, array):
     """Write one array as .npy atomically."""
     def write(tmp):
         with open(tmp, 'wb') as f:
             np.save(f, np.asarray(array))
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def save_npz(path, **arrays):
@@ -59,7 +45,7 @@ def save_npz(path, **arrays):
     def write(tmp):
         with open(tmp, 'wb') as f:
             np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()})
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def save_state(path, state):
@@ -69,7 +55,7 @@ def save_state(path, state):
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def load_state(path):
@@ -124,7 +110,7 @@ def read_results(path, repair=True):
             bad = bad or bool(line.strip())
     if bad and repair:
         text = ''.join(json.dumps(r) + '\n' for r in records.values())
-        _atomic(path, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return records
 
 
@@ -204,7 +190,7 @@ def plot_curves(path, curves, truncation_end=None, title='LPIPS during inversion
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        _atomic(path, lambda tmp: _plot_pil(arr, mean, truncation_end, title).save(tmp, format='PNG'), suffix='.png')
+        atomic_write(path, lambda tmp: _plot_pil(arr, mean, truncation_end, title).save(tmp, format='PNG'), suffix='.png')
         return
     fig = Figure(figsize=(8, 5), dpi=100)
     FigureCanvasAgg(fig)
@@ -220,7 +206,7 @@ def plot_curves(path, curves, truncation_end=None, title='LPIPS during inversion
     ax.set_title(title)
     ax.set_ylim(bottom=0)
     ax.legend()
-    _atomic(path, lambda tmp: fig.savefig(tmp, format='png'), suffix='.png')
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format='png'), suffix='.png')
 
 
 def _pad(rows):

@@ -1,10 +1,7 @@
 """Generator and discriminator at 32 px: shapes, the overparameterized latent, gradients, pickles."""
 
 import copy
-import io
-import pickle
 
-import numpy as np
 import pytest
 import torch
 

@@ -18,7 +18,6 @@ import collections
 import io
 import os
 import pickle
-import uuid
 import warnings
 
 import numpy as np
@@ -202,16 +201,7 @@ def save_network_pkl(path, data_dict):
         if isinstance(value, torch.nn.Module) and not persistence.is_persistent(value):
             raise TypeError(f'{key}: {type(value).__name__} is not decorated with @persistence.persistent_class, '
                             f'so the safe loader could not rebuild it')
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp_path = f'{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
-    try:
-        with open(tmp_path, 'xb') as f:
+    def write(tmp):
+        with open(tmp, 'wb') as f:
             pickle.dump(data_dict, f, protocol=4)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    dnnlib.util.atomic_write(path, write, fsync=True)

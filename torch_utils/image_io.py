@@ -1,13 +1,12 @@
 """Image conversion and atomic PNG/JSON writing shared by the command-line tools."""
 
 import json
-import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import torch
+
+from dnnlib.util import atomic_write
 
 #----------------------------------------------------------------------------
 
@@ -31,23 +30,10 @@ def make_grid(images: np.ndarray, cols: int = None) -> np.ndarray:
 
 #----------------------------------------------------------------------------
 
-def _atomic_write(path, write_fn):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
-    os.close(fd)
-    try:
-        write_fn(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_png(path, image: np.ndarray):
     """Write uint8 `[H, W, C]` (C = 1 or 3) as PNG, atomically (temp file + rename)."""
     image = image[:, :, 0] if image.shape[2] == 1 else image
-    _atomic_write(path, lambda tmp: PIL.Image.fromarray(image).save(tmp, format='PNG'))
+    atomic_write(path, lambda tmp: PIL.Image.fromarray(image).save(tmp, format='PNG'))
 
 
 def save_json(path, obj, indent=2):
@@ -56,7 +42,7 @@ def save_json(path, obj, indent=2):
         with open(tmp, 'w') as f:
             json.dump(obj, f, indent=indent)
             f.write('\n')
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def append_jsonl(path, obj):

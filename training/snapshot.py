@@ -12,11 +12,11 @@ import copy
 import glob
 import os
 import re
-import uuid
 
 import numpy as np
 import torch
 
+import dnnlib
 from torch_utils import checkpoint, misc
 from torch_utils.image_io import make_grid, save_png, to_uint8
 from training.phases import optimizers
@@ -136,18 +136,10 @@ def capture_training_state(progress, networks, phases, loss, device, world_size=
 
 def save_training_state(path, state):
     """torch.save to a temporary file in the same folder, then rename (atomic)."""
-    path = os.fspath(path)
-    tmp_path = f'{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
-    try:
-        with open(tmp_path, 'xb') as f:
+    def write(tmp):
+        with open(tmp, 'wb') as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
+    dnnlib.util.atomic_write(path, write, fsync=True)
 
 
 def load_training_state(path):
