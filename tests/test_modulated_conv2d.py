@@ -102,7 +102,9 @@ def test_fp16_prenormalization_keeps_result():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA path needs a GPU')
 @pytest.mark.parametrize('up', [1, 2])
 @pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
-def test_cuda_matches_reference(up, dtype):
+def test_cuda_matches_reference(up, dtype, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, 'allow_tf32', False)     # strict FP32 reference and kernel
+    monkeypatch.setattr(torch.backends.cuda.matmul, 'allow_tf32', False)
     torch.manual_seed(6)
     dev = torch.device('cuda')
     f = upfirdn2d.setup_filter([1, 3, 3, 1], device=dev)
