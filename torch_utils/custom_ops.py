@@ -184,15 +184,17 @@ class LazyPlugin:
                 raise ValueError(f'impl="cuda" needs a CUDA tensor, got device {getattr(x, "device", None)}')
             self.load()
             return True
-        if not on_cuda:
-            return False
+        return on_cuda and self.try_load()
+
+    def try_load(self) -> bool:
+        """Build/import now; True on success, False (after a single warning with the reason) otherwise."""
         try:
             self.load()
         except RuntimeError as exc:
             if not self.warned:
                 self.warned = True
                 warnings.warn(f'{self.module_name}: CUDA extension unavailable, falling back to the '
-                              f'reference implementation. Reason: {exc}', RuntimeWarning, stacklevel=3)
+                              f'reference implementation. Reason: {exc}', RuntimeWarning, stacklevel=4)
             return False
         return True
 

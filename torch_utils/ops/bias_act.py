@@ -5,7 +5,6 @@
 """
 
 import math
-import warnings
 from types import SimpleNamespace
 
 import torch
@@ -86,14 +85,7 @@ def _bias_act_ref(x, b=None, dim=1, act='linear', alpha=None, gain=None, clamp=N
 
 def _init():
     """Build the CUDA plugin now; True on success, False (after one warning) otherwise."""
-    try:
-        _plugin.load()
-        return True
-    except RuntimeError as exc:
-        if not _plugin.warned:
-            _plugin.warned = True
-            warnings.warn(f'{_plugin.module_name}: CUDA extension unavailable: {exc}', RuntimeWarning)
-        return False
+    return _plugin.try_load()
 
 _cuda_functions = dict()
 _empty = dict()  # device -> empty tensor standing for "not given" in the plugin calls

@@ -6,7 +6,6 @@ pixel. `impl='ref'` is pure PyTorch; `impl='cuda'` uses the kernel in
 `upfirdn2d.cu`, whose gradient is again an upfirdn2d (so higher orders work).
 """
 
-import warnings
 
 import numpy as np
 import torch
@@ -141,14 +140,7 @@ def _upfirdn2d_ref(x, f, up=1, down=1, padding=0, flip_filter=False, gain=1):
 
 def _init():
     """Build the CUDA plugin now; True on success, False (after one warning) otherwise."""
-    try:
-        _plugin.load()
-        return True
-    except RuntimeError as exc:
-        if not _plugin.warned:
-            _plugin.warned = True
-            warnings.warn(f'{_plugin.module_name}: CUDA extension unavailable: {exc}', RuntimeWarning)
-        return False
+    return _plugin.try_load()
 
 _cuda_functions = dict()
 
