@@ -11,18 +11,10 @@ import time
 import click
 import torch
 
+from benchmarks.timing import time_fn
 from torch_utils import checkpoint
 
 
-def timeit(fn, iters, warmup, sync):
-    for _ in range(warmup):
-        fn()
-    sync()
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    sync()
-    return (time.perf_counter() - start) / iters * 1e3
 
 
 @click.command()
@@ -50,10 +42,10 @@ def main(pkl, batch, iters, warmup, device):
             device=str(device), torch=torch.__version__, machine=platform.processor() or platform.machine(),
             threads=torch.get_num_threads(), batch=batch,
             load_safe_ms=round(load_safe * 1e3, 1), load_trusted_ms=round(load_trusted * 1e3, 1),
-            G_forward_fused_ms=timeit(lambda: G(z, c, noise_mode='const', force_fp32=True), iters, warmup, sync),
-            G_forward_unfused_ms=timeit(lambda: G(z, c, noise_mode='const', force_fp32=True, fused_modconv=False),
+            G_forward_fused_ms=time_fn(lambda: G(z, c, noise_mode='const', force_fp32=True), iters, warmup, sync),
+            G_forward_unfused_ms=time_fn(lambda: G(z, c, noise_mode='const', force_fp32=True, fused_modconv=False),
                                         iters, warmup, sync),
-            D_forward_ms=timeit(lambda: D(img, c), iters, warmup, sync),
+            D_forward_ms=time_fn(lambda: D(img, c), iters, warmup, sync),
         )
     print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in res.items()}))
 

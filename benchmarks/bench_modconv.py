@@ -14,26 +14,17 @@ Prints one JSON line per (resolution, up) and a summary table.
 """
 
 import json
-import time
 
 import click
 import torch
 
+from benchmarks.timing import time_fn
 from torch_utils.ops import modulated_conv2d_cuda as mcc
 from torch_utils.ops import upfirdn2d
 from torch_utils.ops.modulated_conv2d import modulated_conv2d
 
 #----------------------------------------------------------------------------
 
-def time_fn(fn, iters, warmup, sync):
-    for _ in range(warmup):
-        fn()
-    sync()
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    sync()
-    return (time.perf_counter() - start) / iters * 1e3
 
 
 def make_layer(variant, batch, channels, rows, res, up, dtype, device, backend):

@@ -1,6 +1,7 @@
 """Shared pytest fixtures: the `../shared` folder beside the repo, tiny network factories."""
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -14,6 +15,22 @@ REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+OPS_DIR = str(REPO / 'torch_utils' / 'ops')
+
+
+def have_compiler():
+    """A C++ compiler and ninja (what custom_ops needs to build anything)."""
+    return shutil.which('c++') is not None and shutil.which('ninja') is not None
+
+
+def have_nvcc():
+    """nvcc and a CUDA toolkit with headers (CUDA sources compile even without a GPU)."""
+    if shutil.which('nvcc') is None:
+        return False
+    return any(os.path.isfile(os.path.join(root, 'include', 'cuda_runtime.h')) for root in
+               [os.environ.get('CUDA_HOME', ''), os.environ.get('CUDA_PATH', ''), '/usr/local/cuda'])
+
 
 SHARED = Path(os.environ.get('OVERPARAM_SHARED_DIR', REPO.parent / 'shared'))
 FIXTURES = SHARED / 'fixtures'

@@ -1,27 +1,17 @@
 """Tests of torch_utils.custom_ops: building the CUDA extensions with nvcc, the build
 cache, error reporting, and the ref/CUDA dispatch with its warn-once fallback."""
 
-import os
-import shutil
 import time
 import warnings
 
 import pytest
 import torch
 
+from conftest import OPS_DIR, have_compiler as _have_compiler, have_nvcc as _have_nvcc
 from torch_utils import custom_ops
 from torch_utils.ops import bias_act, upfirdn2d
 
-OPS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'torch_utils', 'ops')
 
-def _have_compiler():
-    return shutil.which('c++') is not None and shutil.which('ninja') is not None
-
-def _have_nvcc():
-    if shutil.which('nvcc') is None:
-        return False
-    return any(os.path.isfile(os.path.join(root, 'include', 'cuda_runtime.h')) for root in
-               [os.environ.get('CUDA_HOME', ''), os.environ.get('CUDA_PATH', ''), '/usr/local/cuda'])
 
 #----------------------------------------------------------------------------
 # Building

@@ -10,30 +10,20 @@ Three layers of checks:
 """
 
 import itertools
-import os
-import shutil
 import time
 
 import pytest
 import torch
 
+from conftest import OPS_DIR, have_compiler as _have_compiler, have_nvcc as _have_nvcc
 from torch_utils import custom_ops
 from torch_utils.ops import modulated_conv2d_cuda as mcc
 from torch_utils.ops import upfirdn2d
 from torch_utils.ops.modulated_conv2d import modulated_conv2d, modulated_conv2d_ref
 
-OPS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'torch_utils', 'ops')
 SOURCES = ['modulated_conv2d.cpp', 'modulated_conv2d.cu']
 HEADERS = ['modulated_conv2d.h']
 
-def _have_compiler():
-    return shutil.which('c++') is not None and shutil.which('ninja') is not None
-
-def _have_nvcc():
-    if shutil.which('nvcc') is None:
-        return False
-    return any(os.path.isfile(os.path.join(root, 'include', 'cuda_runtime.h')) for root in
-               [os.environ.get('CUDA_HOME', ''), os.environ.get('CUDA_PATH', ''), '/usr/local/cuda'])
 
 #----------------------------------------------------------------------------
 # Build
