@@ -8,7 +8,8 @@ et al., sec. 5.2): a thin CLI over `inversion.ganspace`. See docs/downstream.md.
 
 import click
 
-from inversion.ganspace import parse_seeds, run_edit, run_fit
+from dnnlib.util import parse_range
+from inversion.ganspace import run_edit, run_fit
 from inversion.runner import InversionError
 
 _ERRORS = (InversionError, ValueError, FileNotFoundError, KeyError)
@@ -60,7 +61,7 @@ def edit(network, components_path, seeds, latents, component, strength, layers, 
     try:
         strengths = [float(s) for s in strength.split(',') if s.strip()]
         info = run_edit(network, outdir, components_path, component=component, strengths=strengths, layers=layers,
-                        seeds=None if seeds is None else parse_seeds(seeds), latents=latents, truncation=truncation,
+                        seeds=None if seeds is None else parse_range(seeds), latents=latents, truncation=truncation,
                         device=device, trust_pickle=trust_pickle)
     except _ERRORS as err:
         raise click.ClickException(str(err)) from err

@@ -8,7 +8,8 @@ import torch
 
 from torch_utils import checkpoint
 from torch_utils.image_io import make_grid, save_json, save_png, to_uint8
-from training.sampling import generate_images, parse_range
+from dnnlib.util import parse_range
+from training.sampling import generate_images
 
 
 @click.command()

@@ -14,6 +14,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from dnnlib.util import parse_range
 from inversion.runner import InversionError, load_generator
 from inversion.spaces import LatentSpace
 from metrics import detectors
@@ -51,15 +52,10 @@ def load_inversion_ws(G, run_dir, device='cpu'):
 
 def parse_seeds(spec):
     """'0-9' or '1,5,7' or '0-3,8' -> list of ints."""
-    seeds = []
-    for item in str(spec).split(','):
-        item = item.strip()
-        lo, sep, hi = item.partition('-')
-        try:
-            seeds.extend(range(int(lo), int(hi) + 1) if sep else [int(item)])
-        except ValueError:
-            raise click.BadParameter(f'bad seed range {item!r} (e.g. 0-9 or 1,5,7)', param_hint='--seeds') from None
-    return seeds
+    try:
+        return parse_range(spec)
+    except ValueError:
+        raise click.BadParameter(f'bad seed range {spec!r} (e.g. 0-9 or 1,5,7)', param_hint='--seeds') from None
 
 
 @torch.no_grad()

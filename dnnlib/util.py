@@ -254,3 +254,19 @@ def atomic_write(path, write_fn, suffix='.tmp', fsync=False):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+#----------------------------------------------------------------------------
+# Command-line helpers.
+
+def parse_range(text):
+    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]."""
+    if isinstance(text, (list, tuple)):
+        return list(text)
+    values = []
+    for part in str(text).split(','):
+        m = re.fullmatch(r'\s*(\d+)\s*(?:-\s*(\d+)\s*)?', part)
+        if m is None:
+            raise ValueError(f"cannot parse '{part}' in '{text}': expected e.g. '0-3,7'")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        values.extend(range(lo, hi + 1))
+    return values

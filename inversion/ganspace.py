@@ -20,8 +20,16 @@ Editing (`edit`): `ws [N, num_ws, (R,) w_dim]` -> `ws + strength * std_k * v_k` 
 for matrices every row moves by the same direction `v_k` (a rank-one, row-tied shift).
 """
 
+from pathlib import Path
+
 import numpy as np
 import torch
+
+from dnnlib.util import parse_range
+from torch_utils.image_io import make_grid, save_json, save_png, to_uint8
+
+from .runner import load_generator
+from .spaces import LatentSpace
 
 #----------------------------------------------------------------------------
 
@@ -99,13 +107,7 @@ def parse_layers(spec, num_ws):
     spec = str(spec).strip()
     if spec in ('all', ''):
         return list(range(num_ws))
-    layers = set()
-    for part in spec.split(','):
-        if '-' in part:
-            a, b = part.split('-')
-            layers.update(range(int(a), int(b) + 1))
-        else:
-            layers.add(int(part))
+    layers = set(parse_range(spec))
     bad = [i for i in layers if not 0 <= i < num_ws]
     if bad:
         raise ValueError(f'layers {bad} outside 0..{num_ws - 1}')
@@ -166,27 +168,9 @@ def plot_explained_variance(path, ratio, size=(640, 400)):
 
 #----------------------------------------------------------------------------
 
-def parse_seeds(spec):
-    """'0-3' | '1,5,7' | '0-2,9' -> list of ints."""
-    seeds = []
-    for part in str(spec).split(','):
-        if '-' in part:
-            a, b = part.split('-')
-            seeds.extend(range(int(a), int(b) + 1))
-        elif part.strip():
-            seeds.append(int(part))
-    return seeds
-
-
 def run_fit(network, outdir, *, num_samples=100000, num_components=20, seed=0, batch=None, device=None,
             trust_pickle=False):
     """Fit GANSpace PCA for a checkpoint; writes components.npz, explained_variance.json/.png. Returns a summary dict."""
-    from pathlib import Path
-
-    from torch_utils.image_io import save_json
-
-    from .runner import load_generator
-
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -213,13 +197,6 @@ def run_edit(network, outdir, components, *, component, strengths, layers='all',
              truncation=1.0, device=None, trust_pickle=False):
     """Edit seeds' or inverted latents along one principal direction; writes edits.png (rows = images,
     columns = strengths) and edits.json. Returns the edits.json dict."""
-    from pathlib import Path
-
-    from torch_utils.image_io import make_grid, save_json, save_png, to_uint8
-
-    from .runner import load_generator
-    from .spaces import LatentSpace
-
     if (seeds is None) == (latents is None):
         raise ValueError('give exactly one of seeds or latents')
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))

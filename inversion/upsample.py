@@ -31,8 +31,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from torch_utils.image_io import save_json, save_png, to_uint8
+
 from .losses import build_loss, pixel_metrics
 from .optimize import Inverter
+from .runner import check_generator, load_generator, resolve_space
+from .targets import load_target, scan_targets, to_tensor
 
 #----------------------------------------------------------------------------
 
@@ -225,11 +229,6 @@ def run_upsample(network, outdir, *, target=None, lowres=None, factor=16, space=
         summary.json           settings and means of the metrics
     Returns the summary dict.
     """
-    from torch_utils.image_io import save_json, save_png, to_uint8
-
-    from .runner import check_generator, load_generator, resolve_space
-    from .targets import load_target, scan_targets, to_tensor
-
     if (target is None) == (lowres is None):
         raise ValueError('give exactly one of target (high-res images) or lowres (low-res images)')
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))

@@ -1,25 +1,10 @@
 """Latents from seeds and batched image synthesis: the reusable core of generate.py."""
 
-import re
-
 import numpy as np
 import torch
 
+
 #----------------------------------------------------------------------------
-
-def parse_range(text):
-    """'0-3,7,10-11' -> [0, 1, 2, 3, 7, 10, 11]."""
-    if isinstance(text, (list, tuple)):
-        return list(text)
-    values = []
-    for part in str(text).split(','):
-        m = re.fullmatch(r'\s*(\d+)\s*(?:-\s*(\d+)\s*)?', part)
-        if m is None:
-            raise ValueError(f"cannot parse '{part}' in '{text}': expected e.g. '0-3,7'")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        values.extend(range(lo, hi + 1))
-    return values
-
 
 def latent_from_seed(G, seed, device=None):
     """`[1, *G.z_shape]` latent of one seed. For vector latents this is NVIDIA's convention

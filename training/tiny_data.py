@@ -56,7 +56,6 @@ def _sample_params(num_images, seed):
 
 def _render_chunk(p, resolution):
     """Render a batch of images described by parameter dict ``p`` -> float32 [N, H, W, 3]."""
-    n = p['count'].shape[0]
     r = float(resolution)
     coords = (np.arange(resolution, dtype=np.float32) + 0.5)
     x = coords[None, None, :]  # [1, 1, W]
