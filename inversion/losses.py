@@ -135,7 +135,7 @@ class InversionLoss(torch.nn.Module):
     def __init__(self, perceptual, resolution=256, mse_weight=0.0, l1_weight=0.0, vgg_autocast=None):
         super().__init__()
         self.perceptual = perceptual
-        self.resolution = resolution
+        self.resolution = None if resolution is None else int(resolution)   # px; larger images are shrunk
         self.mse_weight = float(mse_weight)
         self.l1_weight = float(l1_weight)
         self.vgg_autocast = vgg_autocast
