@@ -120,6 +120,56 @@ def test_precision_recall_matches_brute_force():
     assert p == pytest.approx(cover(real, gen)) and r == pytest.approx(cover(gen, real))
     assert 0 < p < 1 and p < r   # the wider generated cloud covers the real one better than the reverse
 
+
+def _half_reference_pr(real, gen, k=3):
+    """NVIDIA's arithmetic written out in one piece: features rounded to float16, the whole
+    float16 distance matrix in one cdist call, the k-th neighbour in float32 rounded to float16,
+    probe inside when its float16 distance <= that radius; float32 mean."""
+    def cover(manifold, probes):
+        radius = torch.cdist(manifold[None], manifold[None])[0].float().sort(dim=1).values[:, k].half()
+        inside = (torch.cdist(probes[None], manifold[None])[0] <= radius[None]).any(dim=1)
+        return float(inside.float().mean())
+    real, gen = real.to(torch.float16), gen.to(torch.float16)
+    return cover(real, gen), cover(gen, real)
+
+
+def test_precision_recall_float16_blocks_equal_one_piece_reference():
+    """Row batches and zero-padded equal column blocks change nothing (43 = 5 blocks of 9 with 2 pad rows)."""
+    rnd = np.random.RandomState(5)
+    real = torch.from_numpy(rnd.randn(43, 6).astype(np.float32) * 3)
+    gen = torch.from_numpy(rnd.randn(37, 6).astype(np.float32) * 3 + 0.7)
+    got = precision_recall.precision_recall(real.half(), gen.half(), 3, row_batch_size=7, col_batch_size=9)
+    assert got == _half_reference_pr(real, gen)
+    blocks, count = precision_recall.column_blocks(real, 9)
+    assert count == 43 and [b.shape[0] for b in blocks] == [9] * 5 and torch.equal(torch.cat(blocks)[:43], real)
+
+
+class _FixedFeatures:
+    def __init__(self, rows):
+        self.rows = np.asarray(rows, dtype=np.float32)
+
+    def get_all(self):
+        return self.rows
+
+
+def test_pr_metric_rounds_features_to_float16_like_nvidia(monkeypatch):
+    """A probe 8.00098 away from a point whose 3rd-neighbour radius is 8: in float16 both are 8.0, so
+    it is covered (NVIDIA's recall), in float32 it is not. Values: exact float16 numbers, so the
+    only rounding is the distance's. Recall 2/7: the far probe and the 4-point cluster (there so
+    that the real set has k + 1 points) are never covered."""
+    gen = [[0, 0], [0, 8], [0, 8], [0, 8]]                        # radius of (0, 0): 8; of the copies of (0, 8): 8
+    real = [[0.125, -8], [0, 4], [0, -20], [40, 40], [40, 41], [41, 40], [41, 41]]
+    d = np.hypot(0.125, 8)
+    assert d > 8 and np.float16(d) == 8                            # the case in point
+    calls = iter([_FixedFeatures(real), _FixedFeatures(gen)])
+    monkeypatch.setattr(precision_recall, 'compute_feature_stats_for_dataset', lambda *a, **k: next(calls))
+    monkeypatch.setattr(precision_recall, 'compute_feature_stats_for_generator', lambda *a, **k: next(calls))
+    res = metric_main.calc_metric('pr50k3_full', G=torch.nn.Identity(), device='cpu', detector_path='random:2:0').results
+    assert res.pr50k3_full_recall == float(np.float32(2 / 7))       # a float32 mean, as NVIDIA reports it
+    assert res.pr50k3_full_precision == 1.0                         # the ball of (0, 4) has radius > 50
+    p32, r32 = precision_recall.precision_recall(torch.tensor(real), torch.tensor(gen, dtype=torch.float32))
+    assert r32 == pytest.approx(1 / 7)                             # float32 arithmetic misses the boundary probe
+
 #----------------------------------------------------------------------------
 # Detectors.
 
