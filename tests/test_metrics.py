@@ -492,3 +492,60 @@ def test_two_processes_shard_and_gather(tmp_path):
     assert np.isfinite(r0['fid']) and float(r0['fid']) == float(r1['fid'])           # broadcast from rank 0
     assert float(r0['ppl']) > 0 and float(r0['ppl']) == float(r1['ppl'])
 
+
+#----------------------------------------------------------------------------
+# Values pinned before the clean-room rewrite of metrics/ (same seeds, random detectors).
+
+PINNED = {  # (latent_rows, metric) -> results, recorded with the code before the rewrite
+    (32, 'fid50k_full'): dict(fid50k_full=1.7601899869979178),
+    (32, 'kid50k_full'): dict(kid50k_full=0.5435776430263315),
+    (32, 'pr50k3_full'): dict(pr50k3_full_precision=0.5, pr50k3_full_recall=0.4000000059604645),
+    (32, 'ppl2_wend'): dict(ppl2_wend=11.527274231445025),
+    (32, 'ppl_zfull'): dict(ppl_zfull=36.16074449504699),
+    (None, 'ppl_wfull'): dict(ppl_wfull=26.725732830505205),
+    (None, 'fid50k'): dict(fid50k=3.497288976662828),
+}
+
+
+@pytest.fixture(scope='module')
+def pinned_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp('pinned')
+    data = write_tiny_dataset(root / 'data.zip', num_images=40, resolution=32, seed=1)
+    nets = {}
+    for rows in (None, 32):
+        torch.manual_seed(5)
+        nets[rows] = Generator(**tiny_generator_kwargs(latent_rows=rows, use_noise=True)).eval()
+    return data, nets
+
+
+@pytest.mark.parametrize('rows, name', list(PINNED))
+def test_metric_values_did_not_move(pinned_setup, rows, name):
+    data, nets = pinned_setup
+    kw = dict(detector_path='random:16:1', num_gen=24, max_real=30, num_workers=0, batch_size=8, batch_gen=4, seed=3,
+              G_kwargs=dict(truncation_psi=0.8) if name == 'fid50k' else None, num_subsets=5 if 'kid' in name else None)
+    got = metric_main.calc_metric(name, G=nets[rows], dataset_kwargs=_dataset_kwargs(data), device='cpu', **kw).results
+    assert dict(got) == pytest.approx(PINNED[(rows, name)], rel=1e-7, abs=0)
+
+
+def test_interpolation_values_did_not_move(pinned_setup):
+    from metrics import interpolation as interp
+    G = pinned_setup[1][32]
+    ws = G.mapping(G.sample_z(4, torch.Generator().manual_seed(1)), torch.zeros([4, 0]))
+    inception = detectors.get_detector('random:16:2')
+    res = interp.interpolation_metrics(G, ws, interp.all_pairs(4), detectors.lpips_distance_fn('random:16:1'),
+                                       feature_fn=lambda im: inception(im, return_features=True),
+                                       real_features=np.random.RandomState(0).randn(50, 16), batch_size=3)
+    assert res['path_lengths'] == pytest.approx([0.9906457960605621, 2.077063202857971, 1.8892265260219574,
+                                                 2.456496775150299, 2.588533937931061, 2.042647272348404], rel=1e-7)
+    assert res['fid_midpoints'] == pytest.approx(21.706249794092184, rel=1e-7)
+
+
+def test_lpips_input_box_downsamples_large_images():
+    """Above 256 px the LPIPS input is the mean of f x f blocks (f = res // 256), mapped to [0, 255]."""
+    img = torch.rand([2, 1, 1024, 512], dtype=torch.float64) * 2 - 1
+    got = ppl.to_lpips_range(img, img_resolution=1024)
+    expect = (torch.nn.functional.avg_pool2d(img, 4) + 1) * 127.5
+    assert got.shape == (2, 3, 256, 128)
+    torch.testing.assert_close(got, expect.expand(-1, 3, -1, -1), rtol=1e-12, atol=1e-10)
+    small = torch.rand([1, 3, 32, 32]) * 2 - 1
+    torch.testing.assert_close(ppl.to_lpips_range(small), (small + 1) * 127.5)
