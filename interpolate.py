@@ -22,7 +22,7 @@ from inversion.runner import InversionError
 @click.option('--grid/--no-grid', default=True, show_default=True, help='PNG per pair (frames side by side) + overview.png')
 @click.option('--gif', is_flag=True, help='Also write an animated GIF per pair')
 @click.option('--metrics', is_flag=True, help='Table-3 metrics: path length over 5 segments, FID of midpoints (with --data)')
-@click.option('--lpips', type=str, help="LPIPS detector for path lengths [default: vgg16-nvlabs, NVIDIA's vgg16.pt]")
+@click.option('--lpips', type=str, help="LPIPS of the path lengths: vgg16-nvlabs[:PATH] or a detector spec [default: vgg16-nvlabs, NVIDIA's vgg16.pt, through --detector-path]")
 @click.option('--detector-path', type=str, help="Local Inception/VGG16 TorchScript file or folder, 'inception=P,vgg16=P', or random:DIM:SEED")
 @click.option('--data', type=str, help='Real images (zip or folder) for FID of midpoints')
 @click.option('--max-real', type=int, help='Use at most this many real images for FID')

@@ -116,14 +116,26 @@ def real_feature_stats(data, resolution, detector_spec, device, max_real=None, b
                                              capture_mean_cov=True).get_mean_cov()
 
 
+def lpips_detector_spec(lpips=None, detector_path=None):
+    """The detector spec of an interpolate.py --lpips value (see `compute_metrics`)."""
+    if lpips is None:
+        return detectors.resolve_detector(detectors.VGG16_URL, detector_path)
+    kind, sep, path = str(lpips).partition(':')
+    if kind == 'vgg16-nvlabs':
+        return path if sep and path else detectors.VGG16_URL
+    return lpips
+
+
 def compute_metrics(G, ws, pairs, *, lpips=None, detector_path=None, data=None, max_real=None, device='cpu',
                     batch_size=8, progress=False, cache=True):
     """Table-3 metrics (`metrics.interpolation.interpolation_metrics`) plus what they were measured with.
 
-    lpips: LPIPS detector spec; default NVIDIA's vgg16.pt (`vgg16-nvlabs`), resolved through
-    detector_path. FID of the midpoints only when `data` (real images) is given.
+    lpips: None (NVIDIA's vgg16.pt, `vgg16-nvlabs`, resolved through detector_path),
+    'vgg16-nvlabs', 'vgg16-nvlabs:PATH' (as invert.py's --lpips), or any detector spec (a
+    TorchScript path or URL, 'random:<dim>:<seed>'). FID of the midpoints only when `data`
+    (real images) is given.
     """
-    lpips_spec = lpips or detectors.resolve_detector(detectors.VGG16_URL, detector_path)
+    lpips_spec = lpips_detector_spec(lpips, detector_path)
     distance_fn = detectors.lpips_distance_fn(lpips_spec, device=device)
     feature_fn = real = inception_spec = None
     if data is not None:

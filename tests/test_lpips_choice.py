@@ -146,3 +146,18 @@ def test_metrics_report_lpips_network(fake_vgg16):
     with pytest.raises(detectors.DetectorUnavailableError, match='random:64:0'):     # offline: how to get a stand-in
         metric_main.calc_metric('ppl2_wend', **kw)
     assert detectors.lpips_network_name(detectors.VGG16_URL) == 'vgg16-nvlabs'
+
+
+def test_interpolate_lpips_choice_and_offline_error(tiny_pkl, tmp_path, fake_vgg16):
+    import interpolate
+    base = ['--network', str(tiny_pkl), '--seeds', '0-1', '--metrics', '--no-grid', '--device', 'cpu', '--no-progress']
+    result = CliRunner().invoke(interpolate.main, base + ['--lpips', f'vgg16-nvlabs:{fake_vgg16}', '--outdir',
+                                                          str(tmp_path / 'a')])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / 'a' / 'interpolation.json').read_text())['summary']
+    assert summary['lpips_network'] == f'vgg16-nvlabs:{fake_vgg16}' and summary['ppl_mean'] > 0
+    assert f'vgg16-nvlabs:{fake_vgg16} LPIPS' in result.output
+    result = CliRunner().invoke(interpolate.main, base + ['--outdir', str(tmp_path / 'b')])     # default, offline
+    assert result.exit_code == 1 and 'Traceback' not in result.output
+    error_lines = [line for line in result.output.splitlines() if line.startswith('Error')]
+    assert len(error_lines) == 1 and '--detector-path' in error_lines[0] and 'random:64:0' in error_lines[0]
