@@ -54,13 +54,15 @@ def pairwise_distances(rows, blocks, count):
 def knn_radii(manifold, nhood_size=3, row_batch_size=10000, col_batch_size=10000):
     """manifold `[M, D]` -> `[M]` distance of each point to its `nhood_size`-th nearest other point
     (the point itself, at distance 0, is the first neighbour, hence the (k+1)-th smallest).
-    The radius has the manifold's dtype; it is selected in float32 (exact for float16 values)."""
+    The radius has the manifold's dtype; float16 distances are ranked in float32 (as NVIDIA's;
+    exact for float16 values), others in their own dtype."""
     if manifold.shape[0] < nhood_size + 1:
         raise ValueError(f'precision/recall with k={nhood_size} needs more than {nhood_size} images per set')
     blocks, count = column_blocks(manifold, col_batch_size)
+    rank_dtype = torch.float32 if manifold.dtype == torch.float16 else manifold.dtype
     radii = []
     for rows in manifold.split(row_batch_size):
-        dist = pairwise_distances(rows, blocks, count).to(torch.float32)
+        dist = pairwise_distances(rows, blocks, count).to(rank_dtype)
         radii.append(dist.kthvalue(nhood_size + 1, dim=1).values.to(manifold.dtype))
     return torch.cat(radii)
 
