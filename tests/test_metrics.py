@@ -436,8 +436,10 @@ def test_read_inversion_run_and_recon_metrics(tmp_path):
     assert res.recon_mse == pytest.approx(mse.mean()) and res.recon_num_images == 4
     assert res.recon_psnr == pytest.approx(np.mean(-10 * np.log10(mse.mean(axis=(1, 2, 3)))))
     assert 0 < res.recon_ssim < 1 and res.recon_recorded_lpips == pytest.approx(0.15)
-    full = metric_main.calc_metric('recon', inversion_run=str(run), device='cpu', detector_path='random:16:0').results
+    full_result = metric_main.calc_metric('recon', inversion_run=str(run), device='cpu', detector_path='random:16:0')
+    full = full_result.results
     assert full.recon_lpips > 0 and np.isfinite(full.recon_fid) and full.recon_fid > 0
+    assert full_result.lpips_network == 'random:16:0'              # recon_lpips says which LPIPS it is
     # Perfect reconstructions: zero LPIPS and FID, SSIM 1.
     for i in range(4):
         PIL.Image.fromarray(targets[i]).save(run / f'img{i}-recon.png')
@@ -460,6 +462,25 @@ def test_registry_and_report(tmp_path, capsys):
     lines = (tmp_path / 'metric-fid50k_full.jsonl').read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[0])['snapshot_pkl'] == 'net.pkl'
     assert json.loads(lines[1])['results']['fid50k_full'] == 1.5 and 'fid50k_full' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('name, expect', [('fid50k_full', dict(max_size=None, xflip=False)),
+                                          ('pr50k3_full', dict(max_size=None, xflip=False)),
+                                          ('fid50k', dict(max_size=None, xflip=True))])
+def test_registry_applies_dataset_options(monkeypatch, name, expect):
+    """*_full metrics read the whole dataset without x-flips; the legacy ones keep the caller's x-flip."""
+    seen = {}
+
+    def fake(opts, **kwargs):
+        seen.update(opts.dataset_kwargs, **{k: kwargs[k] for k in ('max_real', 'num_gen')})
+        return (0.5, 0.5) if name.startswith('pr') else 1.0
+    monkeypatch.setattr(frechet, 'compute_fid', fake)
+    monkeypatch.setattr(precision_recall, 'compute_pr', fake)
+    metric_main.calc_metric(name, G=torch.nn.Identity(), dataset_kwargs=dict(class_name='x', max_size=10, xflip=True),
+                            device='cpu')
+    assert {k: seen[k] for k in expect} == expect
+    assert (seen['max_real'], seen['num_gen']) == {'fid50k_full': (None, 50000), 'pr50k3_full': (200000, 50000),
+                                                   'fid50k': (50000, 50000)}[name]
 
 #----------------------------------------------------------------------------
 # Two processes (gloo): sharded features equal the single-process ones; results reach every rank.
