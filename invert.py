@@ -68,9 +68,9 @@ _RESUMED = dict(network='network', target='target', space='space', steps='steps'
               help='fp32 = strict; tf32 = TF32 matmuls; bf16 = TF32 generator + bfloat16-autocast VGG')
 @click.option('--crop', type=click.Choice(['center', 'none']), default='center', show_default=True,
               help='Center-crop to a square, or resize the whole image')
-@click.option('--lpips', default='vgg', show_default=True, callback=_check_lpips, metavar='SPEC',
-              help='vgg (lpips package) | vgg16-nvlabs[:PATH] (NVIDIA vgg16.pt, URL by default) | '
-                   'vgg-random (random VGG trunk: tests only)')
+@click.option('--lpips', default='vgg16-nvlabs', show_default=True, callback=_check_lpips, metavar='SPEC',
+              help="vgg16-nvlabs[:PATH] (StyleGAN2's LPIPS: NVIDIA vgg16.pt, URL by default) | vgg (lpips package) | "
+                   'vgg-random (random VGG trunk: offline smoke runs and tests only)')
 @click.option('--trust-pickle', is_flag=True, help='Unpickle without restrictions (only for files you trust)')
 @click.option('--mse-weight', type=click.FloatRange(min=0), default=0.0, show_default=True, help='Weight of a pixel MSE term')
 @click.option('--l1-weight', type=click.FloatRange(min=0), default=0.0, show_default=True, help='Weight of a pixel L1 term')

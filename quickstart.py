@@ -7,9 +7,9 @@
    LPIPS, MSE, PSNR and SSIM of both.
 
 Everything lands in --outdir (default out/quickstart); quickstart.json sums it up.
-LPIPS uses torchvision's pretrained VGG16 when its weights are in the torch cache; offline
-without them it falls back to a seeded random VGG trunk and says so: those LPIPS values
-are not comparable to published ones (MSE/PSNR/SSIM are).
+LPIPS is StyleGAN2's (NVIDIA's vgg16.pt, `vgg16-nvlabs`) when it is cached or can be
+downloaded; offline without it the quickstart picks the seeded random stand-in `vgg-random`
+and says so: those LPIPS values are not comparable to published ones (MSE/PSNR/SSIM are).
 """
 
 import time
@@ -18,7 +18,8 @@ from pathlib import Path
 import click
 
 from configs import presets
-from inversion.losses import build_loss
+from dnnlib.util import url_cache_path
+from inversion.losses import DEFAULT_LPIPS, NVLABS_VGG16_URL, LpipsUnavailableError, build_loss
 from inversion.runner import run_inversion
 from metrics.reconstruction import read_inversion_run, reconstruction_metrics
 from torch_utils.image_io import save_json
@@ -27,12 +28,15 @@ from training.tiny_data import write_tiny_dataset, write_tiny_images
 
 
 def pick_lpips():
-    """'vgg' when the pretrained VGG16 loads (cached weights), else 'vgg-random' with a notice."""
+    """'vgg16-nvlabs' (the default LPIPS) when NVIDIA's vgg16.pt loads (cached or downloadable);
+    offline without it, the random stand-in 'vgg-random', chosen explicitly, with a notice."""
     try:
-        build_loss('vgg')
-        return 'vgg', None
-    except (RuntimeError, OSError) as err:
-        return 'vgg-random', f'pretrained VGG16 unavailable ({str(err).splitlines()[0][:120]}); LPIPS uses a random VGG trunk'
+        build_loss(DEFAULT_LPIPS)
+        return DEFAULT_LPIPS, None
+    except LpipsUnavailableError:
+        return 'vgg-random', (f"NVIDIA's vgg16.pt is not available offline (cache: {url_cache_path(NVLABS_VGG16_URL)}), "
+                              f"so LPIPS uses the random stand-in vgg-random: its values are not comparable to "
+                              f"published ones (MSE/PSNR/SSIM are)")
 
 
 def train_tiny(outdir, kimg, cfg, seed):

@@ -21,7 +21,7 @@ from inversion.upsample import LOSSES, MODES, run_upsample
 @click.option('--lr', type=float, default=0.05, show_default=True, help='Adam learning rate.')
 @click.option('--truncation', type=float, default=0.9, show_default=True, help='Truncation psi, applied before every step.')
 @click.option('--loss', type=click.Choice(LOSSES), default='lpips-lowres', show_default=True, help='Low-res loss.')
-@click.option('--lpips', default='vgg', show_default=True, help='LPIPS model: vgg, vgg16-nvlabs[:PATH], vgg-random.')
+@click.option('--lpips', default='vgg16-nvlabs', show_default=True, help='LPIPS model: vgg16-nvlabs[:PATH], vgg, vgg-random.')
 @click.option('--batch', type=int, default=8, show_default=True, help='Images optimised together.')
 @click.option('--device', default=None, help='Device (default: cuda if available).')
 @click.option('--trust-pickle', is_flag=True, help='Allow arbitrary code in the checkpoint (trusted files only).')

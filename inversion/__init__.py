@@ -8,6 +8,7 @@ Modules (import what you need; nothing heavy happens at import time):
     targets  listing and decoding target images (folder, file, zip).
     outputs  atomic per-image and per-run files, the LPIPS curve plot, resume state files.
     runner   `run_inversion`: the whole job behind invert.py.
+    interpolate  `run_interpolation`: the job behind interpolate.py (paths, images, table-3 metrics).
 """
 
 from .spaces import SPACES, LatentSpace  # noqa: F401

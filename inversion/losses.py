@@ -3,14 +3,16 @@
 Two LPIPS implementations sit behind one interface (`features(x)` once per image,
 `distance(fa, fb) -> [N]`), so the target's features are computed once per inversion:
 
+* `vgg16-nvlabs[:PATH]` (the default): NVIDIA's TorchScript `vgg16.pt` used by
+  stylegan2-ada-pytorch's projector and PPL metric ("the LPIPS loss from StyleGAN2" of the
+  paper, sec. 4.2), the network of the metrics too. It takes images in [0, 255] and returns
+  unit-normalised features `[N, F]`; the distance is the squared L2 norm of their difference.
+  Read from a local path, or from the URL through `dnnlib.util.open_url`'s download cache;
+  offline and not cached, loading fails with `LpipsUnavailableError` (one line: how to pass the
+  file, or to choose `vgg-random`).
 * `vgg`: the `lpips` package (Zhang et al. 2018, v0.1, VGG16 trunk, learned linear layers).
   Its linear weights ship with the package; the VGG16 trunk's ImageNet weights come from
   torchvision's download cache. Inputs in [-1, 1].
-* `vgg16-nvlabs[:PATH]`: NVIDIA's TorchScript `vgg16.pt` used by stylegan2-ada-pytorch's
-  projector and PPL metric ("the LPIPS loss from StyleGAN2" of the paper, sec. 4.2). It takes
-  images in [0, 255] and returns unit-normalised features `[N, F]`; the distance is the
-  squared L2 norm of their difference. Read from a local path, or from the URL through
-  `dnnlib.util.open_url`'s download cache.
 * `vgg-random`: the `lpips` package path with a seeded random VGG16 trunk (`pnet_rand=True`).
   For tests and offline smoke runs only: its values are not a perceptual metric.
 
@@ -20,6 +22,7 @@ as NVIDIA's projector does; smaller images are evaluated at their own size.
 
 import contextlib
 import copy
+import os
 import warnings
 
 import torch
@@ -34,15 +37,29 @@ LPIPS_KINDS = ('vgg', 'vgg16-nvlabs', 'vgg-random')
 _LPIPS_CACHE = {}   # (random_backbone, seed) -> CPU lpips.LPIPS: building VGG16 (with its classifier) takes seconds.
 
 
+DEFAULT_LPIPS = 'vgg16-nvlabs'     # StyleGAN2's LPIPS, as in the paper and the metrics
+
+
+class LpipsUnavailableError(FileNotFoundError):
+    """The LPIPS network file could not be read or downloaded. One-line message with the fix."""
+
+
 def parse_lpips_spec(spec):
-    """'vgg' | 'vgg16-nvlabs' | 'vgg16-nvlabs:PATH_OR_URL' | 'vgg-random' -> (kind, path_or_url or None)."""
+    """'vgg16-nvlabs' | 'vgg16-nvlabs:PATH_OR_URL' | 'vgg' | 'vgg-random' -> (kind, path_or_url or None)."""
     spec = str(spec)
     kind, sep, path = spec.partition(':')
     if kind == 'vgg16-nvlabs':
         return kind, (path if sep and path else NVLABS_VGG16_URL)
     if kind in ('vgg', 'vgg-random') and not sep:
         return kind, None
-    raise ValueError(f'Unknown --lpips {spec!r}: use vgg, vgg16-nvlabs or vgg16-nvlabs:PATH')
+    raise ValueError(f'Unknown --lpips {spec!r}: use vgg16-nvlabs, vgg16-nvlabs:PATH, vgg or vgg-random')
+
+
+def lpips_network_name(spec):
+    """The name outputs record for an --lpips spec: 'vgg16-nvlabs' (NVIDIA's vgg16.pt from its URL),
+    'vgg16-nvlabs:PATH' (another copy of it), 'vgg' (lpips package) or 'vgg-random' (random stand-in)."""
+    kind, path = parse_lpips_spec(spec)
+    return kind if path in (None, NVLABS_VGG16_URL) else f'{kind}:{path}'
 
 #----------------------------------------------------------------------------
 # The lpips package's VGG16 LPIPS, split into features + distance.
@@ -102,11 +119,34 @@ class NvlabsVGG16(torch.nn.Module):
 
     def __init__(self, path_or_url=NVLABS_VGG16_URL, device=None):
         super().__init__()
-        with dnnlib.util.open_url(path_or_url) as f, warnings.catch_warnings():
-            warnings.filterwarnings('ignore', category=FutureWarning, message='.*torch.jit')   # NVIDIA ships TorchScript.
-            self.net = torch.jit.load(f, map_location=device).eval()
+        self.net = self._load(str(path_or_url), device)
         for p in self.net.parameters():
             p.requires_grad_(False)
+
+    @staticmethod
+    def _load(path_or_url, device):
+        """The TorchScript module, or LpipsUnavailableError with a one-line fix."""
+        is_url = dnnlib.util.is_url(path_or_url)
+        local = os.path.expanduser(path_or_url)
+        if not is_url and not os.path.isfile(local):
+            raise LpipsUnavailableError(f'{path_or_url} not found: pass NVIDIA\'s vgg16.pt as --lpips vgg16-nvlabs:PATH')
+        try:
+            source = dnnlib.util.open_url(path_or_url, verbose=False) if is_url else open(local, 'rb')
+        except OSError:
+            cached = dnnlib.util.url_cache_path(path_or_url) if path_or_url.startswith(('http:', 'https:')) else None
+            where = f' (or save it as {cached})' if cached else ''
+            raise LpipsUnavailableError(
+                f'NVIDIA\'s LPIPS network vgg16.pt could not be downloaded from {path_or_url} (offline?): download it '
+                f'elsewhere and pass --lpips vgg16-nvlabs:PATH{where}, or use the random stand-in --lpips vgg-random '
+                f'(not a perceptual metric)') from None
+        with source as f, warnings.catch_warnings():
+            warnings.filterwarnings('ignore', category=FutureWarning, message='.*torch.jit')   # NVIDIA ships TorchScript.
+            try:
+                return torch.jit.load(f, map_location=device).eval()
+            except (RuntimeError, ValueError) as err:
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                raise LpipsUnavailableError(f'{path_or_url} is not NVIDIA\'s TorchScript vgg16.pt ({first}); '
+                                            f'fix --lpips vgg16-nvlabs:PATH') from None
 
     def features(self, x):
         """x `[N, 3, H, W]` in [-1, 1] -> unit-normalised features `[N, F]` (float32)."""
@@ -135,7 +175,7 @@ class InversionLoss(torch.nn.Module):
     def __init__(self, perceptual, resolution=256, mse_weight=0.0, l1_weight=0.0, vgg_autocast=None):
         super().__init__()
         self.perceptual = perceptual
-        self.resolution = resolution
+        self.resolution = None if resolution is None else int(resolution)   # px; larger images are shrunk
         self.mse_weight = float(mse_weight)
         self.l1_weight = float(l1_weight)
         self.vgg_autocast = vgg_autocast
@@ -176,7 +216,7 @@ class InversionLoss(torch.nn.Module):
         return dict(loss=loss, lpips=lpips)
 
 
-def build_loss(spec='vgg', device=None, resolution=256, mse_weight=0.0, l1_weight=0.0, precision='fp32', seed=0):
+def build_loss(spec=DEFAULT_LPIPS, device=None, resolution=256, mse_weight=0.0, l1_weight=0.0, precision='fp32', seed=0):
     """`InversionLoss` from an `--lpips` spec (see `parse_lpips_spec`), on `device`.
 
     precision: 'bf16' runs the VGG under bfloat16 autocast; 'fp32'/'tf32' leave it in float32.
@@ -190,6 +230,7 @@ def build_loss(spec='vgg', device=None, resolution=256, mse_weight=0.0, l1_weigh
     autocast = torch.bfloat16 if precision == 'bf16' else None
     loss = InversionLoss(perceptual, resolution=resolution, mse_weight=mse_weight, l1_weight=l1_weight,
                          vgg_autocast=autocast)
+    loss.lpips_network = lpips_network_name(spec)     # what outputs record as the LPIPS used
     return loss.to(device) if device is not None else loss
 
 #----------------------------------------------------------------------------

@@ -134,6 +134,16 @@ def resolve_detector(default_url, detector_path=None):
     return detector_path
 
 
+def lpips_network_name(spec):
+    """What an LPIPS detector spec names, in the vocabulary of invert.py's --lpips: 'vgg16-nvlabs'
+    (NVIDIA's vgg16.pt from its URL), 'vgg16-nvlabs:PATH' (a local copy, or another URL), or the
+    'random:<dim>:<seed>' stand-in (not a perceptual metric)."""
+    spec = str(spec)
+    if parse_random_spec(spec) is not None:
+        return spec
+    return 'vgg16-nvlabs' if spec == VGG16_URL else f'vgg16-nvlabs:{spec}'
+
+
 def detector_fingerprint(spec):
     """Hashable description of what a spec loads (for stats cache keys): the spec, plus size
     and mtime for a local file."""
@@ -181,7 +191,8 @@ def load_detector(spec, device=None, verbose=False):
             raise DetectorUnavailableError(
                 f'feature detector {detector_name(spec)} unavailable: {spec} could not be downloaded (offline?) and is '
                 f'not cached as {cached}; download it elsewhere and pass the file (or its folder) with '
-                f'--detector-path PATH (detector_path=PATH in Python, or ${DETECTOR_PATH_ENV})') from None
+                f'--detector-path PATH (detector_path=PATH in Python, or ${DETECTOR_PATH_ENV}), or use the seeded '
+                f'random stand-in --detector-path random:64:0 (not comparable to published numbers)') from None
     elif dnnlib.util.is_url(spec):
         path = dnnlib.util.open_url(spec, return_filename=True)
     else:

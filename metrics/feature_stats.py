@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import uuid
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,9 +50,29 @@ class MetricOptions(dnnlib.EasyDict):
                          batch_gen=int(batch_gen), num_workers=int(num_workers), cache=bool(cache),
                          progress=bool(progress), inversion_run=inversion_run, **extra)
 
+    def counts(self, max_real, num_gen):
+        """A metric's (real, generated) image counts after this run's overrides: `max_real`
+        caps the real images (None = no cap), `num_gen` replaces the number generated."""
+        if self.max_real is not None:
+            max_real = self.max_real if max_real is None else min(max_real, self.max_real)
+        return max_real, (num_gen if self.num_gen is None else self.num_gen)
+
     def detector(self, default_url):
         """The resolved detector spec for a metric whose standard detector is `default_url`."""
         return detectors.resolve_detector(default_url, self.detector_path)
+
+    def lpips_distance(self):
+        """The LPIPS `fn(img0, img1) -> [N]` of PPL and reconstruction metrics: `self.distance_fn`
+        when given, else NVIDIA's VGG16 (`vgg16-nvlabs`) resolved through `detector_path`. The
+        network used is recorded in `self.lpips_network` (calc_metric reports it)."""
+        fn = self.get('distance_fn')
+        if fn is not None:
+            self.lpips_network = getattr(fn, 'lpips_network', 'distance_fn')
+            return fn
+        spec = self.detector(detectors.VGG16_URL)
+        self.lpips_network = detectors.lpips_network_name(spec)
+        return detectors.lpips_distance_fn(spec, device=self.device, num_gpus=self.num_gpus, rank=self.rank,
+                                           verbose=self.progress)
 
     def load_detector(self, spec):
         return detectors.get_detector(spec, device=self.device, num_gpus=self.num_gpus, rank=self.rank, verbose=self.progress)
@@ -70,105 +91,121 @@ class MetricOptions(dnnlib.EasyDict):
 #----------------------------------------------------------------------------
 
 class FeatureStats:
-    """Accumulates feature rows `[n, D]`: all of them (`capture_all`) and/or their float64 sum
-    and Gram matrix (`capture_mean_cov`), up to `max_items` rows (later rows are dropped)."""
+    """A bounded pile of feature rows `[n, D]` and, on request, their first two moments.
 
-    def __init__(self, capture_all=False, capture_mean_cov=False, max_items=None):
-        self.capture_all = bool(capture_all)
-        self.capture_mean_cov = bool(capture_mean_cov)
-        self.max_items = None if max_items is None else int(max_items)
-        self.num_items = 0
-        self.num_features = None
-        self._all = []
-        self.raw_mean = None          # [D] float64: sum of rows
-        self.raw_cov = None           # [D, D] float64: sum of outer products
+    capture_all:       keep every row (KID and precision/recall need the rows themselves).
+    capture_mean_cov:  keep the float64 column sums `[D]` and the Gram matrix sum of x x^T
+                       `[D, D]`, one batch at a time (FID needs only these).
+    max_items:         accept at most this many rows; rows past the limit are ignored.
+    """
+
+    def __init__(self, *, capture_all=False, capture_mean_cov=False, max_items=None):
+        self.capture_all, self.capture_mean_cov = bool(capture_all), bool(capture_mean_cov)
+        self.max_items = max_items if max_items is None else int(max_items)
+        self.num_items = 0            # rows accepted so far
+        self.num_features = None      # D, fixed by the first batch
+        self._batches = []            # float32 [n_i, D] (capture_all)
+        self._col_sum = None          # float64 [D]    sum over rows of x       (capture_mean_cov)
+        self._gram_sum = None         # float64 [D, D] sum over rows of x x^T   (capture_mean_cov)
 
     def is_full(self):
         return self.max_items is not None and self.num_items >= self.max_items
 
-    def append(self, x):
-        """x: array-like `[n, D]`."""
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 2:
-            raise ValueError(f'features must be [n, D], got shape {list(x.shape)}')
-        if self.max_items is not None:
-            x = x[:max(self.max_items - self.num_items, 0)]
+    def _room(self):
+        """How many more rows fit (None: unbounded)."""
+        return None if self.max_items is None else max(0, self.max_items - self.num_items)
+
+    def _fix_width(self, width):
         if self.num_features is None:
-            self.num_features = x.shape[1]
+            self.num_features = width
             if self.capture_mean_cov:
-                self.raw_mean = np.zeros([self.num_features], dtype=np.float64)
-                self.raw_cov = np.zeros([self.num_features, self.num_features], dtype=np.float64)
-        elif x.shape[1] != self.num_features:
-            raise ValueError(f'features changed width: {x.shape[1]} after {self.num_features}')
-        if x.shape[0] == 0:
+                self._col_sum = np.zeros(width, dtype=np.float64)
+                self._gram_sum = np.zeros((width, width), dtype=np.float64)
+        elif width != self.num_features:
+            raise ValueError(f'features changed width: {width} after {self.num_features}')
+
+    def append(self, x):
+        """Add rows: array-like `[n, D]` (stored as float32; moments accumulate in float64)."""
+        rows = np.asarray(x, dtype=np.float32)
+        if rows.ndim != 2:
+            raise ValueError(f'features must be [n, D], got shape {list(rows.shape)}')
+        room = self._room()
+        if room is not None and rows.shape[0] > room:
+            rows = rows[:room]
+        self._fix_width(rows.shape[1])
+        if len(rows) == 0:
             return
-        self.num_items += x.shape[0]
         if self.capture_all:
-            self._all.append(x)
+            self._batches.append(rows)
         if self.capture_mean_cov:
-            x64 = x.astype(np.float64)
-            self.raw_mean += x64.sum(axis=0)
-            self.raw_cov += x64.T @ x64
+            wide = rows.astype(np.float64)
+            np.add(self._col_sum, wide.sum(axis=0), out=self._col_sum)
+            np.add(self._gram_sum, wide.T @ wide, out=self._gram_sum)
+        self.num_items = self.num_items + len(rows)
 
     def append_torch(self, x, num_gpus=1):
-        """x: tensor `[n, D]` of this rank; with num_gpus > 1, rows of all ranks are gathered and
-        interleaved (rank 0 row 0, rank 1 row 0, ...) before appending."""
+        """Add this rank's rows, a tensor `[n, D]`. With num_gpus > 1 all ranks' rows are
+        all-gathered first and interleaved by row: (rank 0, row 0), (rank 1, row 0), ..."""
         if x.ndim != 2:
             raise ValueError(f'features must be [n, D], got shape {list(x.shape)}')
-        x = x.detach()
+        rows = x.detach()
         if num_gpus > 1:
-            parts = [torch.empty_like(x) for _ in range(num_gpus)]
-            torch.distributed.all_gather(parts, x.contiguous())
-            x = torch.stack(parts, dim=1).flatten(0, 1)
-        self.append(x.to(torch.float32).cpu().numpy())
+            gathered = [torch.empty_like(rows) for _ in range(num_gpus)]
+            torch.distributed.all_gather(gathered, rows.contiguous())
+            rows = torch.stack(gathered, dim=1).flatten(0, 1)
+        self.append(rows.to(torch.float32).cpu().numpy())
 
     def get_all(self):
-        """`[num_items, D]` float32."""
+        """Every accepted row: float32 `[num_items, D]`."""
         if not self.capture_all:
             raise ValueError('FeatureStats was created without capture_all')
-        if not self._all:
-            return np.zeros([0, self.num_features or 0], dtype=np.float32)
-        return np.concatenate(self._all, axis=0)
+        if len(self._batches) == 0:
+            return np.zeros((0, self.num_features or 0), dtype=np.float32)
+        return np.concatenate(self._batches, axis=0)
 
     def get_mean_cov(self):
-        """(mean `[D]`, covariance `[D, D]`), float64; the covariance divides by N (biased), as NVIDIA's."""
+        """(mean `[D]`, covariance `[D, D]`) in float64: E[x] and E[x x^T] - E[x] E[x]^T, i.e. the
+        biased (divide by N) covariance, which is what FID is defined with."""
         if not self.capture_mean_cov:
             raise ValueError('FeatureStats was created without capture_mean_cov')
         if self.num_items == 0:
             raise ValueError('no features were accumulated')
-        mean = self.raw_mean / self.num_items
-        cov = self.raw_cov / self.num_items - np.outer(mean, mean)
-        return mean, cov
+        n = self.num_items
+        mean = self._col_sum / n
+        return mean, np.subtract(self._gram_sum / n, np.outer(mean, mean))
 
+    # The .npz layout (keys meta, all_features, raw_mean, raw_cov) is the on-disk cache format.
     def save(self, path):
-        """Write as .npz (no pickle), atomically."""
-        arrays = dict(meta=np.array(json.dumps(dict(capture_all=self.capture_all, capture_mean_cov=self.capture_mean_cov,
-                                                    max_items=self.max_items, num_items=self.num_items,
-                                                    num_features=self.num_features))))
+        """Write to `path` as .npz (no pickle), through a temporary file and a rename."""
+        meta = dict(capture_all=self.capture_all, capture_mean_cov=self.capture_mean_cov, max_items=self.max_items,
+                    num_items=self.num_items, num_features=self.num_features)
+        arrays = {'meta': np.array(json.dumps(meta))}
         if self.capture_all:
             arrays['all_features'] = self.get_all()
-        if self.capture_mean_cov and self.raw_mean is not None:
-            arrays.update(raw_mean=self.raw_mean, raw_cov=self.raw_cov)
-        tmp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
+        if self.capture_mean_cov and self._col_sum is not None:
+            arrays['raw_mean'], arrays['raw_cov'] = self._col_sum, self._gram_sum
+        partial = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
         try:
-            with open(tmp, 'wb') as f:
+            with open(partial, 'wb') as f:
                 np.savez(f, **arrays)
-            os.replace(tmp, path)
+            os.replace(partial, path)
         finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+            if os.path.exists(partial):
+                os.remove(partial)
 
-    @staticmethod
-    def load(path):
+    @classmethod
+    def load(cls, path):
+        """Read a file written by `save`."""
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data['meta']))
-            stats = FeatureStats(meta['capture_all'], meta['capture_mean_cov'], meta['max_items'])
-            stats.num_items, stats.num_features = meta['num_items'], meta['num_features']
-            if 'all_features' in data:
-                stats._all = [data['all_features'].astype(np.float32)]
-            if 'raw_mean' in data:
-                stats.raw_mean, stats.raw_cov = data['raw_mean'], data['raw_cov']
-        return stats
+            out = cls(capture_all=meta['capture_all'], capture_mean_cov=meta['capture_mean_cov'],
+                      max_items=meta['max_items'])
+            out.num_items, out.num_features = meta['num_items'], meta['num_features']
+            if 'all_features' in data.files:
+                out._batches = [data['all_features'].astype(np.float32)]
+            if 'raw_mean' in data.files:
+                out._col_sum, out._gram_sum = data['raw_mean'], data['raw_cov']
+        return out
 
 #----------------------------------------------------------------------------
 # Dataset features, cached under a hash of what determines them.
@@ -216,42 +253,60 @@ def _broadcast_flag(flag, opts):
 
 
 def _to_rgb(images):
+    """Grey `[N, 1, H, W]` -> `[N, 3, H, W]` by repeating the channel; RGB passes through."""
     return images.repeat([1, 3, 1, 1]) if images.shape[1] == 1 else images
 
 
-def compute_feature_stats_for_dataset(opts, detector_spec, detector_kwargs, max_items=None, **stats_kwargs):
-    """Detector features of the real images (uint8 `[N, 3, H, W]` batches) -> FeatureStats.
+def frozen_copy(G, device):
+    """An evaluation copy of G on `device` without gradients (metrics never change the caller's G)."""
+    twin = copy.deepcopy(G)
+    return twin.eval().requires_grad_(False).to(device)
 
-    max_items: use only the first `max_items` images of the dataset (None = all). With
-    `opts.cache`, the result is stored in / read from `dataset_cache_file(...)`.
-    """
-    dataset = opts.make_dataset()
-    num_items = len(dataset) if max_items is None else min(len(dataset), int(max_items))
-    stats_kwargs = dict(stats_kwargs, max_items=num_items)
-    cache_file = None
-    if opts.cache:
-        cache_file = dataset_cache_file(opts, detector_spec, detector_kwargs, stats_kwargs, dataset_name=dataset.name)
-        if _broadcast_flag(opts.rank == 0 and os.path.isfile(cache_file), opts):
-            dataset.close()
-            return FeatureStats.load(cache_file)
 
-    stats = FeatureStats(**stats_kwargs)
+def _strided_share(num_items, world, rank):
+    """Dataset indices of one rank: rank, rank + world, ... wrapping around so that every rank
+    gets ceil(num_items / world) of them (the gather then restores the dataset order)."""
+    per_rank = -(-num_items // world)
+    return [(rank + world * k) % num_items for k in range(per_rank)]
+
+
+def _features_of_dataset(opts, dataset, num_items, detector_spec, detector_kwargs, stats_kwargs):
     detector = opts.load_detector(detector_spec)
-    world, rank = opts.num_gpus, opts.rank
-    subset = [(i * world + rank) % num_items for i in range((num_items - 1) // world + 1)]
-    loader = torch.utils.data.DataLoader(dataset, sampler=subset, batch_size=opts.batch_size, num_workers=opts.num_workers,
+    stats = FeatureStats(capture_all=stats_kwargs.get('capture_all', False),
+                         capture_mean_cov=stats_kwargs.get('capture_mean_cov', False), max_items=num_items)
+    loader = torch.utils.data.DataLoader(dataset, sampler=_strided_share(num_items, opts.num_gpus, opts.rank),
+                                         batch_size=opts.batch_size, num_workers=opts.num_workers,
                                          pin_memory=opts.device.type == 'cuda')
     with opts.bar(num_items, 'dataset features') as bar, torch.no_grad():
         for images, _labels in loader:
-            features = detector(_to_rgb(images.to(opts.device)), **detector_kwargs)
-            before = stats.num_items
-            stats.append_torch(features, num_gpus=world)
-            bar.update(stats.num_items - before)
-    dataset.close()
+            seen = stats.num_items
+            stats.append_torch(detector(_to_rgb(images.to(opts.device)), **detector_kwargs), num_gpus=opts.num_gpus)
+            bar.update(stats.num_items - seen)
+    return stats
 
-    if cache_file is not None and rank == 0:
-        os.makedirs(os.path.dirname(cache_file), exist_ok=True)
-        stats.save(cache_file)
+
+def compute_feature_stats_for_dataset(opts, detector_spec, detector_kwargs, max_items=None, **stats_kwargs):
+    """Detector features of the real images (fed as uint8 `[n, 3, H, W]`) -> FeatureStats.
+
+    max_items: use only the first `max_items` images of the dataset (None = all). With
+    `opts.cache`, the result is read from / written to `dataset_cache_file(...)` (rank 0 writes;
+    all ranks read when rank 0 finds it).
+    """
+    dataset = opts.make_dataset()
+    try:
+        num_items = len(dataset) if max_items is None else min(len(dataset), int(max_items))
+        stats_kwargs = dict(stats_kwargs, max_items=num_items)
+        cached = None
+        if opts.cache:
+            cached = Path(dataset_cache_file(opts, detector_spec, detector_kwargs, stats_kwargs, dataset_name=dataset.name))
+            if _broadcast_flag(opts.rank == 0 and cached.is_file(), opts):
+                return FeatureStats.load(cached)
+        stats = _features_of_dataset(opts, dataset, num_items, detector_spec, detector_kwargs, stats_kwargs)
+    finally:
+        dataset.close()
+    if cached and opts.rank == 0:                     # only rank 0 writes the cache
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        stats.save(cached)
     return stats
 
 #----------------------------------------------------------------------------
@@ -276,40 +331,45 @@ def label_sampler(opts, G, offset=0):
 
 
 def generate_images(G, z, c, G_kwargs):
-    """z `[n, *G.z_shape]`, c `[n, c_dim]` -> uint8 `[n, C, H, W]` (as NVIDIA: x * 127.5 + 128, clamped, truncated)."""
-    mapping_kwargs = {k: G_kwargs[k] for k in ('truncation_psi', 'truncation_cutoff') if k in G_kwargs}
+    """z `[n, *G.z_shape]`, c `[n, c_dim]` -> uint8 `[n, C, H, W]`: x in [-1, 1] becomes
+    x * 127.5 + 128, clamped to [0, 255] and truncated (NVIDIA's conversion for detectors)."""
+    mapping_kwargs = {k: v for k, v in G_kwargs.items() if k in ('truncation_psi', 'truncation_cutoff')}
     synthesis_kwargs = {k: v for k, v in G_kwargs.items() if k not in mapping_kwargs}
-    ws = G.mapping(z, c, **mapping_kwargs)
-    img = G.synthesis(ws, **synthesis_kwargs)
+    img = G.synthesis(G.mapping(z, c, **mapping_kwargs), **synthesis_kwargs)
     return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+
+def _generated_batches(opts, G, num_calls, per_call, batch_gen):
+    """Yield `num_calls` uint8 batches of `per_call` images, `batch_gen` per generator call."""
+    gen, sample_c = rank_generator(opts), label_sampler(opts, G)
+    for _ in range(num_calls):
+        parts = []
+        for _ in range(per_call // batch_gen):
+            z = G.sample_z(batch_gen, gen, opts.device)
+            parts.append(generate_images(G, z, sample_c(batch_gen), opts.G_kwargs))
+        yield torch.cat(parts)
 
 
 def compute_feature_stats_for_generator(opts, detector_spec, detector_kwargs, max_items, **stats_kwargs):
     """Detector features of `max_items` generated images -> FeatureStats.
 
     Latents: `G.sample_z(batch_gen, rank_generator(opts))` (rows of latent matrices correlated as
-    in the paper); labels: `label_sampler`. Images are generated `opts.batch_gen` at a time and
-    fed to the detector `opts.batch_size` at a time.
+    in the paper); labels: `label_sampler`. Each rank generates a multiple of `batch_gen` images
+    close to `batch_size` per detector call, until `max_items` rows (all ranks) are collected.
     """
     if max_items is None or max_items < 1:
         raise ValueError('the number of generated images must be >= 1')
-    G = copy.deepcopy(opts.G).eval().requires_grad_(False).to(opts.device)
-    stats = FeatureStats(max_items=max_items, **stats_kwargs)
-    detector = opts.load_detector(detector_spec)
-    gen = rank_generator(opts)
-    sample_c = label_sampler(opts, G)
     batch_gen = max(1, min(opts.batch_gen, opts.batch_size))
-    per_call = max(batch_gen, opts.batch_size // batch_gen * batch_gen)
+    per_call = max(batch_gen, opts.batch_size - opts.batch_size % batch_gen)   # images per detector call
+    num_calls = -(-max_items // (per_call * opts.num_gpus))
+    G = frozen_copy(opts.G, opts.device)
+    detector = opts.load_detector(detector_spec)
+    stats = FeatureStats(max_items=max_items, **stats_kwargs)
     with opts.bar(max_items, 'generator features') as bar, torch.no_grad():
-        while not stats.is_full():
-            images = []
-            for _ in range(per_call // batch_gen):
-                z = G.sample_z(batch_gen, gen, opts.device)
-                images.append(generate_images(G, z, sample_c(batch_gen), opts.G_kwargs))
-            features = detector(_to_rgb(torch.cat(images)), **detector_kwargs)
-            before = stats.num_items
-            stats.append_torch(features, num_gpus=opts.num_gpus)
-            bar.update(stats.num_items - before)
+        for images in _generated_batches(opts, G, num_calls, per_call, batch_gen):
+            seen = stats.num_items
+            stats.append_torch(detector(_to_rgb(images), **detector_kwargs), num_gpus=opts.num_gpus)
+            bar.update(stats.num_items - seen)
     return stats
 
 #----------------------------------------------------------------------------

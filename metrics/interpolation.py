@@ -13,7 +13,8 @@ total (perceptual) variation, averaging over all images"), exactly as computed h
     length(ws0, ws1) = sum_{k=0}^{S-1} distance(x_k, x_{k+1})
 
 with `distance` the LPIPS distance of NVIDIA's VGG16 (`metrics.detectors.lpips_distance_fn`) on
-images mapped from [-1, 1] to [0, 255] and box-downsampled to at most 256 px (as NVIDIA's PPL).
+images mapped from [-1, 1] to [0, 255] and box-downsampled to at most 256 px (`ppl.to_lpips_range`,
+as NVIDIA's PPL).
 Unlike StyleGAN's PPL there is no division by epsilon^2: the value is the total variation of
 the path. `ppl_mean` averages it over all pairs (the paper's number), `ppl_median` is given too.
 
@@ -28,6 +29,7 @@ import torch
 
 from .feature_stats import FeatureStats
 from .frechet import frechet_distance
+from .ppl import to_lpips_range
 
 #----------------------------------------------------------------------------
 # Pairs.
@@ -87,17 +89,6 @@ def synthesize(G, ws, batch_size=8):
     kwargs = _synthesis_kwargs(G)
     out = [G.synthesis(ws[i:i + batch_size], **kwargs) for i in range(0, ws.shape[0], batch_size)]
     return torch.cat([x if x.dtype == torch.float64 else x.to(torch.float32) for x in out])
-
-
-def to_lpips_range(img, img_resolution=None):
-    """Images `[N, C, H, W]` in [-1, 1] -> `[N, 3, h, w]` in [0, 255], box-downsampled to <= 256 px
-    (an integer factor, as NVIDIA's PPL); 1-channel images are repeated to 3."""
-    res = img.shape[2] if img_resolution is None else img_resolution
-    factor = res // 256
-    if factor > 1:
-        img = img.reshape([-1, img.shape[1], img.shape[2] // factor, factor, img.shape[3] // factor, factor]).mean([3, 5])
-    img = (img + 1) * (255 / 2)
-    return img.repeat([1, 3, 1, 1]) if img.shape[1] == 1 else img
 
 
 def to_uint8_nchw(img):

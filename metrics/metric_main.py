@@ -7,6 +7,7 @@ ppl_zfull, ppl_wfull, ppl_zend, ppl_wend); `recon` and `recon_pixel` evaluate an
 import json
 import os
 import time
+from pathlib import Path
 
 import torch
 
@@ -17,32 +18,41 @@ from .feature_stats import MetricOptions
 
 #----------------------------------------------------------------------------
 
-_metric_dict = {}   # name -> fn(opts) -> dict of results
+_REGISTRY = {}    # name -> (fn(opts) -> {result name: value}, dataset option overrides)
+
+# Dataset options of the two families: the primary metrics read the whole dataset without
+# x-flips; the legacy ones keep the x-flip setting the caller chose.
+WHOLE_DATASET = dict(max_size=None, xflip=False)
+LEGACY_DATASET = dict(max_size=None)
+INVERSION_METRICS = ('recon', 'recon_pixel')
 
 
-def register_metric(fn):
-    """Decorator: register `fn(opts) -> {result_name: float}` under `fn.__name__`."""
+def register_metric(fn=None, *, dataset=None):
+    """Decorator: register `fn(opts) -> {result_name: float}` under `fn.__name__`. `dataset`:
+    options forced onto `opts.dataset_kwargs` before the call (e.g. WHOLE_DATASET)."""
+    if fn is None:
+        return lambda f: register_metric(f, dataset=dataset)
     if not callable(fn):
         raise TypeError('register_metric decorates a function')
-    _metric_dict[fn.__name__] = fn
+    _REGISTRY[fn.__name__] = (fn, dict(dataset or {}))
     return fn
 
 
-def is_valid_metric(metric):
-    return metric in _metric_dict
+def is_valid_metric(name):
+    return name in _REGISTRY
 
 
 def list_valid_metrics():
-    return list(_metric_dict)
+    return [name for name in _REGISTRY]
 
 
-def needs_generator(metric):
-    return metric not in ('recon', 'recon_pixel')
+def needs_generator(name):
+    return name not in INVERSION_METRICS
 
 
-def needs_dataset(metric):
+def needs_dataset(name):
     """Whether the metric reads real images (PPL only for conditional generators, for labels)."""
-    return metric.startswith(('fid', 'kid', 'pr'))
+    return name.startswith(('fid', 'kid', 'pr'))
 
 #----------------------------------------------------------------------------
 
@@ -70,48 +80,55 @@ def calc_metric(metric, G=None, dataset_kwargs=None, num_gpus=1, rank=0, device=
                          **kwargs)
     if needs_generator(metric) and opts.G is None:
         raise ValueError(f'{metric} needs a generator')
-    start = time.time()
-    results = _broadcast_results(_metric_dict[metric](opts), opts)
-    total_time = time.time() - start
-    overrides = {k: opts[k] for k in ('num_gen', 'max_real', 'detector_path') if opts[k] is not None}
-    return dnnlib.EasyDict(results=dnnlib.EasyDict({k: float(v) if isinstance(v, float) else v for k, v in results.items()}),
-                           metric=metric, total_time=total_time, total_time_str=dnnlib.util.format_time(total_time),
-                           num_gpus=num_gpus, overrides=overrides)
+    fn, dataset_overrides = _REGISTRY[metric]
+    opts.dataset_kwargs.update(dataset_overrides)
+    started = time.time()
+    results = _broadcast_results(fn(opts), opts)
+    seconds = time.time() - started
+    out = dnnlib.EasyDict(results=dnnlib.EasyDict({k: float(v) if isinstance(v, float) else v for k, v in results.items()}),
+                          metric=metric, total_time=seconds, total_time_str=dnnlib.util.format_time(seconds),
+                          num_gpus=num_gpus, overrides={k: opts[k] for k in ('num_gen', 'max_real', 'detector_path')
+                                                        if opts[k] is not None})
+    if opts.get('lpips_network') is not None:
+        out.lpips_network = opts.lpips_network      # which LPIPS network the values come from
+    return out
 
 
-def report_metric(result_dict, run_dir=None, snapshot_pkl=None):
-    """Print the result as one JSON line and append it to `<run_dir>/metric-<metric>.jsonl`
-    (run_dir None: print only). snapshot_pkl is recorded relative to run_dir."""
-    metric = result_dict['metric']
-    if run_dir is not None and snapshot_pkl is not None and not dnnlib.util.is_url(str(snapshot_pkl)):
-        snapshot_pkl = os.path.relpath(os.path.abspath(snapshot_pkl), os.path.abspath(run_dir))
-    line = dict(result_dict, snapshot_pkl=None if snapshot_pkl is None else str(snapshot_pkl), timestamp=time.time())
-    print(json.dumps(line))
-    if run_dir is not None:
-        os.makedirs(run_dir, exist_ok=True)
-        append_jsonl(os.path.join(run_dir, f'metric-{metric}.jsonl'), line)
-    return line
+def report_metric(result, run_dir=None, snapshot_pkl=None):
+    """Print `calc_metric`'s result as one JSON line, plus snapshot_pkl (relative to run_dir
+    for local files) and a timestamp; with run_dir, also append it to metric-<name>.jsonl there."""
+    snapshot = None if snapshot_pkl is None else str(snapshot_pkl)
+    if snapshot is not None and run_dir is not None and not dnnlib.util.is_url(snapshot):
+        snapshot = os.path.relpath(os.path.abspath(snapshot), os.path.abspath(run_dir))
+    record = {**result, 'snapshot_pkl': snapshot, 'timestamp': time.time()}
+    print(json.dumps(record))
+    if run_dir is None:
+        return record
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    append_jsonl(Path(run_dir) / f"metric-{result['metric']}.jsonl", record)
+    return record
 
 #----------------------------------------------------------------------------
 # Primary metrics (stylegan2-ada-pytorch): whole dataset, no x-flips.
 
-@register_metric
+def _named_pair(name, precision_and_recall):
+    """{'<name>_precision': p, '<name>_recall': r}: the result names of NVIDIA's PR metrics."""
+    return {f'{name}_{part}': value for part, value in zip(('precision', 'recall'), precision_and_recall)}
+
+
+@register_metric(dataset=WHOLE_DATASET)
 def fid50k_full(opts):
-    opts.dataset_kwargs.update(max_size=None, xflip=False)
     return dict(fid50k_full=frechet.compute_fid(opts, max_real=None, num_gen=50000))
 
 
-@register_metric
+@register_metric(dataset=WHOLE_DATASET)
 def kid50k_full(opts):
-    opts.dataset_kwargs.update(max_size=None, xflip=False)
-    return dict(kid50k_full=frechet.compute_kid(opts, max_real=1000000, num_gen=50000, num_subsets=100, max_subset_size=1000))
+    return dict(kid50k_full=frechet.compute_kid(opts, max_real=1000000, num_gen=50000))
 
 
-@register_metric
+@register_metric(dataset=WHOLE_DATASET)
 def pr50k3_full(opts):
-    opts.dataset_kwargs.update(max_size=None, xflip=False)
-    p, r = precision_recall.compute_pr(opts, max_real=200000, num_gen=50000, nhood_size=3)
-    return dict(pr50k3_full_precision=p, pr50k3_full_recall=r)
+    return _named_pair('pr50k3_full', precision_recall.compute_pr(opts, max_real=200000, num_gen=50000, nhood_size=3))
 
 
 @register_metric
@@ -121,43 +138,43 @@ def ppl2_wend(opts):
 #----------------------------------------------------------------------------
 # Legacy metrics: the first 50k real images, x-flips as the dataset options say; PPL with the face crop.
 
-@register_metric
+@register_metric(dataset=LEGACY_DATASET)
 def fid50k(opts):
-    opts.dataset_kwargs.update(max_size=None)
     return dict(fid50k=frechet.compute_fid(opts, max_real=50000, num_gen=50000))
 
 
-@register_metric
+@register_metric(dataset=LEGACY_DATASET)
 def kid50k(opts):
-    opts.dataset_kwargs.update(max_size=None)
-    return dict(kid50k=frechet.compute_kid(opts, max_real=50000, num_gen=50000, num_subsets=100, max_subset_size=1000))
+    return dict(kid50k=frechet.compute_kid(opts, max_real=50000, num_gen=50000))
 
 
-@register_metric
+@register_metric(dataset=LEGACY_DATASET)
 def pr50k3(opts):
-    opts.dataset_kwargs.update(max_size=None)
-    p, r = precision_recall.compute_pr(opts, max_real=50000, num_gen=50000, nhood_size=3)
-    return dict(pr50k3_precision=p, pr50k3_recall=r)
+    return _named_pair('pr50k3', precision_recall.compute_pr(opts, max_real=50000, num_gen=50000, nhood_size=3))
+
+
+def _legacy_ppl(opts, space, sampling):
+    return ppl.compute_ppl(opts, num_samples=50000, epsilon=1e-4, space=space, sampling=sampling, crop=True)
 
 
 @register_metric
 def ppl_zfull(opts):
-    return dict(ppl_zfull=ppl.compute_ppl(opts, num_samples=50000, epsilon=1e-4, space='z', sampling='full', crop=True))
+    return dict(ppl_zfull=_legacy_ppl(opts, 'z', 'full'))
 
 
 @register_metric
 def ppl_wfull(opts):
-    return dict(ppl_wfull=ppl.compute_ppl(opts, num_samples=50000, epsilon=1e-4, space='w', sampling='full', crop=True))
+    return dict(ppl_wfull=_legacy_ppl(opts, 'w', 'full'))
 
 
 @register_metric
 def ppl_zend(opts):
-    return dict(ppl_zend=ppl.compute_ppl(opts, num_samples=50000, epsilon=1e-4, space='z', sampling='end', crop=True))
+    return dict(ppl_zend=_legacy_ppl(opts, 'z', 'end'))
 
 
 @register_metric
 def ppl_wend(opts):
-    return dict(ppl_wend=ppl.compute_ppl(opts, num_samples=50000, epsilon=1e-4, space='w', sampling='end', crop=True))
+    return dict(ppl_wend=_legacy_ppl(opts, 'w', 'end'))
 
 #----------------------------------------------------------------------------
 # Inversion runs (paper, table 2).

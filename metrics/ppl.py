@@ -13,27 +13,31 @@ on the last axis, i.e. each of the R rows follows its own great circle. The mapp
 normalises each row, so this is the row-wise counterpart of StyleGAN2's slerp of unit vectors.
 """
 
-import copy
-
 import numpy as np
 import torch
 
 from . import detectors
-from .feature_stats import label_sampler, rank_generator
+from .feature_stats import frozen_copy, label_sampler, rank_generator
 
 #----------------------------------------------------------------------------
 
+def _unit(v):
+    """v scaled to unit Euclidean norm along its last axis."""
+    return v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)
+
+
 def slerp(a, b, t):
     """Spherical interpolation along the last axis of unit-normalised a and b `[N, ..., D]`;
-    t broadcastable to `[N, ..., 1]`. The result has unit norm along the last axis."""
-    a = a / a.norm(dim=-1, keepdim=True)
-    b = b / b.norm(dim=-1, keepdim=True)
-    cos = (a * b).sum(dim=-1, keepdim=True)
-    angle = t * torch.acos(cos.clamp(-1, 1))
-    ortho = b - cos * a
-    ortho = ortho / ortho.norm(dim=-1, keepdim=True)
-    out = a * torch.cos(angle) + ortho * torch.sin(angle)
-    return out / out.norm(dim=-1, keepdim=True)
+    t broadcastable to `[N, ..., 1]`. The result has unit norm along the last axis.
+
+    With u = a/|a|, cos(theta) = u . b/|b| and v the unit part of b/|b| orthogonal to u, the
+    point at fraction t of the great-circle arc is u cos(t theta) + v sin(t theta).
+    """
+    u, target = _unit(a), _unit(b)
+    cos_theta = (u * target).sum(dim=-1, keepdim=True)
+    arc = t * torch.acos(cos_theta.clamp(-1, 1))
+    v = _unit(target - cos_theta * u)
+    return _unit(u * torch.cos(arc) + v * torch.sin(arc))
 
 
 def face_crop(img):
@@ -45,6 +49,21 @@ def face_crop(img):
     return img[:, :, c * 3:c * 7, c * 2:c * 6]
 
 
+def to_lpips_range(img, img_resolution=None):
+    """Generator images `[N, C, H, W]` in [-1, 1] -> LPIPS input `[N, 3, h, w]` in [0, 255].
+
+    Images from a generator of more than 256 px (`img_resolution`, default H) are shrunk by the
+    integer factor f = img_resolution // 256 with a box filter (mean of f x f blocks), as
+    NVIDIA's PPL does before its VGG16; grey images are repeated to 3 channels.
+    """
+    f = (img.shape[2] if img_resolution is None else img_resolution) // 256
+    if f > 1:
+        n, ch, h, w = img.shape
+        img = img.reshape(n, ch, h // f, f, w // f, f).mean(dim=(3, 5))
+    img = img.add(1).mul(255 / 2)
+    return img.expand(-1, 3, -1, -1) if img.shape[1] == 1 else img
+
+
 def trimmed_mean(values, lo_pct=1, hi_pct=99):
     """Mean of the values v with percentile(lo, 'lower') <= v <= percentile(hi, 'higher')."""
     values = np.asarray(values, dtype=np.float64)
@@ -54,8 +73,29 @@ def trimmed_mean(values, lo_pct=1, hi_pct=99):
 
 #----------------------------------------------------------------------------
 
-def _unsqueeze_like(t, x):
-    return t.reshape([-1] + [1] * (x.ndim - 1))
+def _per_sample(t, like):
+    """t `[N]` reshaped to broadcast against `like` `[N, ...]`, in its dtype."""
+    return t.reshape([len(t)] + [1] * (like.ndim - 1)).to(like.dtype)
+
+
+def _endpoint_pair(G, z0, z1, c, t, epsilon, space, mapping_kwargs):
+    """Synthesis inputs at t and t + epsilon: `[2n, num_ws, *w_shape]` (both halves stacked)."""
+    if space == 'z':
+        tz = _per_sample(t, z0)
+        z = torch.cat([slerp(z0, z1, tz), slerp(z0, z1, tz + epsilon)])
+        return G.mapping(z, torch.cat([c, c]), **mapping_kwargs)
+    w0, w1 = G.mapping(torch.cat([z0, z1]), torch.cat([c, c]), **mapping_kwargs).chunk(2)
+    tw = _per_sample(t, w0)
+    return torch.cat([w0.lerp(w1, tw), w0.lerp(w1, tw + epsilon)])
+
+
+def _gather(values, num_gpus):
+    """`[n]` of every rank, interleaved (rank 0 sample 0, rank 1 sample 0, ...)."""
+    if num_gpus <= 1:
+        return values
+    parts = [torch.empty_like(values) for _ in range(num_gpus)]
+    torch.distributed.all_gather(parts, values.contiguous())
+    return torch.stack(parts, dim=1).flatten()
 
 
 @torch.no_grad()
@@ -70,59 +110,42 @@ def sample_path_lengths(G, distance_fn, num_samples, epsilon=1e-4, space='w', sa
     downsampling to at most 256 px. generator: torch.Generator for t, z and noise (G's noise
     buffers are overwritten: pass a copy, as `compute_ppl` does).
     sample_c(n) -> c `[n, c_dim]`. G_kwargs: truncation_psi/_cutoff (mapping), others (synthesis).
+
+    Per batch of n, random numbers are drawn in this order: t `[n]`, z `[2n, *z_shape]`, then
+    each noise buffer.
     """
     if space not in ('z', 'w') or sampling not in ('full', 'end'):
         raise ValueError(f'space must be z or w and sampling full or end, got {space!r}, {sampling!r}')
     device = torch.device('cpu') if device is None else torch.device(device)
     generator = torch.Generator().manual_seed(0) if generator is None else generator
-    G_kwargs = dict(G_kwargs or {})
-    mapping_kwargs = {k: G_kwargs.pop(k) for k in ('truncation_psi', 'truncation_cutoff') if k in G_kwargs}
-    synthesis_kwargs = dict(G_kwargs, noise_mode='const')
+    mapping_kwargs = {k: v for k, v in (G_kwargs or {}).items() if k in ('truncation_psi', 'truncation_cutoff')}
+    synthesis_kwargs = {k: v for k, v in (G_kwargs or {}).items() if k not in mapping_kwargs}
+    synthesis_kwargs['noise_mode'] = 'const'
     if isinstance(G, torch.nn.Module):
         synthesis_kwargs.setdefault('force_fp32', True)
     if sample_c is None:
         def sample_c(n):
             return torch.zeros([n, G.c_dim], device=device)
-    noise_bufs = [b for name, b in G.named_buffers() if name.endswith('noise_const')] if hasattr(G, 'named_buffers') else []
+    noise = [buf for name, buf in G.named_buffers() if name.endswith('noise_const')] if hasattr(G, 'named_buffers') else []
+    t_scale = 1.0 if sampling == 'full' else 0.0
 
-    dist = []
-    num_done = 0
-    while num_done < num_samples:
+    lengths, done = [], 0
+    while done < num_samples:
         n = batch_size
-        t = torch.rand([n], generator=generator).to(device) * (1.0 if sampling == 'full' else 0.0)
+        t = torch.rand([n], generator=generator).to(device) * t_scale
         z0, z1 = G.sample_z(2 * n, generator, device).chunk(2)
-        c = sample_c(n)
-        if space == 'w':
-            w0, w1 = G.mapping(torch.cat([z0, z1]), torch.cat([c, c]), **mapping_kwargs).chunk(2)
-            tt = _unsqueeze_like(t, w0).to(w0.dtype)
-            wt0, wt1 = w0.lerp(w1, tt), w0.lerp(w1, tt + epsilon)
-        else:
-            tt = _unsqueeze_like(t, z0).to(z0.dtype)
-            zt0, zt1 = slerp(z0, z1, tt), slerp(z0, z1, tt + epsilon)
-            wt0, wt1 = G.mapping(torch.cat([zt0, zt1]), torch.cat([c, c]), **mapping_kwargs).chunk(2)
-        for buf in noise_bufs:
+        ws = _endpoint_pair(G, z0, z1, sample_c(n), t, epsilon, space, mapping_kwargs)
+        for buf in noise:
             buf.copy_(torch.randn(buf.shape, generator=generator).to(buf))
-        img = G.synthesis(torch.cat([wt0, wt1]), **synthesis_kwargs)          # [2n, C, H, W], G's dtype (fp32 for ours)
-
-        if crop:
-            img = face_crop(img)
-        factor = G.img_resolution // 256
-        if factor > 1:
-            img = img.reshape([-1, img.shape[1], img.shape[2] // factor, factor, img.shape[3] // factor, factor]).mean([3, 5])
-        img = (img + 1) * (255 / 2)
-        if img.shape[1] == 1:
-            img = img.repeat([1, 3, 1, 1])
-        img0, img1 = img.chunk(2)
-        d = (distance_fn(img0, img1).to(torch.float64) / epsilon ** 2).reshape(n)
-        if num_gpus > 1:
-            parts = [torch.empty_like(d) for _ in range(num_gpus)]
-            torch.distributed.all_gather(parts, d.contiguous())
-            d = torch.stack(parts, dim=1).flatten()
-        dist.append(d.cpu().to(torch.float64))
-        num_done += d.numel()
+        img = G.synthesis(ws, **synthesis_kwargs)                           # [2n, C, H, W]
+        img = to_lpips_range(face_crop(img) if crop else img, G.img_resolution)
+        near, far = img.chunk(2)
+        d = _gather((distance_fn(near, far).to(torch.float64) / epsilon ** 2).reshape(n), num_gpus)
+        lengths.append(d.cpu().to(torch.float64))
         if bar is not None:
-            bar.update(min(d.numel(), num_samples - (num_done - d.numel())))
-    return torch.cat(dist)[:num_samples].numpy()
+            bar.update(min(d.numel(), num_samples - done))
+        done += d.numel()
+    return torch.cat(lengths)[:num_samples].numpy()
 
 
 def l2_distance(img0, img1):
@@ -131,15 +154,12 @@ def l2_distance(img0, img1):
 
 #----------------------------------------------------------------------------
 
-def compute_ppl(opts, num_samples, epsilon, space, sampling, crop, batch_size=2, distance_fn=None):
+def compute_ppl(opts, *, num_samples, epsilon, space, sampling, crop, batch_size=2, distance_fn=None):
     """PPL of opts.G: NVIDIA's VGG16 LPIPS (through `opts.detector_path`) unless `distance_fn`
     (or opts.distance_fn) is given. opts.num_gen overrides num_samples. NaN on ranks > 0."""
     num_samples = opts.num_gen if opts.num_gen is not None else num_samples
-    distance_fn = distance_fn or opts.get('distance_fn')
-    if distance_fn is None:
-        distance_fn = detectors.lpips_distance_fn(opts.detector(detectors.VGG16_URL), device=opts.device,
-                                                  num_gpus=opts.num_gpus, rank=opts.rank, verbose=opts.progress)
-    G = copy.deepcopy(opts.G).eval().requires_grad_(False).to(opts.device)
+    distance_fn = distance_fn or opts.lpips_distance()
+    G = frozen_copy(opts.G, opts.device)
     batch_size = int(opts.get('ppl_batch_size') or batch_size)
     with opts.bar(num_samples, f'ppl {space}/{sampling}') as bar:
         dist = sample_path_lengths(G, distance_fn, num_samples, epsilon=epsilon, space=space, sampling=sampling, crop=crop,

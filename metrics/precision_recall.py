@@ -1,66 +1,106 @@
 """Improved precision and recall (Kynkaanniemi et al. 2019) on VGG16 features, as the
-`pr50k3*` metrics of stylegan2-ada-pytorch: a probe counts as covered when it lies within the
-k-th nearest-neighbour radius (k = 3) of at least one point of the other set."""
+`pr50k3*` metrics of stylegan2-ada-pytorch.
+
+Each point of a set ("manifold") gets a ball whose radius is the distance to its k-th nearest
+other point (k = 3). A probe is covered when it lies in at least one ball. Precision is the
+fraction of generated images covered by the balls of the real ones; recall the fraction of
+real images covered by the balls of the generated ones.
+
+Arithmetic, chosen so that the numbers equal NVIDIA's: the features are rounded to float16
+before anything else, pairwise distances are `torch.cdist` of float16 rows (so they are
+float16), the k-th smallest distance is looked up in float32 and rounded back to float16,
+and a probe is inside when its float16 distance is <= that float16 radius. The columns are
+processed in equal blocks (zero-padded at the end) as NVIDIA's single-GPU code does, so
+`torch.cdist` sees the same matrix shapes.
+"""
+
+import math
 
 import torch
 
 from . import detectors
 from .feature_stats import compute_feature_stats_for_dataset, compute_feature_stats_for_generator
 
+FEATURE_DTYPE = torch.float16      # NVIDIA casts the VGG16 features to half precision for the distances.
+
 #----------------------------------------------------------------------------
+
+def column_blocks(features, block_size):
+    """Split rows `[M, D]` into ceil(M / block_size) blocks of one size (the last padded with zero
+    rows). Returns (blocks, M): distances to padding columns are cut off by the caller."""
+    count = features.shape[0]
+    num_blocks = max(1, -(-count // block_size))
+    padded_rows = -(-count // num_blocks) * num_blocks
+    padded = torch.cat([features, features.new_zeros([padded_rows - count, features.shape[1]])])
+    return padded.chunk(num_blocks), count
+
+
+def _cdist(x, y):
+    """`torch.cdist` of `[r, D]` and `[c, D]` as `[r, c]`. Its default mode switches to the
+    matrix-product formula above 25 rows or columns; below that, CPU float16 has no kernel, and
+    the same matrix-product formula is used (NVIDIA's code would stop with an error there)."""
+    try:
+        return torch.cdist(x[None], y[None])[0]
+    except NotImplementedError:
+        return torch.cdist(x[None], y[None], compute_mode='use_mm_for_euclid_dist')[0]
+
+
+def pairwise_distances(rows, blocks, count):
+    """Euclidean distances `[r, count]` of `rows` `[r, D]` to the rows of `blocks` (see `column_blocks`),
+    in the dtype of the inputs."""
+    return torch.cat([_cdist(rows, block) for block in blocks], dim=1)[:, :count]
+
 
 def knn_radii(manifold, nhood_size=3, row_batch_size=10000, col_batch_size=10000):
     """manifold `[M, D]` -> `[M]` distance of each point to its `nhood_size`-th nearest other point
     (the point itself, at distance 0, is the first neighbour, hence the (k+1)-th smallest).
-    Memory: `[row_batch_size, k + 1 + col_batch_size]` distances at a time (running smallest k+1)."""
+    The radius has the manifold's dtype; float16 distances are ranked in float32 (as NVIDIA's;
+    exact for float16 values), others in their own dtype."""
     if manifold.shape[0] < nhood_size + 1:
         raise ValueError(f'precision/recall with k={nhood_size} needs more than {nhood_size} images per set')
+    blocks, count = column_blocks(manifold, col_batch_size)
+    rank_dtype = torch.float32 if manifold.dtype == torch.float16 else manifold.dtype
     radii = []
     for rows in manifold.split(row_batch_size):
-        best = None                                                        # [r, <= k+1] smallest so far
-        for cols in manifold.split(col_batch_size):
-            d = torch.cdist(rows, cols)
-            d = d if best is None else torch.cat([best, d], dim=1)
-            best = d.topk(min(nhood_size + 1, d.shape[1]), dim=1, largest=False).values
-        radii.append(best[:, nhood_size])
+        dist = pairwise_distances(rows, blocks, count).to(rank_dtype)
+        radii.append(dist.kthvalue(nhood_size + 1, dim=1).values.to(manifold.dtype))
     return torch.cat(radii)
 
 
 def coverage(manifold, probes, nhood_size=3, row_batch_size=10000, col_batch_size=10000):
     """Fraction of `probes` `[P, D]` inside the union of the k-NN balls of `manifold` `[M, D]`."""
     radii = knn_radii(manifold, nhood_size, row_batch_size, col_batch_size)
-    inside = []
-    for rows in probes.split(row_batch_size):
-        hit = torch.zeros([rows.shape[0]], dtype=torch.bool, device=rows.device)
-        for cols, r in zip(manifold.split(col_batch_size), radii.split(col_batch_size)):
-            hit |= (torch.cdist(rows, cols) <= r.unsqueeze(0)).any(dim=1)
-        inside.append(hit)
-    return float(torch.cat(inside).to(torch.float32).mean())
+    blocks, count = column_blocks(manifold, col_batch_size)
+    hits = [(pairwise_distances(rows, blocks, count) <= radii[None, :]).any(dim=1)   # [r] bool
+            for rows in probes.split(row_batch_size)]
+    return float(torch.cat(hits).to(torch.float32).mean())      # a float32 mean, as NVIDIA reports it
 
 
 def precision_recall(real_features, gen_features, nhood_size=3, row_batch_size=10000, col_batch_size=10000):
-    """(precision, recall): precision = coverage of generated by real, recall = of real by generated."""
+    """(precision, recall) of feature sets `[Nr, D]` and `[Ng, D]`, in the dtype given: precision
+    is the coverage of generated by real, recall the coverage of real by generated."""
     precision = coverage(real_features, gen_features, nhood_size, row_batch_size, col_batch_size)
     recall = coverage(gen_features, real_features, nhood_size, row_batch_size, col_batch_size)
     return precision, recall
 
 #----------------------------------------------------------------------------
 
-def compute_pr(opts, max_real, num_gen, nhood_size=3, row_batch_size=10000, col_batch_size=10000):
+def compute_pr(opts, *, max_real, num_gen, nhood_size=3, row_batch_size=10000, col_batch_size=10000,
+               feature_dtype=None):
     """Precision and recall of the generator against the dataset; (NaN, NaN) on ranks > 0
-    (the distance computation runs on rank 0 only)."""
-    if opts.max_real is not None:
-        max_real = opts.max_real if max_real is None else min(max_real, opts.max_real)
-    num_gen = opts.num_gen if opts.num_gen is not None else num_gen
-    spec = opts.detector(detectors.VGG16_URL)
-    kwargs = dict(return_features=True)
-    real = compute_feature_stats_for_dataset(opts, spec, kwargs, max_items=max_real, capture_all=True).get_all()
-    gen = compute_feature_stats_for_generator(opts, spec, kwargs, max_items=num_gen, capture_all=True).get_all()
+    (the distances are computed on rank 0 only), features cast to `feature_dtype` (default
+    FEATURE_DTYPE, float16) first."""
+    feature_dtype = FEATURE_DTYPE if feature_dtype is None else feature_dtype
+    max_real, num_gen = opts.counts(max_real, num_gen)
+    spec, kwargs = opts.detector(detectors.VGG16_URL), dict(return_features=True)
+    real = compute_feature_stats_for_dataset(opts, spec, kwargs, max_items=max_real, capture_all=True)
+    fake = compute_feature_stats_for_generator(opts, spec, kwargs, max_items=num_gen, capture_all=True)
     if opts.rank != 0:
-        return float('nan'), float('nan')
-    real = torch.from_numpy(real).to(opts.device)
-    gen = torch.from_numpy(gen).to(opts.device)
+        return (math.nan,) * 2
+
+    def on_device(stats):
+        return torch.from_numpy(stats.get_all()).to(feature_dtype).to(opts.device)
     with torch.no_grad():
-        return precision_recall(real, gen, nhood_size, row_batch_size, col_batch_size)
+        return precision_recall(on_device(real), on_device(fake), nhood_size, row_batch_size, col_batch_size)
 
 #----------------------------------------------------------------------------

@@ -294,7 +294,7 @@ def reconstruction_metrics(recon, target, distance_fn=None, feature_fn=None, bat
 
 
 def compute_recon(opts, with_detectors=True):
-    """The `recon` metric for `opts.inversion_run`: LPIPS (NVIDIA's VGG16, or opts.distance_fn),
+    """The `recon` metric for `opts.inversion_run`: LPIPS (NVIDIA's VGG16 `vgg16-nvlabs`, or opts.distance_fn),
     MSE, PSNR, SSIM, and FID of reconstructions vs targets (Inception). Without detectors: the
     pixel metrics only. Results are prefixed 'recon_'; rank > 0 returns {}."""
     if not opts.inversion_run:
@@ -304,8 +304,7 @@ def compute_recon(opts, with_detectors=True):
     run = read_inversion_run(opts.inversion_run)
     distance_fn = feature_fn = None
     if with_detectors:
-        distance_fn = opts.get('distance_fn') or detectors.lpips_distance_fn(
-            opts.detector(detectors.VGG16_URL), device=opts.device, verbose=opts.progress)
+        distance_fn = opts.lpips_distance()
         inception = detectors.get_detector(opts.detector(detectors.INCEPTION_URL), device=opts.device, verbose=opts.progress)
 
         def feature_fn(images):

@@ -65,6 +65,9 @@ def test_calc_metrics_writes_jsonl(tmp_path, tiny_run, _offline):
     assert values['fid50k_full'] > 0 and np.isfinite(values['kid50k_full']) and values['ppl2_wend'] > 0
     assert 0 <= values['pr50k3_full_precision'] <= 1 and 0 <= values['pr50k3_full_recall'] <= 1
     assert _offline == []                                       # nothing was downloaded
+    ppl_line = json.loads((out / 'metric-ppl2_wend.jsonl').read_text())
+    assert ppl_line['lpips_network'] == 'random:64:0'          # the LPIPS the value comes from
+    assert 'lpips_network' not in json.loads((out / 'metric-fid50k_full.jsonl').read_text())
 
     # Default run dir: next to the network; the dataset recorded in the checkpoint is not required with --data.
     again = _invoke('--network', pkl, '--data', data, '--metrics', 'fid50k_full', '--detector-path', 'random:64:0',

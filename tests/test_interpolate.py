@@ -124,6 +124,7 @@ def test_cli_end_to_end(tiny_run, tmp_path):
     s = data['summary']
     assert s['num_pairs'] == 3 and s['ppl_mean'] == pytest.approx(np.mean([p['path_length'] for p in data['per_pair']]))
     assert np.isfinite(s['fid_midpoints'])
+    assert s['lpips_network'] == 'random:64:0'                  # which LPIPS the path lengths come from
     with PIL.Image.open(out / 'pair-0-2.png') as im:
         assert im.size == (4 * 32, 32)
     with PIL.Image.open(out / 'overview.png') as im:
@@ -155,3 +156,42 @@ def test_cli_errors(tiny_run, tmp_path, args, message):
     assert result.exit_code != 0
     assert message in result.output
     assert isinstance(result.exception, SystemExit) and 'Traceback' not in result.output
+
+
+def test_seed_latents_follow_generate_convention(tiny_run):
+    """--seeds endpoints are generate.py's latents: z = RandomState(seed).randn for vector latents
+    (NVIDIA's convention), mapped with the same truncation."""
+    from inversion.interpolate import seed_ws
+    torch.manual_seed(0)
+    G = networks.Generator(**tiny_generator_kwargs()).eval()
+    names, ws = seed_ws(G, [7, 11], truncation_psi=0.7)
+    z = torch.from_numpy(np.stack([np.random.RandomState(s).randn(G.z_dim) for s in (7, 11)])).to(torch.float32)
+    expect = G.mapping(z, torch.zeros([2, 0]), truncation_psi=0.7)
+    assert names == ['seed0007', 'seed0011']
+    assert torch.equal(ws, expect)
+
+
+@pytest.mark.parametrize('rows', [None, 32])
+def test_cli_seed_endpoints_equal_generate_images(tmp_path, rows):
+    """Frames t = 0 and t = 1 of `interpolate.py --seeds A,B` are generate.py's images of A and B."""
+    import generate
+    torch.manual_seed(4)
+    pkl = tmp_path / 'G.pkl'
+    checkpoint.save_network_pkl(pkl, dict(G_ema=networks.Generator(**tiny_generator_kwargs(latent_rows=rows)).eval()))
+    common = ['--network', str(pkl), '--seeds', '5,9', '--trunc', '0.8', '--device', 'cpu']
+    result = CliRunner().invoke(interpolate.main, common + ['--steps', '2', '--outdir', str(tmp_path / 'i'), '--no-progress'])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(generate.main, common + ['--outdir', str(tmp_path / 'g')])
+    assert result.exit_code == 0, result.output
+    frames = np.asarray(PIL.Image.open(tmp_path / 'i' / 'pair-0-1.png'))
+    for k, seed in enumerate((5, 9)):
+        expect = np.asarray(PIL.Image.open(tmp_path / 'g' / f'seed{seed:04d}.png'))
+        np.testing.assert_array_equal(frames[:, 32 * k:32 * (k + 1)], expect)
+    data = json.loads((tmp_path / 'i' / 'interpolation.json').read_text())
+    assert data['seeds'] == [5, 9] and data['names'] == ['seed0005', 'seed0009']
+
+
+def test_cli_bad_seeds_one_line(tiny_run, tmp_path):
+    pkl, _ = tiny_run
+    result = CliRunner().invoke(interpolate.main, ['--network', str(pkl), '--seeds', '3-x', '--outdir', str(tmp_path)])
+    assert result.exit_code != 0 and '--seeds' in result.output and 'Traceback' not in result.output

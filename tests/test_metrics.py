@@ -120,6 +120,56 @@ def test_precision_recall_matches_brute_force():
     assert p == pytest.approx(cover(real, gen)) and r == pytest.approx(cover(gen, real))
     assert 0 < p < 1 and p < r   # the wider generated cloud covers the real one better than the reverse
 
+
+def _half_reference_pr(real, gen, k=3):
+    """NVIDIA's arithmetic written out in one piece: features rounded to float16, the whole
+    float16 distance matrix in one cdist call, the k-th neighbour in float32 rounded to float16,
+    probe inside when its float16 distance <= that radius; float32 mean."""
+    def cover(manifold, probes):
+        radius = torch.cdist(manifold[None], manifold[None])[0].float().sort(dim=1).values[:, k].half()
+        inside = (torch.cdist(probes[None], manifold[None])[0] <= radius[None]).any(dim=1)
+        return float(inside.float().mean())
+    real, gen = real.to(torch.float16), gen.to(torch.float16)
+    return cover(real, gen), cover(gen, real)
+
+
+def test_precision_recall_float16_blocks_equal_one_piece_reference():
+    """Row batches and zero-padded equal column blocks change nothing (43 = 5 blocks of 9 with 2 pad rows)."""
+    rnd = np.random.RandomState(5)
+    real = torch.from_numpy(rnd.randn(43, 6).astype(np.float32) * 3)
+    gen = torch.from_numpy(rnd.randn(37, 6).astype(np.float32) * 3 + 0.7)
+    got = precision_recall.precision_recall(real.half(), gen.half(), 3, row_batch_size=7, col_batch_size=9)
+    assert got == _half_reference_pr(real, gen)
+    blocks, count = precision_recall.column_blocks(real, 9)
+    assert count == 43 and [b.shape[0] for b in blocks] == [9] * 5 and torch.equal(torch.cat(blocks)[:43], real)
+
+
+class _FixedFeatures:
+    def __init__(self, rows):
+        self.rows = np.asarray(rows, dtype=np.float32)
+
+    def get_all(self):
+        return self.rows
+
+
+def test_pr_metric_rounds_features_to_float16_like_nvidia(monkeypatch):
+    """A probe 8.00098 away from a point whose 3rd-neighbour radius is 8: in float16 both are 8.0, so
+    it is covered (NVIDIA's recall), in float32 it is not. Values: exact float16 numbers, so the
+    only rounding is the distance's. Recall 2/7: the far probe and the 4-point cluster (there so
+    that the real set has k + 1 points) are never covered."""
+    gen = [[0, 0], [0, 8], [0, 8], [0, 8]]                        # radius of (0, 0): 8; of the copies of (0, 8): 8
+    real = [[0.125, -8], [0, 4], [0, -20], [40, 40], [40, 41], [41, 40], [41, 41]]
+    d = np.hypot(0.125, 8)
+    assert d > 8 and np.float16(d) == 8                            # the case in point
+    calls = iter([_FixedFeatures(real), _FixedFeatures(gen)])
+    monkeypatch.setattr(precision_recall, 'compute_feature_stats_for_dataset', lambda *a, **k: next(calls))
+    monkeypatch.setattr(precision_recall, 'compute_feature_stats_for_generator', lambda *a, **k: next(calls))
+    res = metric_main.calc_metric('pr50k3_full', G=torch.nn.Identity(), device='cpu', detector_path='random:2:0').results
+    assert res.pr50k3_full_recall == float(np.float32(2 / 7))       # a float32 mean, as NVIDIA reports it
+    assert res.pr50k3_full_precision == 1.0                         # the ball of (0, 4) has radius > 50
+    p32, r32 = precision_recall.precision_recall(torch.tensor(real), torch.tensor(gen, dtype=torch.float32))
+    assert r32 == pytest.approx(1 / 7)                             # float32 arithmetic misses the boundary probe
+
 #----------------------------------------------------------------------------
 # Detectors.
 
@@ -386,8 +436,10 @@ def test_read_inversion_run_and_recon_metrics(tmp_path):
     assert res.recon_mse == pytest.approx(mse.mean()) and res.recon_num_images == 4
     assert res.recon_psnr == pytest.approx(np.mean(-10 * np.log10(mse.mean(axis=(1, 2, 3)))))
     assert 0 < res.recon_ssim < 1 and res.recon_recorded_lpips == pytest.approx(0.15)
-    full = metric_main.calc_metric('recon', inversion_run=str(run), device='cpu', detector_path='random:16:0').results
+    full_result = metric_main.calc_metric('recon', inversion_run=str(run), device='cpu', detector_path='random:16:0')
+    full = full_result.results
     assert full.recon_lpips > 0 and np.isfinite(full.recon_fid) and full.recon_fid > 0
+    assert full_result.lpips_network == 'random:16:0'              # recon_lpips says which LPIPS it is
     # Perfect reconstructions: zero LPIPS and FID, SSIM 1.
     for i in range(4):
         PIL.Image.fromarray(targets[i]).save(run / f'img{i}-recon.png')
@@ -410,6 +462,25 @@ def test_registry_and_report(tmp_path, capsys):
     lines = (tmp_path / 'metric-fid50k_full.jsonl').read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[0])['snapshot_pkl'] == 'net.pkl'
     assert json.loads(lines[1])['results']['fid50k_full'] == 1.5 and 'fid50k_full' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('name, expect', [('fid50k_full', dict(max_size=None, xflip=False)),
+                                          ('pr50k3_full', dict(max_size=None, xflip=False)),
+                                          ('fid50k', dict(max_size=None, xflip=True))])
+def test_registry_applies_dataset_options(monkeypatch, name, expect):
+    """*_full metrics read the whole dataset without x-flips; the legacy ones keep the caller's x-flip."""
+    seen = {}
+
+    def fake(opts, **kwargs):
+        seen.update(opts.dataset_kwargs, **{k: kwargs[k] for k in ('max_real', 'num_gen')})
+        return (0.5, 0.5) if name.startswith('pr') else 1.0
+    monkeypatch.setattr(frechet, 'compute_fid', fake)
+    monkeypatch.setattr(precision_recall, 'compute_pr', fake)
+    metric_main.calc_metric(name, G=torch.nn.Identity(), dataset_kwargs=dict(class_name='x', max_size=10, xflip=True),
+                            device='cpu')
+    assert {k: seen[k] for k in expect} == expect
+    assert (seen['max_real'], seen['num_gen']) == {'fid50k_full': (None, 50000), 'pr50k3_full': (200000, 50000),
+                                                   'fid50k': (50000, 50000)}[name]
 
 #----------------------------------------------------------------------------
 # Two processes (gloo): sharded features equal the single-process ones; results reach every rank.
@@ -442,3 +513,60 @@ def test_two_processes_shard_and_gather(tmp_path):
     assert np.isfinite(r0['fid']) and float(r0['fid']) == float(r1['fid'])           # broadcast from rank 0
     assert float(r0['ppl']) > 0 and float(r0['ppl']) == float(r1['ppl'])
 
+
+#----------------------------------------------------------------------------
+# Values pinned before the clean-room rewrite of metrics/ (same seeds, random detectors).
+
+PINNED = {  # (latent_rows, metric) -> results, recorded with the code before the rewrite
+    (32, 'fid50k_full'): dict(fid50k_full=1.7601899869979178),
+    (32, 'kid50k_full'): dict(kid50k_full=0.5435776430263315),
+    (32, 'pr50k3_full'): dict(pr50k3_full_precision=0.5, pr50k3_full_recall=0.4000000059604645),
+    (32, 'ppl2_wend'): dict(ppl2_wend=11.527274231445025),
+    (32, 'ppl_zfull'): dict(ppl_zfull=36.16074449504699),
+    (None, 'ppl_wfull'): dict(ppl_wfull=26.725732830505205),
+    (None, 'fid50k'): dict(fid50k=3.497288976662828),
+}
+
+
+@pytest.fixture(scope='module')
+def pinned_setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp('pinned')
+    data = write_tiny_dataset(root / 'data.zip', num_images=40, resolution=32, seed=1)
+    nets = {}
+    for rows in (None, 32):
+        torch.manual_seed(5)
+        nets[rows] = Generator(**tiny_generator_kwargs(latent_rows=rows, use_noise=True)).eval()
+    return data, nets
+
+
+@pytest.mark.parametrize('rows, name', list(PINNED))
+def test_metric_values_did_not_move(pinned_setup, rows, name):
+    data, nets = pinned_setup
+    kw = dict(detector_path='random:16:1', num_gen=24, max_real=30, num_workers=0, batch_size=8, batch_gen=4, seed=3,
+              G_kwargs=dict(truncation_psi=0.8) if name == 'fid50k' else None, num_subsets=5 if 'kid' in name else None)
+    got = metric_main.calc_metric(name, G=nets[rows], dataset_kwargs=_dataset_kwargs(data), device='cpu', **kw).results
+    assert dict(got) == pytest.approx(PINNED[(rows, name)], rel=1e-7, abs=0)
+
+
+def test_interpolation_values_did_not_move(pinned_setup):
+    from metrics import interpolation as interp
+    G = pinned_setup[1][32]
+    ws = G.mapping(G.sample_z(4, torch.Generator().manual_seed(1)), torch.zeros([4, 0]))
+    inception = detectors.get_detector('random:16:2')
+    res = interp.interpolation_metrics(G, ws, interp.all_pairs(4), detectors.lpips_distance_fn('random:16:1'),
+                                       feature_fn=lambda im: inception(im, return_features=True),
+                                       real_features=np.random.RandomState(0).randn(50, 16), batch_size=3)
+    assert res['path_lengths'] == pytest.approx([0.9906457960605621, 2.077063202857971, 1.8892265260219574,
+                                                 2.456496775150299, 2.588533937931061, 2.042647272348404], rel=1e-7)
+    assert res['fid_midpoints'] == pytest.approx(21.706249794092184, rel=1e-7)
+
+
+def test_lpips_input_box_downsamples_large_images():
+    """Above 256 px the LPIPS input is the mean of f x f blocks (f = res // 256), mapped to [0, 255]."""
+    img = torch.rand([2, 1, 1024, 512], dtype=torch.float64) * 2 - 1
+    got = ppl.to_lpips_range(img, img_resolution=1024)
+    expect = (torch.nn.functional.avg_pool2d(img, 4) + 1) * 127.5
+    assert got.shape == (2, 3, 256, 128)
+    torch.testing.assert_close(got, expect.expand(-1, 3, -1, -1), rtol=1e-12, atol=1e-10)
+    small = torch.rand([1, 3, 32, 32]) * 2 - 1
+    torch.testing.assert_close(ppl.to_lpips_range(small), (small + 1) * 127.5)

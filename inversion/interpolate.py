@@ -1,0 +1,213 @@
+"""The interpolation job behind interpolate.py: latents from an inversion run (or from seeds),
+straight paths between pairs of them in the space they live in, images of the paths, and the
+table-3 metrics of "Overparameterization Improves StyleGAN Inversion" (sec. 4.3).
+
+The mathematics (lerp of synthesis inputs, path length over 5 segments, FID of midpoints) is
+in `metrics.interpolation`; this module reads and writes files:
+
+    interpolation.json       settings, pairs, per-pair path lengths, summary (with the LPIPS network)
+    pair-<i>-<j>.png         the frames of one path side by side (grid)
+    pair-<i>-<j>.gif         the same frames, forward then back (gif)
+    midpoint-<i>-<j>.png     only the t = 1/2 image (midpoints_only)
+    overview.png             one row per pair, at most OVERVIEW_MAX_ROWS rows (grid)
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from tqdm import tqdm
+
+from metrics import detectors
+from metrics import interpolation as interp
+from metrics.feature_stats import MetricOptions, compute_feature_stats_for_dataset
+from torch_utils.image_io import make_grid, save_json, save_png, to_uint8
+from training.sampling import class_label, latent_from_seed
+
+from .runner import InversionError, load_generator
+from .spaces import LatentSpace
+
+OVERVIEW_MAX_ROWS = 64
+
+#----------------------------------------------------------------------------
+# Where the latents come from.
+
+def load_inversion_ws(G, run_dir, device='cpu'):
+    """(names, ws `[N, num_ws, *G.w_shape]`, space name, checkpoint sha256 or None) of the
+    latents in `<run_dir>/latents.npz`, as synthesis inputs on `device`.
+
+    ws is an expanded view of the stored latents (W+ of 100 images at R = 512 would take
+    gigabytes as a copy per layer); indexing a subset materialises only that subset.
+    """
+    path = Path(run_dir) / 'latents.npz'
+    if not path.is_file():
+        raise InversionError(f'{path} not found: --inversion-run must be a finished invert.py output folder')
+    with np.load(path) as data:
+        names = [str(n) for n in data['names']]
+        stored = torch.from_numpy(np.asarray(data['latents'], dtype=np.float32)).to(device)
+        space_name = str(data['space'])
+        sha = str(data['checkpoint_sha256']) if 'checkpoint_sha256' in data.files else None
+    if not names:
+        raise InversionError(f'{path} holds no latents')
+    try:
+        ws = LatentSpace.for_generator(G, space_name).to_ws(stored)
+    except (ValueError, AssertionError) as err:
+        raise InversionError(f'{path} does not fit this --network: {err}') from err
+    return names, ws, space_name, sha
+
+
+@torch.no_grad()
+def seed_ws(G, seeds, truncation_psi=1.0, truncation_cutoff=None, class_idx=None, device='cpu'):
+    """(names 'seedNNNN', ws `[N, num_ws, *w_shape]`) of the latents generate.py draws for these
+    seeds (`training.sampling.latent_from_seed`, NVIDIA's convention), mapped with the same
+    truncation and class label, so the path endpoints are generate.py's images."""
+    z = torch.cat([latent_from_seed(G, int(s), device=device) for s in seeds])
+    c = class_label(G, class_idx, len(seeds), device=device)
+    ws = G.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+    return [f'seed{int(s):04d}' for s in seeds], ws
+
+#----------------------------------------------------------------------------
+# Images.
+
+def save_gif(path, frames, duration_ms=80):
+    """uint8 frames `[T, H, W, C]` -> an endlessly looping GIF that plays forward, then back."""
+    order = list(range(len(frames))) + list(range(len(frames) - 2, 0, -1))
+    pictures = [PIL.Image.fromarray(frames[k][:, :, 0] if frames.shape[3] == 1 else frames[k]) for k in order]
+    partial = f'{path}.tmp'
+    pictures[0].save(partial, format='GIF', save_all=True, append_images=pictures[1:], duration=duration_ms, loop=0)
+    os.replace(partial, path)
+
+
+def write_pair_images(G, ws, pairs, outdir, steps=8, midpoints_only=False, grid=True, gif=False, batch_size=8):
+    """Write the images of every pair; returns the rows of the overview (uint8 `[H, W_row, C]`)."""
+    outdir = Path(outdir)
+    rows = []
+    for i, j in pairs:
+        if midpoints_only:
+            frames = to_uint8(interp.midpoints(G, ws[i:i + 1], ws[j:j + 1], batch_size))      # [1, H, W, C]
+            save_png(outdir / f'midpoint-{i}-{j}.png', frames[0])
+        else:
+            frames = to_uint8(interp.interpolation_frames(G, ws[i], ws[j], steps, batch_size))  # [T, H, W, C]
+            if grid:
+                save_png(outdir / f'pair-{i}-{j}.png', make_grid(frames, cols=len(frames)))
+            if gif:
+                save_gif(outdir / f'pair-{i}-{j}.gif', frames)
+        if len(rows) < OVERVIEW_MAX_ROWS:
+            rows.append(make_grid(frames, cols=len(frames)))
+    return rows
+
+
+def stack_rows(rows):
+    """Rows of different widths -> one image, each row padded with black on the right."""
+    width = max(r.shape[1] for r in rows)
+    return np.concatenate([np.pad(r, [(0, 0), (0, width - r.shape[1]), (0, 0)]) for r in rows], axis=0)
+
+#----------------------------------------------------------------------------
+# Metrics.
+
+def real_feature_stats(data, resolution, detector_spec, device, max_real=None, batch_size=64, progress=False, cache=True):
+    """Inception (mean `[D]`, cov `[D, D]`) of the images in `data` (zip or folder), cached as calc_metrics caches them."""
+    opts = MetricOptions(dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path=data, max_size=None,
+                                             xflip=False, use_labels=False, resolution=resolution),
+                         device=device, batch_size=batch_size, progress=progress, num_workers=0, cache=cache)
+    return compute_feature_stats_for_dataset(opts, detector_spec, dict(return_features=True), max_items=max_real,
+                                             capture_mean_cov=True).get_mean_cov()
+
+
+def lpips_detector_spec(lpips=None, detector_path=None):
+    """The detector spec of an interpolate.py --lpips value (see `compute_metrics`)."""
+    if lpips is None:
+        return detectors.resolve_detector(detectors.VGG16_URL, detector_path)
+    kind, sep, path = str(lpips).partition(':')
+    if kind == 'vgg16-nvlabs':
+        return path if sep and path else detectors.VGG16_URL
+    return lpips
+
+
+def compute_metrics(G, ws, pairs, *, lpips=None, detector_path=None, data=None, max_real=None, device='cpu',
+                    batch_size=8, progress=False, cache=True):
+    """Table-3 metrics (`metrics.interpolation.interpolation_metrics`) plus what they were measured with.
+
+    lpips: None (NVIDIA's vgg16.pt, `vgg16-nvlabs`, resolved through detector_path),
+    'vgg16-nvlabs', 'vgg16-nvlabs:PATH' (as invert.py's --lpips), or any detector spec (a
+    TorchScript path or URL, 'random:<dim>:<seed>'). FID of the midpoints only when `data`
+    (real images) is given.
+    """
+    lpips_spec = lpips_detector_spec(lpips, detector_path)
+    distance_fn = detectors.lpips_distance_fn(lpips_spec, device=device)
+    feature_fn = real = inception_spec = None
+    if data is not None:
+        inception_spec = detectors.resolve_detector(detectors.INCEPTION_URL, detector_path)
+        inception = detectors.get_detector(inception_spec, device=device)
+
+        def feature_fn(images):
+            return inception(images.to(device), return_features=True)
+        real = real_feature_stats(data, G.img_resolution, inception_spec, device, max_real, 64, progress, cache)
+    with tqdm(total=len(pairs), desc='pairs', disable=not progress, leave=False) as bar:
+        result = interp.interpolation_metrics(G, ws, pairs, distance_fn, feature_fn=feature_fn, real_features=real,
+                                              batch_size=batch_size, progress=bar.update)
+    result.update(lpips=str(lpips_spec), lpips_network=detectors.lpips_network_name(lpips_spec),
+                  inception=None if inception_spec is None else str(inception_spec))
+    return result
+
+#----------------------------------------------------------------------------
+
+def run_interpolation(network, outdir, *, inversion_run=None, seeds=None, pairs='all', steps=8, midpoints_only=False,
+                      grid=True, gif=False, metrics=False, lpips=None, detector_path=None, data=None, max_real=None,
+                      truncation_psi=1.0, class_idx=None, batch_size=8, device='cpu', trust_pickle=False,
+                      progress=False, cache=True, log=None):
+    """Everything interpolate.py does; writes the files of the module docstring into `outdir` and
+    returns the dict written to interpolation.json. Latents: `inversion_run` (a folder) or
+    `seeds` (a list of ints), exactly one. Bad inputs raise InversionError (one line) before
+    anything is written."""
+    if (inversion_run is None) == (seeds is None):
+        raise InversionError('pass exactly one of --inversion-run DIR or --seeds RANGE')
+    if inversion_run is not None and not Path(inversion_run).is_dir():
+        raise InversionError(f'--inversion-run {inversion_run}: no such folder')
+    if steps < 2:
+        raise InversionError(f'--steps {steps}: a path needs at least 2 frames')
+    device = torch.device(device)
+    G, sha = load_generator(network, trust_pickle=trust_pickle, device=device)
+    if inversion_run is not None:
+        names, ws, space, run_sha = load_inversion_ws(G, inversion_run, device)
+        if run_sha and run_sha != sha and log is not None:
+            log(f'Warning: {inversion_run} was inverted with another checkpoint (sha256 {run_sha[:12]}...)')
+    else:
+        try:
+            names, ws = seed_ws(G, seeds, truncation_psi, class_idx=class_idx, device=device)
+        except ValueError as err:
+            raise InversionError(str(err)) from None
+        space = 'W' if G.latent_rows is not None else 'w'
+    try:
+        pair_list = interp.parse_pairs(pairs, n=len(names))
+    except ValueError as err:
+        raise InversionError(f'--pairs: {err}') from None
+    if not pair_list:
+        raise InversionError('--pairs: no pairs (need at least 2 latents)')
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    rows = write_pair_images(G, ws, pair_list, outdir, steps, midpoints_only, grid, gif, batch_size)
+    if grid and rows:
+        save_png(outdir / 'overview.png', stack_rows(rows))
+    record = dict(network=str(network), network_sha256=sha, inversion_run=None if inversion_run is None else str(inversion_run),
+                  seeds=None if seeds is None else [int(s) for s in seeds], space=space, names=names,
+                  pairs=[list(p) for p in pair_list], steps=int(steps), midpoints_only=bool(midpoints_only),
+                  truncation_psi=None if seeds is None else float(truncation_psi))
+    if metrics:
+        try:
+            summary = compute_metrics(G, ws, pair_list, lpips=lpips, detector_path=detector_path, data=data,
+                                      max_real=max_real, device=device, batch_size=batch_size, progress=progress,
+                                      cache=cache)
+        except detectors.DetectorUnavailableError as err:
+            raise InversionError(str(err)) from None
+        lengths = summary.pop('path_lengths')
+        record['per_pair'] = [dict(i=i, j=j, a=names[i], b=names[j], path_length=float(v))
+                              for (i, j), v in zip(pair_list, lengths)]
+        record['summary'] = summary
+    save_json(outdir / 'interpolation.json', record)
+    return record
+
+#----------------------------------------------------------------------------
