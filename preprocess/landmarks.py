@@ -100,6 +100,11 @@ class DlibDetector:
         self.upsample, self.min_score, self.max_detect_side = int(upsample), float(min_score), max_detect_side
         _import_dlib()
 
+    def describe(self):
+        """The settings that change which faces are found and where (recorded with the crops)."""
+        return (f'dlib-hog+{os.path.basename(self.predictor_path)} upsample={self.upsample} '
+                f'min_score={self.min_score} max_detect_side={self.max_detect_side}')
+
     def __call__(self, image):
         dlib = _import_dlib()
         detector, predictor = _load_dlib(self.predictor_path)
