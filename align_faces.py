@@ -80,4 +80,4 @@ def paste_back_command(aligned, reconstructions, pattern, dest, feather, quiet):
 #----------------------------------------------------------------------------
 
 if __name__ == '__main__':
-    main()  # pylint: disable=no-value-for-parameter
+    main()  # click supplies the arguments

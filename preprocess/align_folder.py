@@ -149,6 +149,14 @@ def _choose_faces(faces, multiple):
     return (faces if multiple == 'all' else faces[:1]), None
 
 
+def _make_dest(dest):
+    try:
+        Path(dest).mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise AlignFolderError(f'--dest {dest}: cannot create the folder ({err.strerror})') from err
+    return Path(dest)
+
+
 def _check_settings(dest, settings):
     path = Path(dest) / 'settings.json'
     if path.is_file():
@@ -195,8 +203,7 @@ def align_folder(source, dest, resolution, *, multiple='largest', detector=None,
             detector = DlibDetector()
         except DetectorUnavailable as err:
             raise AlignFolderError(str(err)) from err
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    dest = _make_dest(dest)
     settings = dict(resolution=int(resolution), multiple=multiple, transform_size=int(transform_size),
                     padding=bool(padding), detector=getattr(detector, 'describe', lambda: type(detector).__name__)())
     _check_settings(dest, settings)
@@ -313,8 +320,7 @@ def paste_back_folder(aligned, reconstructions, dest, *, pattern='{name}.png', f
     by_photo = {}
     for record in records.values():
         by_photo.setdefault(record['photo'], []).append(record)
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    dest = _make_dest(dest)
     start, skipped, pasted = time.time(), [], 0
     for photo, recs in tqdm(sorted(by_photo.items()), desc='Pasting back', unit='photo', disable=not progress):
         try:

@@ -73,8 +73,8 @@ def find_shape_predictor(path=None):
 def _import_dlib():
     try:
         import dlib  # pylint: disable=import-outside-toplevel
-    except ImportError as err:
-        raise DetectorUnavailable(f'face alignment needs dlib: {INSTALL_HINT}') from err
+    except ImportError as missing:
+        raise DetectorUnavailable(f'face alignment needs dlib: {INSTALL_HINT}') from missing
     return dlib
 
 
