@@ -55,6 +55,9 @@ def list_photos(source, exclude=None):
     if not root.exists():
         raise AlignFolderError(f'--source {source} does not exist')
     if root.is_file():
+        if root.suffix.lower() == '.zip':
+            raise AlignFolderError(f'--source {source}: face alignment reads a folder or one image, not a zip '
+                                   f'(unzip it first)')
         return [(root.name, root.resolve())]
     exclude = Path(exclude).resolve() if exclude is not None else None
     found = []
