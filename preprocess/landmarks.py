@@ -18,7 +18,7 @@ import PIL.Image
 #----------------------------------------------------------------------------
 
 PREDICTOR_FILE = 'shape_predictor_68_face_landmarks.dat'
-INSTALL_HINT = 'pip install -r requirements-align.txt (dlib-bin, face-recognition-models)'
+INSTALL_HINT = 'pip install -r requirements.txt (dlib-bin, face-recognition-models)'
 
 
 class DetectorUnavailable(RuntimeError):

@@ -166,7 +166,7 @@ def test_paste_back_blends_inside_the_square_only():
 
 @pytest.fixture(scope='module')
 def dlib_detector():
-    pytest.importorskip('dlib', reason='face alignment needs dlib-bin (requirements-align.txt)')
+    pytest.importorskip('dlib', reason='face alignment needs dlib-bin (requirements.txt)')
     from preprocess.landmarks import DetectorUnavailable, DlibDetector
     try:
         return DlibDetector()
