@@ -15,6 +15,7 @@ from torch import nn
 from torch_utils import misc
 from torch_utils.ops import upfirdn2d
 from torch_utils.persistence import persistent_class
+from training import nvlabs_layouts
 from training.layers import (Conv2dLayer, FullyConnectedLayer, MappingNetwork, channels_at, lowest_fp16_resolution,
                             register_resample_filter, remember)
 
@@ -48,13 +49,15 @@ class DiscriminatorBlock(nn.Module):
         use_fp16            = False,        # Compute this block in FP16?
         fp16_channels_last  = False,        # With FP16, use channels_last memory format?
         freeze_layers       = 0,            # Freeze-D: layers with a running index below this stay fixed.
+        fp16_cuda_only      = False,        # FP16 on CUDA devices only, FP32 elsewhere (as NVIDIA's stylegan3
+                                            # repository); False = FP16 on any device (stylegan2-ada-pytorch).
     ):
         assert architecture in _ARCHITECTURES
         assert in_channels in (0, tmp_channels)
         super().__init__()
         remember(self, in_channels=in_channels, resolution=resolution, img_channels=img_channels,
                  first_layer_idx=first_layer_idx, architecture=architecture, use_fp16=use_fp16,
-                 channels_last=use_fp16 and fp16_channels_last)
+                 channels_last=use_fp16 and fp16_channels_last, fp16_cuda_only=fp16_cuda_only)
         register_resample_filter(self, resample_filter)
 
         reads_image = in_channels == 0 or architecture == 'skip'
@@ -75,6 +78,8 @@ class DiscriminatorBlock(nn.Module):
     def forward(self, x: Optional[torch.Tensor], img: Optional[torch.Tensor], force_fp32: bool = False):
         """x `[N, tmp, res, res]` (None in the first block), img `[N, C, res, res]` ->
         (features `[N, out, res/2, res/2]`, the image at res/2 for 'skip', else None)."""
+        if self.fp16_cuda_only and (img if x is None else x).device.type != 'cuda':
+            force_fp32 = True
         compute = dict(zip(('dtype', 'memory_format'), _working_format(self.use_fp16, self.channels_last, force_fp32)))
         res = self.resolution
         if x is not None:
@@ -215,6 +220,10 @@ class Discriminator(nn.Module):
             self.mapping = MappingNetwork(z_dim=0, c_dim=c_dim, w_dim=cmap_dim, num_ws=None, w_avg_beta=None,
                                           **mapping_kwargs)
         self.b4 = DiscriminatorEpilogue(width[4], cmap_dim=cmap_dim, resolution=4, **epilogue_kwargs, **shared)
+
+    # Loading NVIDIA's records (torch_utils.checkpoint): their defaults filled in, then checked.
+    nvlabs_arguments = staticmethod(nvlabs_layouts.discriminator_arguments)
+    nvlabs_check = staticmethod(nvlabs_layouts.check_settings)
 
     def forward(self, img: torch.Tensor, c: Optional[torch.Tensor], **block_kwargs) -> torch.Tensor:
         """img `[N, C, res, res]` in about [-1, 1], c `[N, c_dim]` (ignored if unconditional) -> logits `[N, 1]`.

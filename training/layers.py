@@ -93,7 +93,9 @@ class FullyConnectedLayer(nn.Module):
         trainable       = True,     # False stores weight and bias as frozen buffers.
     ):
         super().__init__()
-        remember(self, in_features=in_features, out_features=out_features, activation=activation)
+        self.activation = activation
+        # (No in_features / out_features attributes: their presence marks the records of NVIDIA's stylegan3
+        # repository, see training.nvlabs_layouts; the weight's shape says them.)
         # Equalized learning rate: run-time scales of the stored weight and bias.
         self.weight_gain, self.bias_gain = lr_multiplier / math.sqrt(in_features), lr_multiplier
         initial_weight = torch.randn([out_features, in_features]) / lr_multiplier
@@ -103,14 +105,15 @@ class FullyConnectedLayer(nn.Module):
 
     def forward(self, x):
         """`[..., in_features]` -> `[..., out_features]`; leading dims go through one matrix product."""
-        flat = x.reshape(-1, self.in_features)
+        out_features, in_features = self.weight.shape
+        flat = x.reshape(-1, in_features)
         weight = self.weight.to(x.dtype) * self.weight_gain
         bias = None if self.bias is None else self.bias.to(x.dtype) * self.bias_gain
         if bias is not None and self.activation == 'linear':
             y = torch.addmm(bias.unsqueeze(0), flat, weight.t())       # bias + flat @ weight^T in one call
         else:
             y = bias_act.bias_act(flat.matmul(weight.t()), bias, act=self.activation)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return y.reshape(*x.shape[:-1], out_features)
 
 #----------------------------------------------------------------------------
 # Convolution with equalized learning rate, optional resampling, bias and activation.
