@@ -16,19 +16,12 @@ from torch_utils import misc
 from torch_utils.ops import upfirdn2d
 from torch_utils.persistence import persistent_class
 from training import nvlabs_layouts
-from training.layers import (Conv2dLayer, FullyConnectedLayer, MappingNetwork, channels_at, lowest_fp16_resolution,
-                            register_resample_filter, remember)
+from training.layers import (Conv2dLayer, FullyConnectedLayer, MappingNetwork, channels_at, compute_format,
+                            lowest_fp16_resolution, register_resample_filter, remember)
 
 _ARCHITECTURES = ('orig', 'skip', 'resnet')
 _HALF_VARIANCE = math.sqrt(0.5)   # each branch of a residual sum, so the sum keeps unit variance
 
-
-def _working_format(use_fp16, channels_last, force_fp32):
-    """(dtype, memory format) a block computes in."""
-    if force_fp32:
-        return torch.float32, torch.contiguous_format
-    dtype = torch.float16 if use_fp16 else torch.float32
-    return dtype, (torch.channels_last if channels_last else torch.contiguous_format)
 
 #----------------------------------------------------------------------------
 # One resolution: (fromRGB +) two 3x3 convolutions, the second halving the resolution.
@@ -80,7 +73,7 @@ class DiscriminatorBlock(nn.Module):
         (features `[N, out, res/2, res/2]`, the image at res/2 for 'skip', else None)."""
         if self.fp16_cuda_only and (img if x is None else x).device.type != 'cuda':
             force_fp32 = True
-        compute = dict(zip(('dtype', 'memory_format'), _working_format(self.use_fp16, self.channels_last, force_fp32)))
+        compute = compute_format(self.use_fp16, self.channels_last, force_fp32)
         res = self.resolution
         if x is not None:
             misc.assert_shape(x, [None, self.in_channels, res, res])

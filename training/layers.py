@@ -43,6 +43,14 @@ def memory_format_of(channels_last):
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+def compute_format(use_fp16, channels_last, force_fp32):
+    """Keyword arguments of `Tensor.to` for a block's activations: FP16 (and channels_last, if asked)
+    for an FP16 block unless `force_fp32`; FP32 and contiguous otherwise."""
+    if force_fp32 or not use_fp16:
+        return dict(dtype=torch.float32, memory_format=memory_format_of(channels_last and not force_fp32))
+    return dict(dtype=torch.float16, memory_format=memory_format_of(channels_last))
+
+
 def remember(module, **settings):
     """Keep constructor settings as attributes (the names NVIDIA's pickles record, for inspection)."""
     for name, value in settings.items():
@@ -93,7 +101,7 @@ class FullyConnectedLayer(nn.Module):
         trainable       = True,     # False stores weight and bias as frozen buffers.
     ):
         super().__init__()
-        self.activation = activation
+        remember(self, activation=activation)
         # (No in_features / out_features attributes: their presence marks the records of NVIDIA's stylegan3
         # repository, see training.nvlabs_layouts; the weight's shape says them.)
         # Equalized learning rate: run-time scales of the stored weight and bias.

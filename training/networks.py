@@ -28,8 +28,8 @@ from torch_utils.persistence import persistent_class
 from training import nvlabs_layouts
 from training.discriminator import Discriminator, DiscriminatorBlock, DiscriminatorEpilogue, MinibatchStdLayer  # noqa: F401  (re-export)
 from training.layers import (Conv2dLayer, FullyConnectedLayer, MappingNetwork, activate, channels_at,  # noqa: F401
-                             default_gain, lowest_fp16_resolution, memory_format_of, normalize_2nd_moment,
-                             register_resample_filter, remember)
+                             compute_format, default_gain, lowest_fp16_resolution, memory_format_of,
+                             normalize_2nd_moment, register_resample_filter, remember)
 
 _HALF_VARIANCE = math.sqrt(0.5)   # each branch of a residual sum, so the sum keeps unit variance
 
@@ -160,30 +160,29 @@ class SynthesisBlock(nn.Module):
                  fp16_cuda_only=fp16_cuda_only)
         register_resample_filter(self, resample_filter)
 
-        per_layer = dict(w_dim=w_dim, resolution=resolution, conv_clamp=conv_clamp, channels_last=self.channels_last)
+        memory = dict(channels_last=self.channels_last)
+        per_layer = dict(w_dim=w_dim, resolution=resolution, conv_clamp=conv_clamp, **memory)
+        doubling = dict(up=2, resample_filter=resample_filter)
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
         else:
-            self.conv0 = SynthesisLayer(in_channels, out_channels, up=2, resample_filter=resample_filter,
-                                        **per_layer, **layer_kwargs)
+            self.conv0 = SynthesisLayer(in_channels, out_channels, **doubling, **per_layer, **layer_kwargs)
         self.conv1 = SynthesisLayer(out_channels, out_channels, **per_layer, **layer_kwargs)
         self.num_conv = 1 if in_channels == 0 else 2
         self.num_torgb = int(is_last or architecture == 'skip')
         if self.num_torgb:
-            self.torgb = ToRGBLayer(out_channels, img_channels, w_dim=w_dim, conv_clamp=conv_clamp,
-                                    channels_last=self.channels_last)
+            self.torgb = ToRGBLayer(out_channels, img_channels, w_dim=w_dim, conv_clamp=conv_clamp, **memory)
         if in_channels > 0 and architecture == 'resnet':
-            self.skip = Conv2dLayer(in_channels, out_channels, kernel_size=1, bias=False, up=2,
-                                    resample_filter=resample_filter, channels_last=self.channels_last)
+            self.skip = Conv2dLayer(in_channels, out_channels, 1, bias=False, **doubling, **memory)
 
     def _fused(self, fused_modconv, dtype, batch_size):
+        """Whether to run the modulated convs as one grouped conv (see `fused_modconv_default`)."""
         if fused_modconv is None:
             fused_modconv = self.fused_modconv_default
         if fused_modconv == 'inference_only':
             return not self.training
-        if fused_modconv is None:      # one grouped conv is the faster path in these cases
-            with misc.suppress_tracer_warnings():
-                return not self.training and (dtype == torch.float32 or int(batch_size) == 1)
+        if fused_modconv is None:      # the grouped conv is the faster path in these cases
+            return not self.training and (dtype == torch.float32 or batch_size == 1)
         return fused_modconv
 
     def forward(self, x: Optional[torch.Tensor], img: Optional[torch.Tensor], ws: torch.Tensor,
@@ -193,18 +192,19 @@ class SynthesisBlock(nn.Module):
         -> (x `[N, out, res, res]`, img `[N, C, res, res]` FP32, or None before the first toRGB)."""
         misc.assert_shape(ws, [None, self.num_conv + self.num_torgb] + [None] * (ws.ndim - 3) + [self.w_dim])
         force_fp32 = force_fp32 or (self.fp16_cuda_only and ws.device.type != 'cuda')
-        dtype = torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
-        memory_format = memory_format_of(self.channels_last and not force_fp32)
-        fused = self._fused(fused_modconv, dtype, ws.shape[0])
+        compute = compute_format(self.use_fp16, self.channels_last, force_fp32)
+        batch_size = ws.shape[0]
+        fused = self._fused(fused_modconv, compute['dtype'], batch_size)
         latents = ws.unbind(dim=1)
         conv_args = dict(fused_modconv=fused, **layer_kwargs)
+        below = self.resolution // 2
 
         if self.in_channels == 0:
-            start = self.const.to(dtype=dtype, memory_format=memory_format)
-            x = self.conv1(start.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1]), latents[0], **conv_args)
+            start = self.const.to(**compute).unsqueeze(0).repeat([batch_size, 1, 1, 1])
+            x = self.conv1(start, latents[0], **conv_args)
         else:
-            misc.assert_shape(x, [None, self.in_channels, self.resolution // 2, self.resolution // 2])
-            x = x.to(dtype=dtype, memory_format=memory_format)
+            misc.assert_shape(x, [None, self.in_channels, below, below])
+            x = x.to(**compute)
             if hasattr(self, 'skip'):
                 shortcut = self.skip(x, gain=_HALF_VARIANCE)
                 main = self.conv0(x, latents[0], **conv_args)
@@ -213,8 +213,8 @@ class SynthesisBlock(nn.Module):
                 x = self.conv1(self.conv0(x, latents[0], **conv_args), latents[1], **conv_args)
 
         if img is not None:
-            misc.assert_shape(img, [None, self.img_channels, self.resolution // 2, self.resolution // 2])
-            img = upfirdn2d.upsample2d(img, self.resample_filter)
+            misc.assert_shape(img, [None, self.img_channels, below, below])
+            img = upfirdn2d.upsample2d(img, self.resample_filter)       # the lower resolutions' sum, doubled
         if self.num_torgb:
             rgb = self.torgb(x, latents[self.num_conv], fused_modconv=fused)
             rgb = rgb.to(dtype=torch.float32, memory_format=torch.contiguous_format)
@@ -235,7 +235,8 @@ class SynthesisNetwork(nn.Module):
         num_fp16_res    = 0,        # Compute the blocks of this many highest resolutions in FP16.
         **block_kwargs,             # More SynthesisBlock arguments.
     ):
-        assert img_resolution >= 4 and img_resolution & (img_resolution - 1) == 0
+        if img_resolution < 4 or img_resolution & (img_resolution - 1):
+            raise ValueError(f'img_resolution must be a power of two >= 4, not {img_resolution}')
         super().__init__()
         log2 = int(math.log2(img_resolution))
         remember(self, w_dim=w_dim, img_resolution=img_resolution, img_resolution_log2=log2, img_channels=img_channels,
@@ -244,15 +245,16 @@ class SynthesisNetwork(nn.Module):
         fp16_from = lowest_fp16_resolution(img_resolution, num_fp16_res)
         self.max_channels = max(width.values())   # rows a latent matrix needs (R >= this, or R == 1)
 
-        # Block k's toRGB shares its latent with block k+1's first conv, so the count of
-        # latents is every conv plus one toRGB at the end.
-        self.num_ws = 1
-        for res in self.block_resolutions:
-            block = SynthesisBlock(width.get(res // 2, 0), width[res], w_dim=w_dim, resolution=res,
+        convs = 0
+        for res, channels in width.items():
+            block = SynthesisBlock(width.get(res // 2, 0), channels, w_dim=w_dim, resolution=res,
                                    img_channels=img_channels, is_last=res == img_resolution,
                                    use_fp16=res >= fp16_from, **block_kwargs)
             self.add_module(f'b{res}', block)
-            self.num_ws += block.num_conv
+            convs += block.num_conv
+        # Block k's toRGB shares its latent with block k+1's first conv, so there is one latent
+        # per conv plus one for the last toRGB.
+        self.num_ws = convs + 1
 
     def forward(self, ws: torch.Tensor, **block_kwargs) -> torch.Tensor:
         """ws `[N, num_ws, w_dim]` (w+) or `[N, num_ws, R, w_dim]` (W+) -> image `[N, C, res, res]` in about [-1, 1].
@@ -286,10 +288,8 @@ class Generator(nn.Module):
         super().__init__()
         remember(self, z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
                  latent_rows=latent_rows)
-        self.synthesis = SynthesisNetwork(w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
-                                          **synthesis_kwargs)
-        self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws, **mapping_kwargs)
+        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, **synthesis_kwargs)
+        self.mapping = MappingNetwork(z_dim, c_dim, w_dim, num_ws=self.synthesis.num_ws, **mapping_kwargs)
         needed = max(self.synthesis.max_channels, img_channels)
         if latent_rows is not None and latent_rows != 1 and latent_rows < needed:
             raise ValueError(f'latent_rows={latent_rows} is too small: every layer uses one row per output channel, '
@@ -298,6 +298,11 @@ class Generator(nn.Module):
     # Loading NVIDIA's records (torch_utils.checkpoint): their layouts translated into ours, then checked.
     nvlabs_arguments = staticmethod(nvlabs_layouts.generator_arguments)
     nvlabs_check = staticmethod(nvlabs_layouts.check_settings)
+
+    @property
+    def num_ws(self):
+        """Number of per-layer latents the synthesis network takes."""
+        return self.synthesis.num_ws
 
     @property
     def z_shape(self):
@@ -326,9 +331,10 @@ class Generator(nn.Module):
         rows = randn(n, self.latent_rows, self.z_dim)
         return (rows + shared) * np.float32(np.sqrt(0.5))
 
-    def forward(self, z, c, truncation_psi=1, truncation_cutoff=None, **synthesis_kwargs):
-        """z `[N, *z_shape]`, c `[N, c_dim]` (or None) -> image `[N, C, res, res]`."""
-        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
-        return self.synthesis(ws, **synthesis_kwargs)
+    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor], truncation_psi: float = 1,
+                truncation_cutoff: Optional[int] = None, **synthesis_kwargs) -> torch.Tensor:
+        """z `[N, *z_shape]`, c `[N, c_dim]` (or None) -> image `[N, C, res, res]`; see SynthesisNetwork.forward."""
+        truncation = dict(truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+        return self.synthesis(self.mapping(z, c, **truncation), **synthesis_kwargs)
 
 #----------------------------------------------------------------------------
