@@ -4,26 +4,18 @@ options at the Generator's top level) loads into our classes with NVIDIA's outpu
 
 import io
 
-import numpy as np
 import pytest
 import torch
 
 from conftest import shared_fixture
+from test_nvlabs_fixture import assert_close as _close, assert_generator_matches, load_snapshot
 from torch_utils import checkpoint
 from training import networks, nvlabs_layouts
 
 
 @pytest.fixture(scope='module')
 def snapshot():
-    data = checkpoint.load_network_pkl(shared_fixture('nvlabs-sg3-stylegan2-32px-cond.pkl'))   # safe mode
-    expected = dict(np.load(shared_fixture('nvlabs-sg3-stylegan2-32px-cond-expected.npz')))
-    return data, {k: torch.from_numpy(v) for k, v in expected.items()}
-
-
-def _close(actual, expected, rtol=1e-4):
-    scale = expected.abs().max().item()
-    err = (actual - expected).abs().max().item()
-    assert err <= rtol * scale + 1e-6, f'max abs error {err:.3g} vs scale {scale:.3g}'
+    return load_snapshot('nvlabs-sg3-stylegan2-32px-cond')
 
 
 def test_rebuilt_in_our_layout(snapshot):
@@ -41,12 +33,7 @@ def test_rebuilt_in_our_layout(snapshot):
 
 def test_mapping_and_synthesis_match(snapshot):
     data, ex = snapshot
-    G = data['G_ema']
-    with torch.no_grad():
-        _close(G.mapping(ex['z'], ex['c']), ex['ws'])
-        _close(G.mapping(ex['z'], ex['c'], truncation_psi=0.7), ex['ws_psi07'])
-        _close(G.synthesis(ex['ws'], noise_mode='const', force_fp32=True), ex['img_const'])
-        _close(G.synthesis(ex['ws_psi07'], noise_mode='none', force_fp32=True), ex['img_psi07_nonoise'])
+    assert_generator_matches(data['G_ema'], ex)
 
 
 def test_fp16_blocks_compute_in_fp32_off_cuda(snapshot):
