@@ -111,12 +111,19 @@ class FullyConnectedLayer(nn.Module):
         store_tensor(self, 'weight', initial_weight, trainable)
         store_tensor(self, 'bias', initial_bias, trainable)
 
+    def _effective_bias(self, dtype):
+        """The stored bias times its learning-rate scale, in `dtype`; None without a bias."""
+        if self.bias is None:
+            return None
+        bias = self.bias.to(dtype)
+        return bias if self.bias_gain == 1 else bias * self.bias_gain
+
     def forward(self, x):
         """`[..., in_features]` -> `[..., out_features]`; leading dims go through one matrix product."""
         out_features, in_features = self.weight.shape
         flat = x.reshape(-1, in_features)
         weight = self.weight.to(x.dtype) * self.weight_gain
-        bias = None if self.bias is None else self.bias.to(x.dtype) * self.bias_gain
+        bias = self._effective_bias(x.dtype)
         if bias is not None and self.activation == 'linear':
             y = torch.addmm(bias.unsqueeze(0), flat, weight.t())       # bias + flat @ weight^T in one call
         else:
