@@ -259,3 +259,11 @@ def test_fused_modconv_default(default, training, dtype, batch, expect):
     block = networks.Generator(**kw).synthesis.b8.train(training)
     assert block._fused(None, dtype, batch) is expect
     assert block._fused(not expect, dtype, batch) is (not expect)       # an explicit choice always wins
+
+
+def test_label_is_shared_by_the_rows_of_its_image():
+    G = networks.Generator(**tiny_generator_kwargs(latent_rows=R, c_dim=3)).eval()
+    z, c = G.sample_z(3), torch.eye(3)
+    ws = G.mapping(z, c)
+    for i in range(3):                                                  # one image at a time
+        torch.testing.assert_close(ws[i:i + 1], G.mapping(z[i:i + 1], c[i:i + 1]), rtol=1e-5, atol=1e-6)
