@@ -125,14 +125,23 @@ def read_pickle(f, trust=False):
 
 
 def module_from_record(record, key='network'):
-    """Build our registered class named like `record.class_name` and load the record's weights (strict)."""
+    """Build our registered class named like `record.class_name` and load the record's weights (strict).
+
+    A class may translate NVIDIA's other layouts of its arguments (`cls.nvlabs_arguments(record)` ->
+    (args, kwargs); a ValueError refuses the record, e.g. a StyleGAN3 network) and check the rebuilt
+    network against the settings the record kept (`cls.nvlabs_check(net, record)`, ValueError on a mismatch).
+    """
     try:
         cls = persistence.get_registered_class(record.class_name)
     except LookupError as err:
         raise PickleLoadError(f'The pickle holds a {record.class_name!r} ({key}); this version cannot load it '
                               f'safely ({err})') from err
-    state = record.state
-    init_args, init_kwargs = state.get('_init_args', ()), state.get('_init_kwargs', {})
+    translate = getattr(cls, 'nvlabs_arguments', None)
+    if translate is not None:
+        init_args, init_kwargs = translate(record)
+    else:
+        state = record.state
+        init_args, init_kwargs = state.get('_init_args', ()), state.get('_init_kwargs', {})
     if not isinstance(init_args, (tuple, list)) or not isinstance(init_kwargs, dict):
         raise PickleLoadError(f'{key}: malformed constructor arguments in the {record.class_name!r} record')
     try:
@@ -145,6 +154,12 @@ def module_from_record(record, key='network'):
     except RuntimeError as err:
         raise PickleLoadError(f'{key}: the {record.class_name!r} weights in the pickle do not fit '
                               f'{persistence.class_path(cls)}: {err}') from err
+    check = getattr(cls, 'nvlabs_check', None)
+    if check is not None:
+        try:
+            check(net, record)
+        except ValueError as err:
+            raise PickleLoadError(f'{key}: {err}') from err
     return net.eval().requires_grad_(False)
 
 

@@ -1,202 +1,232 @@
-"""StyleGAN2 discriminator (Karras et al. 2020; stylegan2-ada-pytorch layout: resnet blocks,
-minibatch standard deviation, projection conditioning). Images are the same for the
-baseline and the overparameterized generator, so one discriminator serves both."""
+"""StyleGAN2 discriminator (Karras et al. 2020, "Analyzing and Improving the Image Quality of StyleGAN",
+fig. 7: residual blocks, minibatch standard deviation, projection conditioning of Miyato & Koyama 2018).
 
-import numpy as np
+Images look the same whatever latent produced them, so one discriminator serves the baseline and the
+overparameterized generator. Parameter names follow NVIDIA's StyleGAN2 pickles (`b{res}.conv0.weight`,
+`b4.fc.weight`, `mapping.embed.weight`, ...).
+"""
+
+import math
+from typing import Optional
+
 import torch
+from torch import nn
 
-from torch_utils import misc, persistence
+from torch_utils import misc
 from torch_utils.ops import upfirdn2d
-from training.layers import Conv2dLayer, FullyConnectedLayer, MappingNetwork
+from torch_utils.persistence import persistent_class
+from training import nvlabs_layouts
+from training.layers import (Conv2dLayer, FullyConnectedLayer, MappingNetwork, channels_at, compute_format,
+                            lowest_fp16_resolution, register_resample_filter, remember)
+
+_ARCHITECTURES = ('orig', 'skip', 'resnet')
+_HALF_VARIANCE = math.sqrt(0.5)   # each branch of a residual sum, so the sum keeps unit variance
+
 
 #----------------------------------------------------------------------------
-# One resolution of the discriminator.
+# One resolution: (fromRGB +) two 3x3 convolutions, the second halving the resolution.
 
-@persistence.persistent_class
-class DiscriminatorBlock(torch.nn.Module):
+@persistent_class
+class DiscriminatorBlock(nn.Module):
     def __init__(self,
-        in_channels,                        # Input channels, 0 = first block (from RGB).
-        tmp_channels,                       # Intermediate channels.
-        out_channels,                       # Output channels.
-        resolution,                         # Input resolution of this block.
-        img_channels,                       # Input colour channels.
-        first_layer_idx,                    # Index of this block's first layer (for freeze_layers).
-        architecture        = 'resnet',     # 'orig', 'skip' or 'resnet'.
-        activation          = 'lrelu',      # Activation function.
-        resample_filter     = [1, 3, 3, 1], # Low-pass filter for resampling.
-        conv_clamp          = None,         # Clamp conv outputs to +-X, None = no clamping.
-        use_fp16            = False,        # Run this block in FP16?
-        fp16_channels_last  = False,        # channels_last memory format with FP16?
-        freeze_layers       = 0,            # Freeze-D: number of leading layers kept frozen.
+        in_channels,                        # Feature maps from the previous block; 0 = first block (reads RGB).
+        tmp_channels,                       # Feature maps inside the block.
+        out_channels,                       # Feature maps handed to the next block (at half resolution).
+        resolution,                         # Resolution this block reads.
+        img_channels,                       # Colour channels of the image.
+        first_layer_idx,                    # Running index of this block's first layer (for freeze_layers).
+        architecture        = 'resnet',     # 'orig' (plain), 'skip' (image at every scale), 'resnet'.
+        activation          = 'lrelu',      # Nonlinearity of the convolutions.
+        resample_filter     = [1, 3, 3, 1], # Low-pass filter taps for downsampling.
+        conv_clamp          = None,         # Clamp conv outputs to +-this; None = no clamp.
+        use_fp16            = False,        # Compute this block in FP16?
+        fp16_channels_last  = False,        # With FP16, use channels_last memory format?
+        freeze_layers       = 0,            # Freeze-D: layers with a running index below this stay fixed.
+        fp16_cuda_only      = False,        # FP16 on CUDA devices only, FP32 elsewhere (as NVIDIA's stylegan3
+                                            # repository); False = FP16 on any device (stylegan2-ada-pytorch).
     ):
+        assert architecture in _ARCHITECTURES
         assert in_channels in (0, tmp_channels)
-        assert architecture in ('orig', 'skip', 'resnet')
         super().__init__()
-        self.in_channels = in_channels
-        self.resolution = resolution
-        self.img_channels = img_channels
-        self.first_layer_idx = first_layer_idx
-        self.architecture = architecture
-        self.use_fp16 = use_fp16
-        self.channels_last = (use_fp16 and fp16_channels_last)
-        self.register_buffer('resample_filter', upfirdn2d.setup_filter(resample_filter))
-        self.num_layers = 0
+        remember(self, in_channels=in_channels, resolution=resolution, img_channels=img_channels,
+                 first_layer_idx=first_layer_idx, architecture=architecture, use_fp16=use_fp16,
+                 channels_last=use_fp16 and fp16_channels_last, fp16_cuda_only=fp16_cuda_only)
+        register_resample_filter(self, resample_filter)
 
-        def trainable():
-            idx = self.first_layer_idx + self.num_layers
-            self.num_layers += 1
-            return idx >= freeze_layers
+        reads_image = in_channels == 0 or architecture == 'skip'
+        residual = architecture == 'resnet'
+        layer_names = ['fromrgb'] * reads_image + ['conv0', 'conv1'] + ['skip'] * residual
+        self.num_layers = len(layer_names)
+        frozen = {name: first_layer_idx + i < freeze_layers for i, name in enumerate(layer_names)}
+        shared = dict(activation=activation, conv_clamp=conv_clamp, channels_last=self.channels_last)
+        halving = dict(down=2, resample_filter=resample_filter)
+        if reads_image:
+            self.fromrgb = Conv2dLayer(img_channels, tmp_channels, 1, trainable=not frozen['fromrgb'], **shared)
+        self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, 3, trainable=not frozen['conv0'], **shared)
+        self.conv1 = Conv2dLayer(tmp_channels, out_channels, 3, trainable=not frozen['conv1'], **halving, **shared)
+        if residual:
+            self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, trainable=not frozen['skip'],
+                                    channels_last=self.channels_last, **halving)
 
-        common = dict(activation=activation, conv_clamp=conv_clamp, channels_last=self.channels_last)
-        if in_channels == 0 or architecture == 'skip':
-            self.fromrgb = Conv2dLayer(img_channels, tmp_channels, kernel_size=1, trainable=trainable(), **common)
-        self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, kernel_size=3, trainable=trainable(), **common)
-        self.conv1 = Conv2dLayer(tmp_channels, out_channels, kernel_size=3, down=2, trainable=trainable(),
-                                 resample_filter=resample_filter, **common)
-        if architecture == 'resnet':
-            self.skip = Conv2dLayer(tmp_channels, out_channels, kernel_size=1, bias=False, down=2, trainable=trainable(),
-                                    resample_filter=resample_filter, channels_last=self.channels_last)
-
-    def forward(self, x, img, force_fp32=False):
-        """x `[N, tmp, res, res]` (None for the first block), img `[N, C, res, res]` -> (x at res/2, img)."""
-        dtype = torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
-        memory_format = torch.channels_last if self.channels_last and not force_fp32 else torch.contiguous_format
+    def forward(self, x: Optional[torch.Tensor], img: Optional[torch.Tensor], force_fp32: bool = False):
+        """x `[N, tmp, res, res]` (None in the first block), img `[N, C, res, res]` ->
+        (features `[N, out, res/2, res/2]`, the image at res/2 for 'skip', else None)."""
+        if self.fp16_cuda_only and (img if x is None else x).device.type != 'cuda':
+            force_fp32 = True
+        compute = compute_format(self.use_fp16, self.channels_last, force_fp32)
+        res = self.resolution
         if x is not None:
-            misc.assert_shape(x, [None, self.in_channels, self.resolution, self.resolution])
-            x = x.to(dtype=dtype, memory_format=memory_format)
-        if self.in_channels == 0 or self.architecture == 'skip':
-            misc.assert_shape(img, [None, self.img_channels, self.resolution, self.resolution])
-            img = img.to(dtype=dtype, memory_format=memory_format)
-            y = self.fromrgb(img)
-            x = x + y if x is not None else y
-            img = upfirdn2d.downsample2d(img, self.resample_filter) if self.architecture == 'skip' else None
-        if self.architecture == 'resnet':
-            y = self.skip(x, gain=np.sqrt(0.5))
-            x = self.conv0(x)
-            x = self.conv1(x, gain=np.sqrt(0.5))
-            x = y.add_(x)
-        else:
-            x = self.conv1(self.conv0(x))
-        return x, img
+            misc.assert_shape(x, [None, self.in_channels, res, res])
+            x = x.to(**compute)
+        if hasattr(self, 'fromrgb'):
+            misc.assert_shape(img, [None, self.img_channels, res, res])
+            img = img.to(**compute)
+            from_image = self.fromrgb(img)
+            x = from_image if x is None else x + from_image
+            keep_image = self.architecture == 'skip'
+            img = upfirdn2d.downsample2d(img, self.resample_filter) if keep_image else None
+        if not hasattr(self, 'skip'):
+            return self.conv1(self.conv0(x)), img
+        shortcut = self.skip(x, gain=_HALF_VARIANCE)
+        return shortcut.add_(self.conv1(self.conv0(x), gain=_HALF_VARIANCE)), img
 
 #----------------------------------------------------------------------------
-# Minibatch standard deviation (Karras et al. 2018), as appended by StyleGAN2's epilogue.
+# Minibatch standard deviation (Karras et al. 2018, sec. 3): a cue for the variety of a batch.
 
-@persistence.persistent_class
-class MinibatchStdLayer(torch.nn.Module):
+@persistent_class
+class MinibatchStdLayer(nn.Module):
     def __init__(self,
-        group_size,                 # Samples per group, None = whole minibatch.
-        num_channels = 1,           # Feature channels appended.
+        group_size,                 # Images per statistics group; None = the whole minibatch.
+        num_channels = 1,           # Feature maps appended (channels are split into this many sets).
     ):
         super().__init__()
-        self.group_size = group_size
-        self.num_channels = num_channels
+        remember(self, group_size=group_size, num_channels=num_channels)
 
     def forward(self, x):
-        """`[N, C, H, W]` -> `[N, C + F, H, W]`; N must be divisible by the group size."""
+        """`[N, C, H, W]` -> `[N, C + num_channels, H, W]`.
+
+        Groups are strided: with `n = N / G` groups of `G` images, image `i` belongs to group `i mod n`.
+        For each group and each of the `num_channels` sets of `C / num_channels` channels, the standard
+        deviation over the group's images is averaged over channels and pixels and appended as a
+        constant feature map to every image of the group. N must be a multiple of G.
+        """
         N, C, H, W = x.shape
-        with misc.suppress_tracer_warnings():
-            G = min(int(self.group_size), int(N)) if self.group_size is not None else int(N)
-        F = self.num_channels
-        y = x.reshape(G, -1, F, C // F, H, W)          # [GnFcHW]
-        y = y - y.mean(dim=0)                           # deviation from the group mean
-        y = (y.square().mean(dim=0) + 1e-8).sqrt()      # [nFcHW] stddev over the group
-        y = y.mean(dim=[2, 3, 4])                       # [nF]
-        y = y.reshape(-1, F, 1, 1).repeat(G, 1, H, W)   # [NFHW]
-        return torch.cat([x, y], dim=1)
+        G = N if self.group_size is None else min(self.group_size, N)
+        sets = self.num_channels
+        per_group = x.reshape(G, -1, sets, C // sets, H, W)            # [G, n, sets, C/sets, H, W]
+        deviation = per_group - per_group.mean(dim=0)
+        std = (deviation.square().mean(dim=0) + 1e-8).sqrt()          # [n, sets, C/sets, H, W]
+        summary = std.mean(dim=[2, 3, 4])                                # [n, sets]
+        maps = summary.reshape(-1, sets, 1, 1).repeat(G, 1, H, W)      # [N, sets, H, W]
+        return torch.cat([x, maps], dim=1)
 
 #----------------------------------------------------------------------------
-# Last block at 4x4: minibatch std, conv, two dense layers, projection conditioning.
+# The 4x4 head: minibatch std, a conv, two dense layers, and the projection onto the mapped label.
 
-@persistence.persistent_class
-class DiscriminatorEpilogue(torch.nn.Module):
+@persistent_class
+class DiscriminatorEpilogue(nn.Module):
     def __init__(self,
-        in_channels,                    # Input channels.
-        cmap_dim,                       # Mapped label dimensionality, 0 = unconditional.
-        resolution,                     # Resolution (4).
-        img_channels,                   # Input colour channels.
-        architecture        = 'resnet', # 'orig', 'skip' or 'resnet'.
-        mbstd_group_size    = 4,        # Minibatch-std group size, None = whole minibatch.
-        mbstd_num_channels  = 1,        # Minibatch-std features, 0 = disable.
-        activation          = 'lrelu',  # Activation function.
-        conv_clamp          = None,     # Clamp conv outputs to +-X, None = no clamping.
+        in_channels,                    # Feature maps at 4x4.
+        cmap_dim,                       # Width of the mapped label; 0 = unconditional (one logit).
+        resolution,                     # Spatial size of the input (4).
+        img_channels,                   # Colour channels (read here only by 'skip').
+        architecture        = 'resnet', # 'orig', 'skip' or 'resnet' (as the blocks).
+        mbstd_group_size    = 4,        # Minibatch-std group size; None = the whole minibatch.
+        mbstd_num_channels  = 1,        # Minibatch-std feature maps; 0 = no minibatch std.
+        activation          = 'lrelu',  # Nonlinearity of the conv and the first dense layer.
+        conv_clamp          = None,     # Clamp the conv output to +-this; None = no clamp.
     ):
-        assert architecture in ('orig', 'skip', 'resnet')
+        assert architecture in _ARCHITECTURES
         super().__init__()
-        self.in_channels = in_channels
-        self.cmap_dim = cmap_dim
-        self.resolution = resolution
-        self.img_channels = img_channels
-        self.architecture = architecture
-        if architecture == 'skip':
-            self.fromrgb = Conv2dLayer(img_channels, in_channels, kernel_size=1, activation=activation)
-        self.mbstd = MinibatchStdLayer(group_size=mbstd_group_size, num_channels=mbstd_num_channels) if mbstd_num_channels > 0 else None
-        self.conv = Conv2dLayer(in_channels + mbstd_num_channels, in_channels, kernel_size=3, activation=activation, conv_clamp=conv_clamp)
-        self.fc = FullyConnectedLayer(in_channels * (resolution ** 2), in_channels, activation=activation)
-        self.out = FullyConnectedLayer(in_channels, 1 if cmap_dim == 0 else cmap_dim)
+        remember(self, in_channels=in_channels, cmap_dim=cmap_dim, resolution=resolution, img_channels=img_channels,
+                 architecture=architecture)
+        if architecture == 'skip':                      # the 4x4 image joins the features
+            self.fromrgb = Conv2dLayer(img_channels, in_channels, 1, activation=activation)
+        self.mbstd = None
+        if mbstd_num_channels > 0:
+            self.mbstd = MinibatchStdLayer(group_size=mbstd_group_size, num_channels=mbstd_num_channels)
+        self.conv = Conv2dLayer(in_channels + mbstd_num_channels, in_channels, 3, activation=activation,
+                                conv_clamp=conv_clamp)
+        self.fc = FullyConnectedLayer(in_channels * resolution * resolution, in_channels, activation=activation)
+        self.out = FullyConnectedLayer(in_channels, cmap_dim if cmap_dim > 0 else 1)
 
-    def forward(self, x, img, cmap, force_fp32=False):
-        """x `[N, C, 4, 4]`, cmap `[N, cmap_dim]` or None -> logits `[N, 1]` (always FP32)."""
-        misc.assert_shape(x, [None, self.in_channels, self.resolution, self.resolution])
-        x = x.to(dtype=torch.float32, memory_format=torch.contiguous_format)
-        if self.architecture == 'skip':
-            misc.assert_shape(img, [None, self.img_channels, self.resolution, self.resolution])
-            x = x + self.fromrgb(img.to(dtype=torch.float32, memory_format=torch.contiguous_format))
-        if self.mbstd is not None:
-            x = self.mbstd(x)
-        x = self.out(self.fc(self.conv(x).flatten(1)))
-        if self.cmap_dim > 0:
-            misc.assert_shape(cmap, [None, self.cmap_dim])
-            x = (x * cmap).sum(dim=1, keepdim=True) * (1 / np.sqrt(self.cmap_dim))
-        return x
+    def forward(self, x: torch.Tensor, img: Optional[torch.Tensor], cmap: Optional[torch.Tensor],
+                force_fp32: bool = False) -> torch.Tensor:
+        """x `[N, in, 4, 4]`, cmap `[N, cmap_dim]` (None if unconditional) -> logits `[N, 1]`, always FP32.
+
+        Conditional: the logit is the projection `<out(x), cmap> / sqrt(cmap_dim)`.
+        """
+        fp32 = dict(dtype=torch.float32, memory_format=torch.contiguous_format)
+        res = self.resolution
+        misc.assert_shape(x, [None, self.in_channels, res, res])
+        x = x.to(**fp32)
+        if hasattr(self, 'fromrgb'):
+            misc.assert_shape(img, [None, self.img_channels, res, res])
+            x = x + self.fromrgb(img.to(**fp32))
+        features = x if self.mbstd is None else self.mbstd(x)
+        out = self.out(self.fc(self.conv(features).flatten(1)))
+        if self.cmap_dim == 0:
+            return out
+        misc.assert_shape(cmap, [len(out), self.cmap_dim])
+        return (out * cmap).sum(dim=1, keepdim=True) * (1 / math.sqrt(self.cmap_dim))
 
 #----------------------------------------------------------------------------
-# Discriminator: image (+ label) -> realness logit.
+# Discriminator: blocks from the image resolution down to 8x8, then the 4x4 head.
 
-@persistence.persistent_class
-class Discriminator(torch.nn.Module):
+@persistent_class
+class Discriminator(nn.Module):
     def __init__(self,
-        c_dim,                          # Conditioning label dimensionality, 0 = unconditional.
-        img_resolution,                 # Input resolution.
-        img_channels,                   # Input colour channels.
+        c_dim,                          # Width of the label; 0 = unconditional.
+        img_resolution,                 # Image size in px (a power of two).
+        img_channels,                   # Colour channels.
         architecture        = 'resnet', # 'orig', 'skip' or 'resnet'.
-        channel_base        = 32768,    # Channels at resolution r: min(channel_base // r, channel_max).
-        channel_max         = 512,      # Maximum channels of any layer.
-        num_fp16_res        = 0,        # Run the N highest resolutions in FP16.
-        conv_clamp          = None,     # Clamp conv outputs to +-X, None = no clamping.
-        cmap_dim            = None,     # Mapped label dimensionality, None = channels at 4x4.
-        block_kwargs        = {},       # Arguments for DiscriminatorBlock.
-        mapping_kwargs      = {},       # Arguments for the label MappingNetwork.
-        epilogue_kwargs     = {},       # Arguments for DiscriminatorEpilogue.
+        channel_base        = 32768,    # Feature maps at resolution r: channel_base / r, ...
+        channel_max         = 512,      # ... capped at this.
+        num_fp16_res        = 0,        # Compute the blocks of this many highest resolutions in FP16.
+        conv_clamp          = None,     # Clamp conv outputs to +-this; None = no clamp.
+        cmap_dim            = None,     # Width of the mapped label; None = feature maps at 4x4.
+        block_kwargs        = {},       # More DiscriminatorBlock arguments.
+        mapping_kwargs      = {},       # More MappingNetwork arguments (label mapping).
+        epilogue_kwargs     = {},       # More DiscriminatorEpilogue arguments.
     ):
         super().__init__()
-        self.c_dim = c_dim
-        self.img_resolution = img_resolution
-        self.img_resolution_log2 = int(np.log2(img_resolution))
-        self.img_channels = img_channels
-        self.block_resolutions = [2 ** i for i in range(self.img_resolution_log2, 2, -1)]
-        channels = {res: min(channel_base // res, channel_max) for res in self.block_resolutions + [4]}
-        fp16_resolution = max(2 ** (self.img_resolution_log2 + 1 - num_fp16_res), 8)
-        cmap_dim = (channels[4] if cmap_dim is None else cmap_dim) if c_dim > 0 else 0
+        log2 = int(math.log2(img_resolution))
+        remember(self, c_dim=c_dim, img_resolution=img_resolution, img_resolution_log2=log2, img_channels=img_channels,
+                 block_resolutions=[2 ** k for k in range(log2, 2, -1)])
+        width = {res: channels_at(res, channel_base, channel_max) for res in self.block_resolutions + [4]}
+        fp16_from = lowest_fp16_resolution(img_resolution, num_fp16_res)
+        if c_dim == 0:
+            cmap_dim = 0
+        elif cmap_dim is None:
+            cmap_dim = width[4]
 
-        common = dict(img_channels=img_channels, architecture=architecture, conv_clamp=conv_clamp)
-        layer_idx = 0
-        for res in self.block_resolutions:
-            block = DiscriminatorBlock(channels[res] if res < img_resolution else 0, channels[res], channels[res // 2],
-                                       resolution=res, first_layer_idx=layer_idx, use_fp16=(res >= fp16_resolution),
-                                       **block_kwargs, **common)
-            setattr(self, f'b{res}', block)
-            layer_idx += block.num_layers
+        shared = dict(img_channels=img_channels, architecture=architecture, conv_clamp=conv_clamp)
+        layers_so_far = 0                               # running layer index, for Freeze-D
+        for i, res in enumerate(self.block_resolutions):
+            feature_input = width[res] if i > 0 else 0     # the first block reads the image only
+            block = DiscriminatorBlock(feature_input, width[res], width[res // 2],
+                                       resolution=res, first_layer_idx=layers_so_far, use_fp16=res >= fp16_from,
+                                       **block_kwargs, **shared)
+            self.add_module(f'b{res}', block)
+            layers_so_far += block.num_layers
         if c_dim > 0:
-            self.mapping = MappingNetwork(z_dim=0, c_dim=c_dim, w_dim=cmap_dim, num_ws=None, w_avg_beta=None, **mapping_kwargs)
-        self.b4 = DiscriminatorEpilogue(channels[4], cmap_dim=cmap_dim, resolution=4, **epilogue_kwargs, **common)
+            self.mapping = MappingNetwork(z_dim=0, c_dim=c_dim, w_dim=cmap_dim, num_ws=None, w_avg_beta=None,
+                                          **mapping_kwargs)
+        self.b4 = DiscriminatorEpilogue(width[4], cmap_dim=cmap_dim, resolution=4, **epilogue_kwargs, **shared)
 
-    def forward(self, img, c, **block_kwargs):
-        """img `[N, C, res, res]` in about [-1, 1], c `[N, c_dim]` -> logits `[N, 1]`."""
-        x = None
-        for res in self.block_resolutions:
-            x, img = getattr(self, f'b{res}')(x, img, **block_kwargs)
+    # Loading NVIDIA's records (torch_utils.checkpoint): their defaults filled in, then checked.
+    nvlabs_arguments = staticmethod(nvlabs_layouts.discriminator_arguments)
+    nvlabs_check = staticmethod(nvlabs_layouts.check_settings)
+
+    def forward(self, img: torch.Tensor, c: Optional[torch.Tensor], **block_kwargs) -> torch.Tensor:
+        """img `[N, C, res, res]` in about [-1, 1], c `[N, c_dim]` (ignored if unconditional) -> logits `[N, 1]`.
+
+        block_kwargs: `force_fp32=True` computes every block in FP32.
+        """
+        features = None
+        for block in (getattr(self, f'b{res}') for res in self.block_resolutions):
+            features, img = block(features, img, **block_kwargs)
         cmap = self.mapping(None, c) if self.c_dim > 0 else None
-        return self.b4(x, img, cmap)
+        return self.b4(features, img, cmap)
 
 #----------------------------------------------------------------------------

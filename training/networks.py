@@ -1,276 +1,308 @@
-"""StyleGAN2 generator (Karras et al. 2020, stylegan2-ada-pytorch layout) with an optional
-overparameterized latent (Poirier-Ginter et al., "Overparameterization Improves StyleGAN
-Inversion", sec. 3).
+"""StyleGAN2 generator (Karras et al. 2020, "Analyzing and Improving the Image Quality of StyleGAN",
+config F with 'skip' outputs) with an optional overparameterized latent (Poirier-Ginter et al.,
+"Overparameterization Improves StyleGAN Inversion", sec. 3).
 
 The overparameterization is a shape, not a flag: with `latent_rows=R` a latent is a matrix
-`[R, dim]` instead of a vector `[dim]`; the mapping maps every row at once, and each
-synthesis layer with `O` output channels modulates output row `i` with the style of latent
-row `i` (eq. 2). `latent_rows=None` is StyleGAN2. Parameter and buffer names match
-stylegan2-ada-pytorch so that its state dicts load one to one.
+`[R, dim]` instead of a vector `[dim]`; the mapping maps every row at once, and each synthesis
+layer with `O` output channels modulates output channel `i` with the style of latent row `i`
+(eq. 2). `latent_rows=None` is StyleGAN2. Layers tell the two apart by `w.ndim` alone.
+Parameter and buffer names are those of NVIDIA's StyleGAN2 pickles, so their state dicts load
+one to one.
 
 Latent shapes (N = batch, L = `num_ws`):
     z  `[N, *G.z_shape]`        `(z_dim,)` or `(R, z_dim)`
     ws `[N, L, *G.w_shape]`     `(w_dim,)` or `(R, w_dim)`; W / w = the same latent for every layer
 """
 
+import math
+from typing import Optional
+
 import numpy as np
 import torch
+from torch import nn
 
-from torch_utils import misc, persistence
-from torch_utils.ops import bias_act, upfirdn2d
+from torch_utils import misc
+from torch_utils.ops import upfirdn2d
 from torch_utils.ops.modulated_conv2d import modulated_conv2d
+from torch_utils.persistence import persistent_class
+from training import nvlabs_layouts
 from training.discriminator import Discriminator, DiscriminatorBlock, DiscriminatorEpilogue, MinibatchStdLayer  # noqa: F401  (re-export)
-from training.layers import Conv2dLayer, FullyConnectedLayer, MappingNetwork, normalize_2nd_moment  # noqa: F401
+from training.layers import (Conv2dLayer, FullyConnectedLayer, MappingNetwork, activate, channels_at,  # noqa: F401
+                             compute_format, default_gain, lowest_fp16_resolution, memory_format_of,
+                             normalize_2nd_moment, register_resample_filter, remember)
+
+_HALF_VARIANCE = math.sqrt(0.5)   # each branch of a residual sum, so the sum keeps unit variance
+
+#----------------------------------------------------------------------------
+# Modulated convolutions: the shared part of the 3x3 layers and the 1x1 toRGB layers.
+
+class _ModulatedConv(nn.Module):
+    """A weight `[O, I, k, k]` whose input channels are scaled per image by styles `A(w)` (eq. 1);
+    for a latent matrix `w [N, R, w_dim]`, output channel `i` takes the style of row `i` (eq. 2)."""
+
+    def _build(self, in_channels, out_channels, w_dim, kernel_size, channels_last):
+        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)   # styles start at 1
+        shape = [out_channels, in_channels, kernel_size, kernel_size]
+        self.weight = nn.Parameter(torch.randn(shape).to(memory_format=memory_format_of(channels_last)))
+
+    def styles(self, w):
+        """w `[N, w_dim]` -> `[N, I]`; w `[N, R, w_dim]` -> `[N, min(R, O), I]` (rows beyond O are unused)."""
+        out_channels = self.weight.shape[0]
+        if w.ndim == 3 and w.shape[1] > out_channels:
+            w = w[:, :out_channels]
+        return self.affine(w)
 
 #----------------------------------------------------------------------------
 
-#----------------------------------------------------------------------------
-
-def _used_rows(w, num_rows):
-    """Latent `[N, w_dim]` or `[N, R, w_dim]` -> only the rows a layer uses (R == 1 broadcasts)."""
-    if w.ndim == 3 and w.shape[1] > num_rows:
-        return w[:, :num_rows]
-    return w
-
-#----------------------------------------------------------------------------
-# Modulated 3x3 convolution of the synthesis network (eq. 1, or eq. 2 for latent matrices).
-
-@persistence.persistent_class
-class SynthesisLayer(torch.nn.Module):
+@persistent_class
+class SynthesisLayer(_ModulatedConv):
     def __init__(self,
-        in_channels,                    # Input channels.
-        out_channels,                   # Output channels.
-        w_dim,                          # Intermediate latent dimensionality.
-        resolution,                     # Output resolution of this layer.
-        kernel_size     = 3,            # Kernel width and height.
-        up              = 1,            # Integer upsampling factor.
-        use_noise       = True,         # Per-pixel noise input? (the paper: False)
-        activation      = 'lrelu',      # Activation function.
-        resample_filter = [1, 3, 3, 1], # Low-pass filter for resampling.
-        conv_clamp      = None,         # Clamp the output to +-X, None = no clamping.
-        channels_last   = False,        # Weights in channels_last memory format?
+        in_channels,                    # Input feature maps.
+        out_channels,                   # Output feature maps.
+        w_dim,                          # Width of one intermediate latent row.
+        resolution,                     # Output size in px.
+        kernel_size     = 3,            # Square kernel size.
+        up              = 1,            # 2 = upsample the input first (transposed conv + low-pass).
+        use_noise       = True,         # Add per-pixel noise (scaled by a learned strength)? The paper: no.
+        activation      = 'lrelu',      # Nonlinearity after bias and noise.
+        resample_filter = [1, 3, 3, 1], # Low-pass filter taps for upsampling.
+        conv_clamp      = None,         # Clamp outputs to +-this; None = no clamp.
+        channels_last   = False,        # Keep the weight in channels_last memory format?
     ):
         super().__init__()
-        self.resolution = resolution
-        self.up = up
-        self.use_noise = use_noise
-        self.activation = activation
-        self.conv_clamp = conv_clamp
-        self.register_buffer('resample_filter', upfirdn2d.setup_filter(resample_filter))
-        self.padding = kernel_size // 2
-        self.act_gain = bias_act.activation_funcs[activation].def_gain
-
-        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.weight = torch.nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]).to(memory_format=memory_format))
+        remember(self, in_channels=in_channels, out_channels=out_channels, w_dim=w_dim, resolution=resolution, up=up,
+                 use_noise=use_noise, activation=activation, conv_clamp=conv_clamp, padding=kernel_size // 2)
+        register_resample_filter(self, resample_filter)
+        self.act_gain = default_gain(activation)
+        self._build(in_channels, out_channels, w_dim, kernel_size, channels_last)
         if use_noise:
-            self.register_buffer('noise_const', torch.randn([resolution, resolution]))
-            self.noise_strength = torch.nn.Parameter(torch.zeros([]))
-        self.bias = torch.nn.Parameter(torch.zeros([out_channels]))
+            self.register_buffer('noise_const', torch.randn([resolution, resolution]))   # for noise_mode='const'
+            self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.bias = nn.Parameter(torch.zeros([out_channels]))
 
-    def forward(self, x, w, noise_mode='random', fused_modconv=True, gain=1):
-        """x `[N, I, res/up, res/up]`, w `[N, w_dim]` or `[N, R, w_dim]` -> `[N, O, res, res]`."""
-        assert noise_mode in ('random', 'const', 'none')
-        misc.assert_shape(x, [None, self.weight.shape[1], self.resolution // self.up, self.resolution // self.up])
-        styles = self.affine(_used_rows(w, self.weight.shape[0]))       # [N, I] or [N, O, I]
+    def _noise(self, batch_size, device, noise_mode):
+        """Noise image broadcastable to the output, or None. 'random': fresh N(0, 1) per image;
+        'const': the stored `noise_const`; 'none': no noise."""
+        if noise_mode not in ('random', 'const', 'none'):
+            raise ValueError(f"noise_mode must be 'random', 'const' or 'none', not {noise_mode!r}")
+        if not self.use_noise or noise_mode == 'none':
+            return None
+        if noise_mode == 'const':
+            return self.noise_const * self.noise_strength
+        size = self.resolution
+        return torch.randn([batch_size, 1, size, size], device=device) * self.noise_strength
 
-        noise = None
-        if self.use_noise and noise_mode == 'random':
-            noise = torch.randn([x.shape[0], 1, self.resolution, self.resolution], device=x.device) * self.noise_strength
-        if self.use_noise and noise_mode == 'const':
-            noise = self.noise_const * self.noise_strength
-
-        x = modulated_conv2d(x=x, weight=self.weight, styles=styles, noise=noise, up=self.up, padding=self.padding,
-                             resample_filter=self.resample_filter, flip_weight=(self.up == 1), fused_modconv=fused_modconv)
-        act_clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
-        return bias_act.bias_act(x, self.bias.to(x.dtype), act=self.activation, gain=self.act_gain * gain, clamp=act_clamp)
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str = 'random', fused_modconv: bool = True,
+                gain: float = 1) -> torch.Tensor:
+        """x `[N, I, res/up, res/up]`, w `[N, w_dim]` or `[N, R, w_dim]` -> `[N, O, res, res]`, scaled by `gain`."""
+        in_size = self.resolution // self.up
+        misc.assert_shape(x, [None, self.in_channels, in_size, in_size])
+        y = modulated_conv2d(x=x, weight=self.weight, styles=self.styles(w), up=self.up, padding=self.padding,
+                             noise=self._noise(x.shape[0], x.device, noise_mode), resample_filter=self.resample_filter,
+                             flip_weight=(self.up == 1), fused_modconv=fused_modconv)
+        return activate(y, self.bias.to(y.dtype), self.activation, self.act_gain, gain, self.conv_clamp)
 
 #----------------------------------------------------------------------------
-# 1x1 modulated convolution to RGB, no demodulation (per-row styles for latent matrices).
 
-@persistence.persistent_class
-class ToRGBLayer(torch.nn.Module):
+@persistent_class
+class ToRGBLayer(_ModulatedConv):
     def __init__(self,
-        in_channels,                # Input channels.
-        out_channels,               # Output (colour) channels.
-        w_dim,                      # Intermediate latent dimensionality.
-        kernel_size     = 1,        # Kernel width and height.
-        conv_clamp      = None,     # Clamp the output to +-X, None = no clamping.
-        channels_last   = False,    # Weights in channels_last memory format?
+        in_channels,                # Input feature maps.
+        out_channels,               # Colour channels.
+        w_dim,                      # Width of one intermediate latent row.
+        kernel_size     = 1,        # Square kernel size.
+        conv_clamp      = None,     # Clamp outputs to +-this; None = no clamp.
+        channels_last   = False,    # Keep the weight in channels_last memory format?
     ):
         super().__init__()
-        self.conv_clamp = conv_clamp
-        self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.weight = torch.nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]).to(memory_format=memory_format))
-        self.bias = torch.nn.Parameter(torch.zeros([out_channels]))
-        self.weight_gain = 1 / np.sqrt(in_channels * (kernel_size ** 2))
+        remember(self, in_channels=in_channels, out_channels=out_channels, w_dim=w_dim, conv_clamp=conv_clamp)
+        self._build(in_channels, out_channels, w_dim, kernel_size, channels_last)
+        self.bias = nn.Parameter(torch.zeros([out_channels]))
+        # Without demodulation the equalized-lr scale of the weight goes into the styles.
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size * kernel_size)
 
-    def forward(self, x, w, fused_modconv=True):
-        """x `[N, I, H, W]`, w `[N, w_dim]` or `[N, R, w_dim]` -> `[N, C, H, W]`."""
-        styles = self.affine(_used_rows(w, self.weight.shape[0])) * self.weight_gain
-        x = modulated_conv2d(x=x, weight=self.weight, styles=styles, demodulate=False, fused_modconv=fused_modconv)
-        return bias_act.bias_act(x, self.bias.to(x.dtype), clamp=self.conv_clamp)
+    def forward(self, x: torch.Tensor, w: torch.Tensor, fused_modconv: bool = True) -> torch.Tensor:
+        """x `[N, I, H, W]`, w `[N, w_dim]` or `[N, R, w_dim]` -> colours `[N, C, H, W]` (linear)."""
+        y = modulated_conv2d(x=x, weight=self.weight, styles=self.styles(w) * self.weight_gain, demodulate=False,
+                             fused_modconv=fused_modconv)
+        return activate(y, self.bias.to(y.dtype), 'linear', 1, 1, self.conv_clamp)
 
 #----------------------------------------------------------------------------
-# One resolution of the synthesis network ('skip' architecture by default).
+# One resolution of the synthesis network: (upsampling conv +) conv, and its colour output.
 
-@persistence.persistent_class
-class SynthesisBlock(torch.nn.Module):
+@persistent_class
+class SynthesisBlock(nn.Module):
     def __init__(self,
-        in_channels,                        # Input channels, 0 = first block (learned constant).
-        out_channels,                       # Output channels.
-        w_dim,                              # Intermediate latent dimensionality.
-        resolution,                         # Resolution of this block.
-        img_channels,                       # Output colour channels.
-        is_last,                            # Last block?
-        architecture        = 'skip',       # 'orig', 'skip' or 'resnet'.
-        resample_filter     = [1, 3, 3, 1], # Low-pass filter for resampling.
-        conv_clamp          = None,         # Clamp conv outputs to +-X, None = no clamping.
-        use_fp16            = False,        # Run this block in FP16?
-        fp16_channels_last  = False,        # channels_last memory format with FP16?
-        **layer_kwargs,                     # Arguments for SynthesisLayer.
+        in_channels,                        # Feature maps from the previous block; 0 = first block (learned 4x4 input).
+        out_channels,                       # Feature maps of this block.
+        w_dim,                              # Width of one intermediate latent row.
+        resolution,                         # Size of this block's output in px.
+        img_channels,                       # Colour channels.
+        is_last,                            # The highest resolution (always has a toRGB)?
+        architecture        = 'skip',       # 'skip' (sum of upsampled RGB outputs), 'resnet' or 'orig'.
+        resample_filter     = [1, 3, 3, 1], # Low-pass filter taps for upsampling.
+        conv_clamp          = None,         # Clamp conv outputs to +-this; None = no clamp.
+        use_fp16            = False,        # Compute this block in FP16?
+        fp16_channels_last  = False,        # With FP16, use channels_last memory format?
+        fused_modconv_default = None,       # fused_modconv when the call gives None: True, False,
+                                            # 'inference_only' (= not training), or None = fused in
+                                            # inference when FP32 or one image (the fastest choice).
+        fp16_cuda_only      = False,        # FP16 on CUDA devices only, FP32 elsewhere (as NVIDIA's stylegan3
+                                            # repository); False = FP16 on any device (stylegan2-ada-pytorch).
+        **layer_kwargs,                     # More SynthesisLayer arguments (use_noise, activation, ...).
     ):
         assert architecture in ('orig', 'skip', 'resnet')
+        assert fused_modconv_default in (None, True, False, 'inference_only')
         super().__init__()
-        self.in_channels = in_channels
-        self.w_dim = w_dim
-        self.resolution = resolution
-        self.img_channels = img_channels
-        self.is_last = is_last
-        self.architecture = architecture
-        self.use_fp16 = use_fp16
-        self.channels_last = (use_fp16 and fp16_channels_last)
-        self.register_buffer('resample_filter', upfirdn2d.setup_filter(resample_filter))
-        self.num_conv = 0
-        self.num_torgb = 0
+        remember(self, in_channels=in_channels, w_dim=w_dim, resolution=resolution, img_channels=img_channels,
+                 is_last=is_last, architecture=architecture, use_fp16=use_fp16,
+                 channels_last=use_fp16 and fp16_channels_last, fused_modconv_default=fused_modconv_default,
+                 fp16_cuda_only=fp16_cuda_only)
+        register_resample_filter(self, resample_filter)
 
-        common = dict(w_dim=w_dim, resolution=resolution, conv_clamp=conv_clamp, channels_last=self.channels_last)
+        memory = dict(channels_last=self.channels_last)
+        per_layer = dict(w_dim=w_dim, resolution=resolution, conv_clamp=conv_clamp, **memory)
+        doubling = dict(up=2, resample_filter=resample_filter)
         if in_channels == 0:
-            self.const = torch.nn.Parameter(torch.randn([out_channels, resolution, resolution]))
+            self.const = nn.Parameter(torch.randn([out_channels, resolution, resolution]))
         else:
-            self.conv0 = SynthesisLayer(in_channels, out_channels, up=2, resample_filter=resample_filter, **common, **layer_kwargs)
-            self.num_conv += 1
-        self.conv1 = SynthesisLayer(out_channels, out_channels, **common, **layer_kwargs)
-        self.num_conv += 1
-        if is_last or architecture == 'skip':
-            self.torgb = ToRGBLayer(out_channels, img_channels, w_dim=w_dim, conv_clamp=conv_clamp, channels_last=self.channels_last)
-            self.num_torgb += 1
-        if in_channels != 0 and architecture == 'resnet':
-            self.skip = Conv2dLayer(in_channels, out_channels, kernel_size=1, bias=False, up=2,
-                                    resample_filter=resample_filter, channels_last=self.channels_last)
+            self.conv0 = SynthesisLayer(in_channels, out_channels, **doubling, **per_layer, **layer_kwargs)
+        self.conv1 = SynthesisLayer(out_channels, out_channels, **per_layer, **layer_kwargs)
+        self.num_conv = 1 if in_channels == 0 else 2
+        self.num_torgb = int(is_last or architecture == 'skip')
+        if self.num_torgb:
+            self.torgb = ToRGBLayer(out_channels, img_channels, w_dim=w_dim, conv_clamp=conv_clamp, **memory)
+        if in_channels > 0 and architecture == 'resnet':
+            self.skip = Conv2dLayer(in_channels, out_channels, 1, bias=False, **doubling, **memory)
 
-    def forward(self, x, img, ws, force_fp32=False, fused_modconv=None, **layer_kwargs):
-        """ws `[N, num_conv + num_torgb, *w_shape]`; x, img from the previous block (None for the first)."""
-        misc.assert_shape(ws, [None, self.num_conv + self.num_torgb] + [None] * (ws.ndim - 3) + [self.w_dim])
-        w_iter = iter(ws.unbind(dim=1))
-        dtype = torch.float16 if self.use_fp16 and not force_fp32 else torch.float32
-        memory_format = torch.channels_last if self.channels_last and not force_fp32 else torch.contiguous_format
+    def _fused(self, fused_modconv, dtype, batch_size):
+        """Whether to run the modulated convs as one grouped conv (see `fused_modconv_default`)."""
         if fused_modconv is None:
-            with misc.suppress_tracer_warnings():
-                fused_modconv = (not self.training) and (dtype == torch.float32 or int(ws.shape[0]) == 1)
+            fused_modconv = self.fused_modconv_default
+        if fused_modconv == 'inference_only':
+            return not self.training
+        if fused_modconv is None:      # the grouped conv is the faster path in these cases
+            return not self.training and (dtype == torch.float32 or batch_size == 1)
+        return fused_modconv
+
+    def forward(self, x: Optional[torch.Tensor], img: Optional[torch.Tensor], ws: torch.Tensor,
+                force_fp32: bool = False, fused_modconv: Optional[bool] = None, **layer_kwargs):
+        """ws `[N, num_conv + num_torgb, *w_shape]`: one latent per conv, then the toRGB latent.
+        x `[N, in, res/2, res/2]` and img `[N, C, res/2, res/2]` from the previous block (None first)
+        -> (x `[N, out, res, res]`, img `[N, C, res, res]` FP32, or None before the first toRGB)."""
+        misc.assert_shape(ws, [None, self.num_conv + self.num_torgb] + [None] * (ws.ndim - 3) + [self.w_dim])
+        force_fp32 = force_fp32 or (self.fp16_cuda_only and ws.device.type != 'cuda')
+        compute = compute_format(self.use_fp16, self.channels_last, force_fp32)
+        batch_size = ws.shape[0]
+        fused = self._fused(fused_modconv, compute['dtype'], batch_size)
+        latents = ws.unbind(dim=1)
+        conv_args = dict(fused_modconv=fused, **layer_kwargs)
+        below = self.resolution // 2
 
         if self.in_channels == 0:
-            x = self.const.to(dtype=dtype, memory_format=memory_format)
-            x = x.unsqueeze(0).repeat([ws.shape[0], 1, 1, 1])
+            start = self.const.to(**compute).unsqueeze(0).repeat([batch_size, 1, 1, 1])
+            x = self.conv1(start, latents[0], **conv_args)
         else:
-            misc.assert_shape(x, [None, self.in_channels, self.resolution // 2, self.resolution // 2])
-            x = x.to(dtype=dtype, memory_format=memory_format)
-
-        if self.in_channels == 0:
-            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
-        elif self.architecture == 'resnet':
-            y = self.skip(x, gain=np.sqrt(0.5))
-            x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
-            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, gain=np.sqrt(0.5), **layer_kwargs)
-            x = y.add_(x)
-        else:
-            x = self.conv0(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
-            x = self.conv1(x, next(w_iter), fused_modconv=fused_modconv, **layer_kwargs)
+            misc.assert_shape(x, [None, self.in_channels, below, below])
+            x = x.to(**compute)
+            if hasattr(self, 'skip'):
+                shortcut = self.skip(x, gain=_HALF_VARIANCE)
+                main = self.conv0(x, latents[0], **conv_args)
+                x = shortcut.add_(self.conv1(main, latents[1], gain=_HALF_VARIANCE, **conv_args))
+            else:
+                x = self.conv1(self.conv0(x, latents[0], **conv_args), latents[1], **conv_args)
 
         if img is not None:
-            misc.assert_shape(img, [None, self.img_channels, self.resolution // 2, self.resolution // 2])
-            img = upfirdn2d.upsample2d(img, self.resample_filter)
-        if self.is_last or self.architecture == 'skip':
-            y = self.torgb(x, next(w_iter), fused_modconv=fused_modconv)
-            y = y.to(dtype=torch.float32, memory_format=torch.contiguous_format)
-            img = img.add_(y) if img is not None else y
+            misc.assert_shape(img, [None, self.img_channels, below, below])
+            img = upfirdn2d.upsample2d(img, self.resample_filter)       # the lower resolutions' sum, doubled
+        if self.num_torgb:
+            rgb = self.torgb(x, latents[self.num_conv], fused_modconv=fused)
+            rgb = rgb.to(dtype=torch.float32, memory_format=torch.contiguous_format)
+            img = rgb if img is None else img.add_(rgb)
         return x, img
 
 #----------------------------------------------------------------------------
-# Synthesis network ws -> image.
+# Synthesis network: ws -> image, one block per resolution from 4x4 up.
 
-@persistence.persistent_class
-class SynthesisNetwork(torch.nn.Module):
+@persistent_class
+class SynthesisNetwork(nn.Module):
     def __init__(self,
-        w_dim,                      # Intermediate latent dimensionality.
-        img_resolution,             # Output resolution (power of two >= 4).
-        img_channels,               # Output colour channels.
-        channel_base    = 32768,    # Channels at resolution r: min(channel_base // r, channel_max).
-        channel_max     = 512,      # Maximum channels of any layer.
-        num_fp16_res    = 0,        # Run the N highest resolutions in FP16.
-        **block_kwargs,             # Arguments for SynthesisBlock.
+        w_dim,                      # Width of one intermediate latent row.
+        img_resolution,             # Output size in px (a power of two >= 4).
+        img_channels,               # Colour channels.
+        channel_base    = 32768,    # Feature maps at resolution r: channel_base / r, ...
+        channel_max     = 512,      # ... capped at this.
+        num_fp16_res    = 0,        # Compute the blocks of this many highest resolutions in FP16.
+        **block_kwargs,             # More SynthesisBlock arguments.
     ):
-        assert img_resolution >= 4 and img_resolution & (img_resolution - 1) == 0
+        if img_resolution < 4 or img_resolution & (img_resolution - 1):
+            raise ValueError(f'img_resolution must be a power of two >= 4, not {img_resolution}')
         super().__init__()
-        self.w_dim = w_dim
-        self.img_resolution = img_resolution
-        self.img_resolution_log2 = int(np.log2(img_resolution))
-        self.img_channels = img_channels
-        self.block_resolutions = [2 ** i for i in range(2, self.img_resolution_log2 + 1)]
-        channels = {res: min(channel_base // res, channel_max) for res in self.block_resolutions}
-        fp16_resolution = max(2 ** (self.img_resolution_log2 + 1 - num_fp16_res), 8)
-        self.max_channels = max(channels.values())   # Rows a latent matrix needs (R >= this, or R == 1).
+        log2 = int(math.log2(img_resolution))
+        remember(self, w_dim=w_dim, img_resolution=img_resolution, img_resolution_log2=log2, img_channels=img_channels,
+                 num_fp16_res=num_fp16_res, block_resolutions=[2 ** k for k in range(2, log2 + 1)])
+        width = {res: channels_at(res, channel_base, channel_max) for res in self.block_resolutions}
+        fp16_from = lowest_fp16_resolution(img_resolution, num_fp16_res)
+        self.max_channels = max(width.values())   # rows a latent matrix needs (R >= this, or R == 1)
 
-        self.num_ws = 0
-        for res in self.block_resolutions:
-            block = SynthesisBlock(channels[res // 2] if res > 4 else 0, channels[res], w_dim=w_dim, resolution=res,
-                                   img_channels=img_channels, is_last=(res == img_resolution),
-                                   use_fp16=(res >= fp16_resolution), **block_kwargs)
-            self.num_ws += block.num_conv + (block.num_torgb if res == img_resolution else 0)
-            setattr(self, f'b{res}', block)
+        convs = 0
+        for res, channels in width.items():
+            block = SynthesisBlock(width.get(res // 2, 0), channels, w_dim=w_dim, resolution=res,
+                                   img_channels=img_channels, is_last=res == img_resolution,
+                                   use_fp16=res >= fp16_from, **block_kwargs)
+            self.add_module(f'b{res}', block)
+            convs += block.num_conv
+        # Block k's toRGB shares its latent with block k+1's first conv, so there is one latent
+        # per conv plus one for the last toRGB.
+        self.num_ws = convs + 1
 
-    def forward(self, ws, **block_kwargs):
-        """ws `[N, num_ws, w_dim]` (w+) or `[N, num_ws, R, w_dim]` (W+) -> image `[N, C, res, res]` in about [-1, 1]."""
+    def forward(self, ws: torch.Tensor, **block_kwargs) -> torch.Tensor:
+        """ws `[N, num_ws, w_dim]` (w+) or `[N, num_ws, R, w_dim]` (W+) -> image `[N, C, res, res]` in about [-1, 1].
+
+        block_kwargs: noise_mode ('random', 'const', 'none'), force_fp32, fused_modconv.
+        """
         misc.assert_shape(ws, [None, self.num_ws] + [None] * (ws.ndim - 3) + [self.w_dim])
         ws = ws.to(torch.float32)
         x = img = None
-        w_idx = 0
-        for res in self.block_resolutions:
-            block = getattr(self, f'b{res}')
-            x, img = block(x, img, ws.narrow(1, w_idx, block.num_conv + block.num_torgb), **block_kwargs)
-            w_idx += block.num_conv
+        first = 0
+        for block in (getattr(self, f'b{res}') for res in self.block_resolutions):
+            x, img = block(x, img, ws.narrow(1, first, block.num_conv + block.num_torgb), **block_kwargs)
+            first += block.num_conv
         return img
 
 #----------------------------------------------------------------------------
 # Generator = mapping + synthesis; `latent_rows` = R of the overparameterized model.
 
-@persistence.persistent_class
-class Generator(torch.nn.Module):
+@persistent_class
+class Generator(nn.Module):
     def __init__(self,
-        z_dim,                      # Latent (Z) dimensionality per row.
-        c_dim,                      # Conditioning label dimensionality, 0 = unconditional.
-        w_dim,                      # Intermediate latent (W) dimensionality per row.
-        img_resolution,             # Output resolution.
-        img_channels,               # Output colour channels.
-        latent_rows     = None,     # R rows per latent matrix (paper: 512), None = StyleGAN2 latent vector.
-        mapping_kwargs  = {},       # Arguments for MappingNetwork.
-        synthesis_kwargs = {},      # Arguments for SynthesisNetwork.
+        z_dim,                      # Width of one latent row.
+        c_dim,                      # Width of the label; 0 = unconditional.
+        w_dim,                      # Width of one intermediate latent row.
+        img_resolution,             # Output size in px.
+        img_channels,               # Colour channels.
+        latent_rows     = None,     # R rows per latent matrix (the paper: 512); None = StyleGAN2's vector.
+        mapping_kwargs  = {},       # MappingNetwork arguments (num_layers, ...).
+        synthesis_kwargs = {},      # SynthesisNetwork arguments (channel_base, num_fp16_res, ...).
     ):
         super().__init__()
-        self.z_dim = z_dim
-        self.c_dim = c_dim
-        self.w_dim = w_dim
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
-        self.latent_rows = latent_rows
-        self.synthesis = SynthesisNetwork(w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels, **synthesis_kwargs)
-        self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, num_ws=self.num_ws, **mapping_kwargs)
+        remember(self, z_dim=z_dim, c_dim=c_dim, w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
+                 latent_rows=latent_rows)
+        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, **synthesis_kwargs)
+        self.mapping = MappingNetwork(z_dim, c_dim, w_dim, num_ws=self.synthesis.num_ws, **mapping_kwargs)
         needed = max(self.synthesis.max_channels, img_channels)
         if latent_rows is not None and latent_rows != 1 and latent_rows < needed:
             raise ValueError(f'latent_rows={latent_rows} is too small: every layer uses one row per output channel, '
                              f'so it must be >= {needed} (the widest layer) or 1')
+
+    # Loading NVIDIA's records (torch_utils.checkpoint): their layouts translated into ours, then checked.
+    nvlabs_arguments = staticmethod(nvlabs_layouts.generator_arguments)
+    nvlabs_check = staticmethod(nvlabs_layouts.check_settings)
+
+    @property
+    def num_ws(self):
+        """Number of per-layer latents the synthesis network takes."""
+        return self.synthesis.num_ws
 
     @property
     def z_shape(self):
@@ -299,9 +331,10 @@ class Generator(torch.nn.Module):
         rows = randn(n, self.latent_rows, self.z_dim)
         return (rows + shared) * np.float32(np.sqrt(0.5))
 
-    def forward(self, z, c, truncation_psi=1, truncation_cutoff=None, **synthesis_kwargs):
-        """z `[N, *z_shape]`, c `[N, c_dim]` (or None) -> image `[N, C, res, res]`."""
-        ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
-        return self.synthesis(ws, **synthesis_kwargs)
+    def forward(self, z: torch.Tensor, c: Optional[torch.Tensor], truncation_psi: float = 1,
+                truncation_cutoff: Optional[int] = None, **synthesis_kwargs) -> torch.Tensor:
+        """z `[N, *z_shape]`, c `[N, c_dim]` (or None) -> image `[N, C, res, res]`; see SynthesisNetwork.forward."""
+        truncation = dict(truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
+        return self.synthesis(self.mapping(z, c, **truncation), **synthesis_kwargs)
 
 #----------------------------------------------------------------------------
