@@ -1,7 +1,9 @@
 """EasyDict, cached URL opening, building objects from dotted names, atomic writing, output folders,
 and the one-line error reporting shared by the command-line tools."""
 
+import contextlib
 import errno
+import fcntl
 import functools
 import hashlib
 import http.client
@@ -361,6 +363,29 @@ def make_outdir(path, option='--outdir'):
     path = check_outdir(path, option)
     os.makedirs(path, exist_ok=True)
     return path
+
+@contextlib.contextmanager
+def outdir_lock(folder, what='run'):
+    """Hold an exclusive lock on `folder` (flock on `<folder>/.lock`) while the block runs.
+
+    A second process asking for the same folder gets `OutdirError` at once, naming the holder's pid.
+    The kernel drops the lock when its holder exits, however it exits, so a killed run never blocks
+    the next one; the `.lock` file itself stays (empty of meaning once unlocked).
+    """
+    path = os.path.join(os.fspath(folder), '.lock')
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode('ascii', 'replace').strip() or 'unknown'
+            raise OutdirError(f'{folder} is in use by another {what} (pid {holder}); wait for it to finish, or use '
+                              f'another --outdir') from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f'{os.getpid()}\n'.encode('ascii'), 0)
+        yield
+    finally:
+        os.close(fd)                                       # Closing releases the lock.
 
 #----------------------------------------------------------------------------
 # One-line errors for the command-line tools.

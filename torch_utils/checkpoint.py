@@ -37,7 +37,16 @@ class CheckpointError(PickleLoadError):
     """A network file that cannot be read or is refused; the message is one line naming the file and the fix.
 
     A ValueError (CLIs report it as one line) and, like the loader's internal refusals, an UnpicklingError.
+    `path`: the file; `reason`: the message without the leading 'Cannot load PATH: '.
     """
+
+    def __init__(self, message, path=None, reason=None):
+        super().__init__(message)
+        self.path, self.reason = path, reason
+
+
+def _refuse(path, reason):
+    return CheckpointError(f'Cannot load {path}: {reason}', path=path, reason=reason)
 
 
 def read_pickle(f, trust=False):
@@ -85,7 +94,7 @@ def _reading(name, f):
     except CheckpointError:
         raise
     except _READ_ERRORS as err:
-        raise CheckpointError(f'Cannot load {name}: {_explain(err, head)}') from err
+        raise _refuse(name, _explain(err, head)) from err
 
 
 def _file_size(f):
@@ -141,8 +150,7 @@ def load_network_pkl(f, trust=False, device=None):
             with open(f, 'rb') as file:
                 return load_network_pkl(file, trust=trust, device=device)
         except OSError as err:
-            raise CheckpointError(f'Cannot load {os.fspath(f)}: {(err.strerror or str(err)).lower()}; '
-                                  f'check the path') from err
+            raise _refuse(os.fspath(f), f'{(err.strerror or str(err)).lower()}; check the path') from err
     name = getattr(f, 'name', None) or 'the network pickle'
     with _reading(name, f), safe_pickle.allocation_limit(safe_pickle.budget_for(_file_size(f)), name):
         data = read_pickle(f, trust=trust)
@@ -176,13 +184,13 @@ def load_network(path_or_url, key='G_ema', trust=False, device=None):
     try:
         local = dnnlib.util.open_url(path_or_url, return_filename=True)
     except OSError as err:
-        raise CheckpointError(dnnlib.util.one_line(err)) from err
+        raise _refuse(path_or_url, dnnlib.util.one_line(err)) from err
     data = load_network_pkl(local, trust=trust, device=device)
     if data.get(key) is not None:
         return data[key]
     if set(data) == {'net'}:
         return data['net']
-    raise CheckpointError(f'{path_or_url} has no network {key!r}; it holds: {", ".join(sorted(map(str, data)))}')
+    raise _refuse(path_or_url, f'it has no network {key!r}; it holds: {", ".join(sorted(map(str, data)))}')
 
 
 def save_network_pkl(path, data_dict):
