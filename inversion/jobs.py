@@ -15,12 +15,12 @@ A job supplies its optimisation through this interface:
     space                `spaces.LatentSpace` (shape of `<name>.npy`)
     decode_resolution, channels, crop
                          how target files are decoded (uint8 `[N, H, W, C]` batches)
+    curve_key            metric that ends each image's curve and is logged per batch ('lpips')
     curve_title          title of lpips_curve.png
     make_inverter(images)                        -> `optimize.Inverter` for a uint8 batch
     on_step(outdir, names, images, info)         after every step (e.g. video frames); may do nothing
     finish(outdir, names, images, inverter)      write the per-image files, including `<name>.npy`;
-                                                 return one metrics dict per image (its 'lpips' entry,
-                                                 if any, ends the image's curve)
+                                                 return one metrics dict per image
     summarize(results, skipped)                  -> summary.json dict
 
 Resuming: images with a line in `results.jsonl` whose `<name>.npy` still loads are skipped; a batch
@@ -219,7 +219,7 @@ class _Runner:
         history = inverter.history.cpu().numpy()                               # [steps, N]
         todo = [i for i, name in enumerate(names) if name not in self.results]
         for i in todo:
-            final = metrics[i].get('lpips', np.nan)
+            final = metrics[i].get(self.job.curve_key, np.nan)
             self.curves[names[i]] = np.append(history[:, i], final).astype(np.float32)
         outputs.write_curves(self.outdir / 'lpips_curves.npz', self.curves)
         for i in todo:
@@ -230,9 +230,9 @@ class _Runner:
         state_path = self.state_path(names)
         if state_path.exists():
             state_path.unlink()
-        mean = float(np.nanmean([m.get('lpips', np.nan) for m in metrics])) if any('lpips' in m for m in metrics) \
-            else float('nan')
-        self.log(f'Batch of {n} done in {seconds:.1f}s: mean LPIPS {mean:.4f} ({len(self.results)} images finished)')
+        key = self.job.curve_key
+        mean = float(np.mean([m[key] for m in metrics])) if all(key in m for m in metrics) else float('nan')
+        self.log(f'Batch of {n} done in {seconds:.1f}s: mean {key} {mean:.4f} ({len(self.results)} images finished)')
         self.write_run_files(latents=False)
 
     def write_run_files(self, latents=True):

@@ -94,7 +94,7 @@ class InversionJob:
     """
 
     kind = 'invert'
-    curve_title = None
+    curve_key = 'lpips'
 
     def __init__(self, G, loss, space, settings, opt, device):
         self.G, self.loss, self.space, self.settings, self.opt = G, loss, space, settings, opt
