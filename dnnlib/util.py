@@ -38,7 +38,7 @@ class EasyDict(dict):
 
     def __getattr__(self, name):
         if name.startswith('__') and name.endswith('__'):
-            raise AttributeError(name)
+            raise AttributeError(f'{name} (dunder names are not looked up among the keys)')
         try:
             return self[name]
         except KeyError:
@@ -80,13 +80,13 @@ def get_module_from_obj_name(obj_name):
     for i in range(len(parts) - 1, 0, -1):
         module_name = '.'.join(parts[:i])
         try:
-            module = importlib.import_module(module_name)
+            found = importlib.import_module(module_name)
         except ModuleNotFoundError as err:
             # Only skip when this candidate itself is missing, not one of its imports.
             if err.name is not None and (module_name == err.name or module_name.startswith(err.name + '.')):
                 continue
             raise
-        return module, '.'.join(parts[i:])
+        return found, '.'.join(parts[i:])
     if '.' not in obj_name:
         return importlib.import_module('builtins'), obj_name
     raise ImportError(f'Cannot find a module for {obj_name!r}')
@@ -115,7 +115,9 @@ def call_func_by_name(*args, func_name=None, **kwargs):
 
 def construct_class_by_name(*args, class_name=None, **kwargs):
     """Look up a class by dotted name and instantiate it, e.g. from a `*_kwargs` config dict."""
-    return call_func_by_name(*args, func_name=class_name, **kwargs)
+    if not isinstance(class_name, str):
+        raise TypeError('class_name must be a dotted name string')
+    return call_func_by_name(func_name=class_name, *args, **kwargs)
 
 
 # ----------------------------------------------------------------------------
@@ -155,11 +157,10 @@ def is_url(obj):
 
 def url_cache_path(url, cache_dir=None):
     """Where `open_url` caches `url`: '<cache_dir>/<md5 of url>_<basename>'."""
-    if cache_dir is None:
-        cache_dir = make_cache_dir_path('downloads')
+    root = make_cache_dir_path('downloads') if cache_dir is None else cache_dir
     basename = os.path.basename(urllib.parse.urlparse(url).path) or 'download'
     basename = re.sub(r'[^0-9A-Za-z._-]', '_', basename)[-64:]
-    return os.path.join(cache_dir, f'{hashlib.md5(url.encode("utf-8")).hexdigest()}_{basename}')
+    return os.path.join(root, f'{hashlib.md5(url.encode("utf-8")).hexdigest()}_{basename}')
 
 
 def _fetch_url(url, timeout=60.0):
@@ -419,11 +420,11 @@ def cli_errors(*extra_types):
         return cli_errors()(extra_types[0])                 # Used bare: @cli_errors
     caught = EXPECTED_ERRORS + tuple(extra_types)
 
-    def decorate(fn):
-        @functools.wraps(fn)
+    def decorate(command):
+        @functools.wraps(command)
         def wrapper(*args, **kwargs):
             try:
-                return fn(*args, **kwargs)
+                return command(*args, **kwargs)
             except click.ClickException:
                 raise
             except caught as err:

@@ -186,14 +186,14 @@ class SafeUnpickler(pickle._Unpickler):  # pylint: disable=protected-access
         super().__init__(file)
         self._allowed = safe_globals()
 
-    def find_class(self, module, name):
-        obj = self._allowed.get((module, name))
-        if obj is not None:
-            return obj
-        if module == 'torch' and isinstance(torch.__dict__.get(name), torch.dtype):
-            return torch.__dict__[name]
+    def find_class(self, module_name, global_name):
+        found = self._allowed.get((module_name, global_name))
+        if found is not None:
+            return found
+        if module_name == 'torch' and isinstance(torch.__dict__.get(global_name), torch.dtype):
+            return torch.__dict__[global_name]
         raise PickleLoadError(
-            f'Refusing to load {module}.{name} from the pickle: it is not on the safe loader\'s allow-list. '
+            f'Refusing to load {module_name}.{global_name} from the pickle: it is not on the safe loader\'s allow-list. '
             f'If you trust the file, load it with trust=True (CLI: --trust-pickle), which may run code from it.')
 
     def load_build(self):
@@ -211,12 +211,12 @@ class SafeUnpickler(pickle._Unpickler):  # pylint: disable=protected-access
 class TrustedUnpickler(pickle.Unpickler):
     """Plain unpickling, except that NVIDIA records become placeholders and storages map to the CPU."""
 
-    def find_class(self, module, name):
-        if (module, name) == ('torch_utils.persistence', '_reconstruct_persistent_obj'):
-            return persistence._reconstruct_persistent_obj
-        if (module, name) == ('torch.storage', '_load_from_bytes'):
-            return load_storage_trusted
-        return super().find_class(module, name)
+    _REPLACED = {('torch_utils.persistence', '_reconstruct_persistent_obj'): persistence._reconstruct_persistent_obj,
+                 ('torch.storage', '_load_from_bytes'): load_storage_trusted}
+
+    def find_class(self, module_name, global_name):
+        replacement = self._REPLACED.get((module_name, global_name))
+        return replacement if replacement is not None else super().find_class(module_name, global_name)
 
 # ----------------------------------------------------------------------------
 # Memory cap while networks are constructed from recorded arguments.
