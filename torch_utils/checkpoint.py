@@ -59,10 +59,10 @@ def read_pickle(f, trust=False):
 
 def _explain(err, head):
     """Why the bytes starting with `head` could not be loaded, and what to do, as one short phrase."""
-    if isinstance(err, PickleLoadError):
-        return dnnlib.util.one_line(err)
     if not head:
         return 'the file is empty; copy or download it again'
+    if isinstance(err, PickleLoadError):
+        return dnnlib.util.one_line(err)
     if head.startswith(b'PK\x03\x04'):
         return ('it is a zip archive (a dataset, or a torch.save file such as training-state-*.pt), not a network '
                 'pickle; pass a network-snapshot-*.pkl')

@@ -284,8 +284,46 @@ def budget_for(file_bytes):
     return 4 * int(file_bytes) + (256 << 20)
 
 
+class _BoundedReader:
+    """A read-only view of a binary file whose reads never ask for more than the file still holds.
+
+    Python's buffered `read(n)` reserves `n` bytes before reading, so a pickle declaring a 1 TB string
+    would fail with MemoryError (or worse, succeed on an overcommitting host); here a read past the
+    end is refused as truncation before anything is reserved.
+    """
+
+    def __init__(self, f):
+        self._f = f
+        here = f.tell()
+        self._end = f.seek(0, io.SEEK_END)
+        f.seek(here)
+
+    def _left(self):
+        return max(0, self._end - self._f.tell())
+
+    def read(self, n=-1):
+        left = self._left()
+        if n is not None and n > left:
+            raise PickleLoadError(f'the file is truncated: the pickle declares {n} more bytes where {left} are left; '
+                                  f'copy or download it again')
+        return self._f.read(left if n is None or n < 0 else n)
+
+    def readline(self, limit=-1):
+        return self._f.readline(self._left() if limit is None or limit < 0 else min(limit, self._left()))
+
+    def readinto(self, buf):
+        if len(buf) > self._left():
+            raise PickleLoadError('the file is truncated: the pickle declares more data than it holds')
+        return self._f.readinto(buf)
+
+
 def read(f, trust=False):
-    """Unpickle from a binary file object; SAFE (`SafeUnpickler`) unless `trust`."""
+    """Unpickle from a binary file object; SAFE (`SafeUnpickler`, reads bounded by the file) unless `trust`."""
+    if not trust:
+        try:
+            f = _BoundedReader(f)
+        except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+            pass                                          # Not seekable: read as is.
     unpickler = TrustedUnpickler(f) if trust else SafeUnpickler(f)
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='TypedStorage is deprecated')
