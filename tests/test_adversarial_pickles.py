@@ -12,6 +12,7 @@ import functools
 import io
 import os
 import pickle
+import resource
 import struct
 import tracemalloc
 
@@ -207,10 +208,28 @@ def _evil_storage_blob(command):
 
 SENTINEL_NAME = 'SENTINEL'
 CASES = sorted(_payloads('x'))
+HEADROOM = 2 << 30                  # Address space a payload may add before allocations fail outright.
+
+
+@pytest.fixture
+def memory_ceiling():
+    """Cap this process's address space at its current size + HEADROOM while the test runs, so that a
+    regression turns a memory bomb into a failed allocation instead of an exhausted machine."""
+    with open('/proc/self/status') as f:
+        vm_size = next(int(line.split()[1]) * 1024 for line in f if line.startswith('VmSize:'))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = vm_size + HEADROOM
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 @pytest.mark.parametrize('case', CASES)
-def test_adversarial_pickle_is_refused_without_effects(tmp_path, case):
+def test_adversarial_pickle_is_refused_without_effects(tmp_path, case, memory_ceiling):
     sentinel = tmp_path / SENTINEL_NAME
     payload, expected = _payloads(sentinel)[case]
     path = tmp_path / 'evil.pkl'
