@@ -328,6 +328,9 @@ def run_job(job, sources, ignored, outdir, *, batch, device, save_every=100, pro
             images_bar.close()
         summary = runner.write_run_files(latents=True)
         log(f'Done: {summary["images"]} images, {len(runner.skipped)} skipped -> {outdir}', echo=False)
+    if not runner.results:
+        raise InversionError(f'None of the files in {job.settings.get("target")} could be used: all '
+                             f'{len(runner.skipped)} are listed with their reasons in {outdir / "skipped.json"}')
     return summary
 
 

@@ -32,8 +32,8 @@ def load_generator(network, trust_pickle=False, device=None):
     """Checkpoint path or URL -> (G in eval mode, frozen; sha256 of the checkpoint file)."""
     try:
         local = dnnlib.util.open_url(network, return_filename=True)
-        sha256 = outputs.file_sha256(local)
         G = checkpoint.load_network(local, key='G_ema', trust=trust_pickle, device=device)
+        sha256 = outputs.file_sha256(local)
     except (OSError, ValueError) as err:
         reason = getattr(err, 'reason', None) or dnnlib.util.one_line(err)
         raise InversionError(f'Cannot load --network {network}: {reason}') from err

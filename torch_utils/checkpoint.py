@@ -61,13 +61,15 @@ def _explain(err, head):
     """Why the bytes starting with `head` could not be loaded, and what to do, as one short phrase."""
     if not head:
         return 'the file is empty; copy or download it again'
-    if isinstance(err, PickleLoadError):
-        return dnnlib.util.one_line(err)
+    if isinstance(err, PickleLoadError) and str(err).startswith('Refusing'):
+        return dnnlib.util.one_line(err)                  # Refusals first: they say what to do.
     if head.startswith(b'PK\x03\x04'):
         return ('it is a zip archive (a dataset, or a torch.save file such as training-state-*.pt), not a network '
                 'pickle; pass a network-snapshot-*.pkl')
-    if head[:1] != b'\x80':
+    if head[:1] != b'\x80':                                # Every network pickle uses protocol 2 or later.
         return 'it is not a pickle (wrong first bytes); pass a network-snapshot-*.pkl from train.py or stylegan2-ada-pytorch'
+    if isinstance(err, PickleLoadError):
+        return dnnlib.util.one_line(err)
     if isinstance(err, EOFError) or 'truncated' in str(err):
         return 'the file is truncated (an interrupted copy or download?); copy or download it again'
     return (f'the pickle is damaged ({type(err).__name__}: {dnnlib.util.one_line(err)[:160]}); '
