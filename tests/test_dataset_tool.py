@@ -152,3 +152,27 @@ def test_missing_label_is_reported(messy_folder, tmp_path):
     (messy_folder / 'dataset.json').write_text(json.dumps({'labels': [['a_rgb.png', 0]]}))
     with pytest.raises(ConversionError, match="has no entry in dataset.json"):
         convert_dataset(str(messy_folder), str(tmp_path / 'o.zip'), resolution=RES, progress=False)
+
+
+def test_gif_and_any_pillow_format_are_converted_and_every_file_accounted_for(tmp_path):
+    src = tmp_path / 'src'
+    src.mkdir()
+    frames = [PIL.Image.new('RGB', (16, 16), c).convert('P') for c in ((255, 0, 0), (0, 255, 0))]
+    frames[0].save(src / 'anim.gif', save_all=True, append_images=frames[1:], duration=40)
+    PIL.Image.new('RGB', (16, 16), (0, 0, 255)).convert('P').save(src / 'still.gif')
+    PIL.Image.new('RGB', (16, 16), (9, 9, 9)).save(src / 'picture.data', format='PNG')   # Unknown extension.
+    (src / 'notes.md').write_text('# not an image')
+    (src / '.DS_Store').write_bytes(b'\x00\x01')
+    dest = tmp_path / 'd.zip'
+    res = CliRunner().invoke(dataset_tool.main, ['--source', str(src), '--dest', str(dest), '--resolution', '16',
+                                                 '--quiet'])
+    assert res.exit_code == 0, res.output
+    assert 'wrote 3 images' in res.output
+    assert 'anim.gif: animated GIF with 2 frames: used the first frame' in res.output
+    assert '.DS_Store: hidden file' in res.output and 'notes.md: not an image file' in res.output
+    ds = ImageFolderDataset(str(dest))
+    colours = sorted(tuple(ds[i][0][:, 0, 0]) for i in range(len(ds)))
+    assert colours == sorted([(255, 0, 0), (0, 0, 255), (9, 9, 9)])            # First frame of the animation.
+    with zipfile.ZipFile(dest) as zf:
+        skipped = json.loads(zf.read('skipped.json'))['skipped']
+    assert sorted(s['file'] for s in skipped) == ['.DS_Store', 'notes.md']

@@ -95,7 +95,7 @@ def _zip_source(path):
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
         raise ConversionError(f"--source '{path}' is not a readable zip ({e})") from None
-    names, ignored = list_zip(zf, exclude=(LABELS_FILE,))
+    names, ignored = list_zip(zf, exclude=(LABELS_FILE, SKIPPED_FILE))   # A converted zip's own metadata.
     labels = None
     if LABELS_FILE in zf.namelist():
         labels = _parse_labels(zf.read(LABELS_FILE), f'{path}:{LABELS_FILE}')
