@@ -15,6 +15,7 @@ import pickle
 import resource
 import struct
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -92,8 +93,11 @@ class _Call:
 
 
 def _storage_blob(n=4):
+    """A typed-storage blob as stylegan2-ada-pytorch pickles hold them."""
     buf = io.BytesIO()
-    torch.save(torch.arange(n, dtype=torch.float32).storage(), buf)
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='TypedStorage is deprecated')
+        torch.save(torch.arange(n, dtype=torch.float32).storage(), buf)
     return buf.getvalue()
 
 

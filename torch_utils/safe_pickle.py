@@ -99,7 +99,9 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad, backwa
         raise PickleLoadError(f'Refusing a tensor of {numel} elements declared in the pickle')
     if numel:
         extent = storage_offset + 1 + sum((n - 1) * s for n, s in zip(size, stride))
-        available = storage.size() if isinstance(storage, torch.storage.TypedStorage) else None
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='TypedStorage is deprecated')
+            available = storage.size() if isinstance(storage, torch.storage.TypedStorage) else None
         if available is not None and extent > available:
             raise PickleLoadError(f'Malformed tensor in the pickle: it reaches element {extent} of a storage of '
                                   f'{available}')
