@@ -313,6 +313,19 @@ def atomic_write(path, write_fn, suffix='.tmp', fsync=False):
             os.remove(tmp)
 
 
+def append_line(path, line):
+    """Append `line` (plus a newline) to the text file `path` with one write; a full disk raises `DiskFullError`."""
+    try:
+        with open(path, 'a') as f:
+            f.write(line + '\n')
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(errno.ENOSPC, f'no space left on device at {os.path.dirname(os.path.abspath(path))} '
+                                f'(while appending to {os.path.basename(path)}); free some space or write '
+                                f'elsewhere') from err
+        raise
+
+
 def remove_stale_temporaries(folder, recursive=True):
     """Delete temporaries that `atomic_write` left behind when its process was killed; returns their paths.
 

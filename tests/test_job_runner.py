@@ -145,3 +145,22 @@ def test_upsample_resume_after_kill_matches_uninterrupted(setup, tmp_path, monke
     assert 'Resuming a batch of 3 at step 2/4' in (killed / 'log.txt').read_text()
     for n in ('a', 'b', 'c'):
         np.testing.assert_array_equal(np.load(killed / f'{n}.npy'), np.load(full / f'{n}.npy'))
+
+
+def test_full_disk_is_one_line_naming_the_folder(setup, tmp_path, monkeypatch):
+    from inversion import outputs
+    out = tmp_path / 'out'
+    real = outputs.np.save
+
+    def full(f, arr, *args, **kwargs):
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(outputs.np, 'save', full)
+    result = _invert(setup, out)
+    monkeypatch.setattr(outputs.np, 'save', real)
+    assert result.exit_code == 1 and isinstance(result.exception, (SystemExit, type(None)))
+    errors = [line for line in result.stderr.splitlines() if line.startswith('Error:')]   # (Progress bars aside.)
+    assert len(errors) == 1 and 'Traceback' not in result.stderr
+    assert f'no space left on device at {out}' in errors[0] and 'a.npy' in errors[0]
+    assert not [p for p in os.listdir(out) if '.tmp' in p] and not (out / 'a.npy').exists()
+    assert not (out / 'results.jsonl').exists()                    # Nothing is marked finished.
+    assert _invert(setup, out).exit_code == 0                      # Space again: the run completes.

@@ -18,7 +18,7 @@ import PIL
 import PIL.Image
 import torch
 
-from dnnlib.util import atomic_write
+from dnnlib.util import append_line, atomic_write
 
 #----------------------------------------------------------------------------
 # Listing and opening input images.
@@ -141,7 +141,6 @@ def save_json(path, obj, indent=2):
 
 def append_jsonl(path, obj):
     """Append one JSON line (a line is written whole with one `write`)."""
-    with open(path, 'a') as f:
-        f.write(json.dumps(obj) + '\n')
+    append_line(path, json.dumps(obj))
 
 #----------------------------------------------------------------------------
