@@ -191,6 +191,7 @@ def _payloads(sentinel):
         'storage blob running code': (p4(_Call(torch.storage._load_from_bytes, _evil_storage_blob(touch))),
                                       'Refusing a tensor storage'),
         # Memory bombs: refused before allocating.
+        'deep nesting': (b'\x80\x04' + b']' * 200000 + b'a' * 199999 + b'.', 'expected a dict'),
         'huge BINBYTES8': (b'\x80\x04\x8e' + struct.pack('<Q', 1 << 40) + b'abc', 'truncated'),
         'huge BINUNICODE8': (b'\x80\x04\x8d' + struct.pack('<Q', 1 << 40) + b'abc', 'truncated'),
         'huge LONG4': (b'\x80\x04\x8b' + struct.pack('<i', 2**31 - 1) + b'ab', 'truncated'),
@@ -293,6 +294,13 @@ def test_legitimate_pickles_still_load(tmp_path):
     assert out['meta'].a == 1
     for a, b in zip(out['G_ema'].state_dict().values(), G.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_load_network_refuses_a_non_network_under_the_key(tmp_path):
+    path = tmp_path / 'fake.pkl'
+    path.write_bytes(pickle.dumps(dict(G_ema=[1, 2, 3]), protocol=4))
+    with pytest.raises(checkpoint.CheckpointError, match="'G_ema' is a list, not a network"):
+        checkpoint.load_network(path)
 
 
 def test_allocation_cap_counts_factory_calls():

@@ -188,11 +188,12 @@ def load_network(path_or_url, key='G_ema', trust=False, device=None):
     except OSError as err:
         raise _refuse(path_or_url, dnnlib.util.one_line(err)) from err
     data = load_network_pkl(local, trust=trust, device=device)
-    if data.get(key) is not None:
-        return data[key]
-    if set(data) == {'net'}:
-        return data['net']
-    raise _refuse(path_or_url, f'it has no network {key!r}; it holds: {", ".join(sorted(map(str, data)))}')
+    net = data.get(key) if data.get(key) is not None else data.get('net') if set(data) == {'net'} else None
+    if net is None:
+        raise _refuse(path_or_url, f'it has no network {key!r}; it holds: {", ".join(sorted(map(str, data)))}')
+    if not isinstance(net, torch.nn.Module):
+        raise _refuse(path_or_url, f'its {key!r} is a {type(net).__name__}, not a network')
+    return net
 
 
 def save_network_pkl(path, data_dict):
