@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from configs import presets
-from dnnlib.util import url_cache_path
+from dnnlib.util import cli_errors, make_outdir, url_cache_path
 from inversion.losses import DEFAULT_LPIPS, NVLABS_VGG16_URL, LpipsUnavailableError, build_loss
 from inversion.runner import run_inversion
 from metrics.reconstruction import read_inversion_run, reconstruction_metrics
@@ -49,15 +49,15 @@ def train_tiny(outdir, kimg, cfg, seed):
 
 
 @click.command()
-@click.option('--outdir', type=click.Path(file_okay=False), default='out/quickstart', show_default=True)
+@click.option('--outdir', default='out/quickstart', show_default=True)
 @click.option('--kimg', type=click.FloatRange(min=0, min_open=True), default=4, show_default=True, help='Training length')
 @click.option('--cfg', type=click.Choice(['tiny-overparam', 'tiny']), default='tiny-overparam', show_default=True)
 @click.option('--images', 'num_images', type=click.IntRange(min=1), default=8, show_default=True, help='Held-out targets')
 @click.option('--steps', type=click.IntRange(min=1), default=300, show_default=True, help='Inversion steps')
 @click.option('--seed', type=int, default=0, show_default=True)
+@cli_errors
 def main(outdir, kimg, cfg, num_images, steps, seed):
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    outdir = Path(make_outdir(outdir))
     start = time.time()
     write_tiny_dataset(outdir / 'tiny32.zip', num_images=1000, resolution=32, seed=seed)
     write_tiny_images(outdir / 'heldout', num_images=num_images, resolution=32)

@@ -7,7 +7,9 @@ Modules (import what you need; nothing heavy happens at import time):
     optimize `Inverter`: batched Adam loop, a generator yielding after every step; resumable.
     targets  listing and decoding target images (folder, file, zip).
     outputs  atomic per-image and per-run files, the LPIPS curve plot, resume state files.
-    runner   `run_inversion`: the whole job behind invert.py.
+    jobs     `run_job`: the resumable per-image runner (listing, lock, skipped.json, resume, run files).
+    runner   `run_inversion`: the inversion job behind invert.py.
+    upsample `run_upsample`: the PULSE-style upsampling job behind upsample.py (same runner).
     interpolate  `run_interpolation`: the job behind interpolate.py (paths, images, table-3 metrics).
 """
 

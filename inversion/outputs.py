@@ -26,7 +26,7 @@ import PIL.ImageFont
 import torch
 from tqdm import tqdm
 
-from dnnlib.util import atomic_write
+from dnnlib.util import append_line, atomic_write
 from torch_utils.image_io import append_jsonl, save_json, save_png
 
 #----------------------------------------------------------------------------
@@ -109,9 +109,14 @@ def read_results(path, repair=True):
         except (ValueError, KeyError, TypeError):
             bad = bad or bool(line.strip())
     if bad and repair:
-        text = ''.join(json.dumps(r) + '\n' for r in records.values())
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        rewrite_results(path, records)
     return records
+
+
+def rewrite_results(path, records):
+    """Replace results.jsonl by `records` ({name: record}), atomically."""
+    text = ''.join(json.dumps(r) + '\n' for r in records.values())
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def append_result(path, record):
@@ -277,9 +282,7 @@ class RunLog:
         self.echo = echo
 
     def __call__(self, msg, echo=True):
-        line = f'{time.strftime("%Y-%m-%d %H:%M:%S")} {msg}'
-        with open(self.path, 'a') as f:
-            f.write(line + '\n')
+        append_line(self.path, f'{time.strftime("%Y-%m-%d %H:%M:%S")} {msg}')
         if self.echo and echo:
             tqdm.write(msg)
 

@@ -48,7 +48,10 @@ def test_messy_folder_via_cli(messy_folder, tmp_path):
     res = CliRunner().invoke(dataset_tool.main, ['--source', str(messy_folder), '--dest', str(dest),
                                                  '--resolution', str(RES), '--quiet'])
     assert res.exit_code == 0, res.output
-    assert 'wrote 6 images at 16x16' in res.output and 'skipped 2' in res.output
+    assert 'wrote 6 images at 16x16' in res.output and 'skipped 3 files' in res.output
+    listed = res.output.splitlines()[1:]                              # Every skipped file printed with its reason.
+    assert sorted(line.split(':')[0].strip() for line in listed) == ['g_corrupt.png', 'h_small.png', 'notes.txt']
+    assert '0x' not in res.output and 'BytesIO' not in res.output
     with zipfile.ZipFile(dest) as zf:
         names = zf.namelist()
         images = sorted(n for n in names if n.endswith('.png'))
@@ -58,8 +61,8 @@ def test_messy_folder_via_cli(messy_folder, tmp_path):
                 assert img.mode == 'RGB' and img.size == (RES, RES)
         skipped = json.loads(zf.read('skipped.json'))['skipped']
         meta = json.loads(zf.read('dataset.json'))
-    assert {s['file'] for s in skipped} == {'g_corrupt.png', 'h_small.png'}
-    assert 'unreadable' in next(s for s in skipped if s['file'] == 'g_corrupt.png')['reason']
+    assert {s['file'] for s in skipped} == {'g_corrupt.png', 'h_small.png', 'notes.txt'}
+    assert 'not an image file' in next(s for s in skipped if s['file'] == 'g_corrupt.png')['reason']
     assert 'too small' in next(s for s in skipped if s['file'] == 'h_small.png')['reason']
     # Sorted source order: a, b, c, f (root files) then sub/d, sub/e; labels follow their files.
     assert [label for _, label in meta['labels']] == [0, 1, 2, 5, 3, 4]
@@ -149,3 +152,27 @@ def test_missing_label_is_reported(messy_folder, tmp_path):
     (messy_folder / 'dataset.json').write_text(json.dumps({'labels': [['a_rgb.png', 0]]}))
     with pytest.raises(ConversionError, match="has no entry in dataset.json"):
         convert_dataset(str(messy_folder), str(tmp_path / 'o.zip'), resolution=RES, progress=False)
+
+
+def test_gif_and_any_pillow_format_are_converted_and_every_file_accounted_for(tmp_path):
+    src = tmp_path / 'src'
+    src.mkdir()
+    frames = [PIL.Image.new('RGB', (16, 16), c).convert('P') for c in ((255, 0, 0), (0, 255, 0))]
+    frames[0].save(src / 'anim.gif', save_all=True, append_images=frames[1:], duration=40)
+    PIL.Image.new('RGB', (16, 16), (0, 0, 255)).convert('P').save(src / 'still.gif')
+    PIL.Image.new('RGB', (16, 16), (9, 9, 9)).save(src / 'picture.data', format='PNG')   # Unknown extension.
+    (src / 'notes.md').write_text('# not an image')
+    (src / '.DS_Store').write_bytes(b'\x00\x01')
+    dest = tmp_path / 'd.zip'
+    res = CliRunner().invoke(dataset_tool.main, ['--source', str(src), '--dest', str(dest), '--resolution', '16',
+                                                 '--quiet'])
+    assert res.exit_code == 0, res.output
+    assert 'wrote 3 images' in res.output
+    assert 'anim.gif: animated GIF with 2 frames: used the first frame' in res.output
+    assert '.DS_Store: hidden file' in res.output and 'notes.md: not an image file' in res.output
+    ds = ImageFolderDataset(str(dest))
+    colours = sorted(tuple(ds[i][0][:, 0, 0]) for i in range(len(ds)))
+    assert colours == sorted([(255, 0, 0), (0, 0, 255), (9, 9, 9)])            # First frame of the animation.
+    with zipfile.ZipFile(dest) as zf:
+        skipped = json.loads(zf.read('skipped.json'))['skipped']
+    assert sorted(s['file'] for s in skipped) == ['.DS_Store', 'notes.md']

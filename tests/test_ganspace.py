@@ -121,3 +121,15 @@ def test_cli_fit_and_edit(tmp_path, nets, key):
     res = runner.invoke(ganspace_cli.cli, ['edit', '--network', str(pkl), '--components', str(npz), '--seeds', '0',
                                            '--component', '9', '--device', 'cpu', '--outdir', str(tmp_path / 'e3')])
     assert res.exit_code != 0 and 'component 9' in res.output
+
+
+def test_sample_latents_refuses_a_zero_batch(nets):
+    """batch=0 used to loop forever (no progress per chunk) while memory grew."""
+    G, _ = nets['baseline']
+    for batch in (0, -1):
+        with pytest.raises(ValueError, match='--batch'):
+            ganspace.sample_latents(G, 10, seed=0, batch=batch)
+    with pytest.raises(ValueError, match='--num-samples'):
+        ganspace.run_fit('unused.pkl', 'unused', num_samples=1)
+    with pytest.raises(ValueError, match='--components'):
+        ganspace.run_fit('unused.pkl', 'unused', num_samples=10, num_components=0)
