@@ -9,6 +9,7 @@ Examples::
 
 import click
 
+from dnnlib.util import cli_errors
 from training.dataset_convert import TRANSFORMS, ConversionError, convert_dataset
 
 
@@ -25,13 +26,15 @@ from training.dataset_convert import TRANSFORMS, ConversionError, convert_datase
               help='Stop after writing this many images.')
 @click.option('--upscale', is_flag=True, help='Allow images smaller than --resolution (upsampled) instead of skipping.')
 @click.option('--quiet', is_flag=True, help='No progress bar.')
+@cli_errors(ConversionError)
 def main(source, dest, resolution, transform, max_images, upscale, quiet):
-    """Convert images into a dataset zip for train.py (00000/img00000000.png + dataset.json)."""
-    try:
-        result = convert_dataset(source, dest, resolution=resolution, transform=transform,
-                                 max_images=max_images, upscale=upscale, progress=not quiet)
-    except ConversionError as e:
-        raise click.ClickException(str(e)) from None
+    """Convert images into a dataset zip for train.py (00000/img00000000.png + dataset.json).
+
+    Every file of the source ends up in the zip or in the list of skipped files (printed, and
+    stored as skipped.json in the zip) with its reason.
+    """
+    result = convert_dataset(source, dest, resolution=resolution, transform=transform,
+                             max_images=max_images, upscale=upscale, progress=not quiet)
     click.echo(result.summary())
 
 

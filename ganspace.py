@@ -8,11 +8,9 @@ et al., sec. 5.2): a thin CLI over `inversion.ganspace`. See docs/downstream.md.
 
 import click
 
-from dnnlib.util import parse_range
+from dnnlib.util import cli_errors, parse_range
 from inversion.ganspace import run_edit, run_fit
 from inversion.runner import InversionError
-
-_ERRORS = (InversionError, ValueError, FileNotFoundError, KeyError)
 
 
 @click.group()
@@ -22,21 +20,19 @@ def cli():
 
 @cli.command()
 @click.option('--network', required=True, help='Checkpoint path or URL (uses G_ema).')
-@click.option('--num-samples', type=int, default=100000, show_default=True,
+@click.option('--num-samples', type=click.IntRange(min=2), default=100000, show_default=True,
               help='Sampled latents (for overparameterized nets: matrices, each giving R rows).')
-@click.option('--components', type=int, default=20, show_default=True, help='Principal components kept.')
+@click.option('--components', type=click.IntRange(min=1), default=20, show_default=True, help='Principal components kept.')
 @click.option('--seed', type=int, default=0, show_default=True, help='Sampling seed.')
-@click.option('--batch', type=int, default=None, help='Latents mapped at once (default: 65536 rows).')
+@click.option('--batch', type=click.IntRange(min=1), default=None, help='Latents mapped at once (default: 65536 rows).')
 @click.option('--device', default=None, help='Device (default: cuda if available).')
 @click.option('--trust-pickle', is_flag=True, help='Allow arbitrary code in the checkpoint (trusted files only).')
 @click.option('--outdir', required=True, help='Output folder.')
+@cli_errors(InversionError)
 def fit(network, num_samples, components, seed, batch, device, trust_pickle, outdir):
     """Write components.npz, explained_variance.json and explained_variance.png."""
-    try:
-        info = run_fit(network, outdir, num_samples=num_samples, num_components=components, seed=seed, batch=batch,
-                       device=device, trust_pickle=trust_pickle)
-    except _ERRORS as err:
-        raise click.ClickException(str(err)) from err
+    info = run_fit(network, outdir, num_samples=num_samples, num_components=components, seed=seed, batch=batch,
+                   device=device, trust_pickle=trust_pickle)
     click.echo(f'PCA of {info["num_vectors"]} {info["vectors"]} vectors -> {outdir}; first {components} components '
                f'explain {info["cumulative_ratio"][-1]:.3f} of the variance')
 
@@ -46,13 +42,14 @@ def fit(network, num_samples, components, seed, batch, device, trust_pickle, out
 @click.option('--components', 'components_path', required=True, help='components.npz from `fit`.')
 @click.option('--seeds', default=None, help="Seeds to generate and edit, e.g. '0-3'.")
 @click.option('--latents', default=None, help='latents.npz of an inversion run (invert.py --outdir).')
-@click.option('--component', type=int, required=True, help='Principal component index.')
+@click.option('--component', type=click.IntRange(min=0), required=True, help='Principal component index.')
 @click.option('--strength', default='-2,-1,0,1,2', show_default=True, help='Strengths in std units, comma-separated.')
 @click.option('--layers', default='all', show_default=True, help="Edited layers: 'all', 'a-b' or 'a,b,c'.")
 @click.option('--truncation', type=float, default=1.0, show_default=True, help='Truncation psi for --seeds.')
 @click.option('--device', default=None, help='Device (default: cuda if available).')
 @click.option('--trust-pickle', is_flag=True, help='Allow arbitrary code in the checkpoint (trusted files only).')
 @click.option('--outdir', required=True, help='Output folder.')
+@cli_errors(InversionError)
 def edit(network, components_path, seeds, latents, component, strength, layers, truncation, device, trust_pickle,
          outdir):
     """Write edits.png (rows = images, columns = strengths) and edits.json."""
@@ -60,11 +57,16 @@ def edit(network, components_path, seeds, latents, component, strength, layers, 
         raise click.UsageError('give exactly one of --seeds or --latents')
     try:
         strengths = [float(s) for s in strength.split(',') if s.strip()]
-        info = run_edit(network, outdir, components_path, component=component, strengths=strengths, layers=layers,
-                        seeds=None if seeds is None else parse_range(seeds), latents=latents, truncation=truncation,
-                        device=device, trust_pickle=trust_pickle)
-    except _ERRORS as err:
-        raise click.ClickException(str(err)) from err
+    except ValueError as err:
+        raise click.BadParameter(f'{strength!r}: expected numbers separated by commas', param_hint='--strength') from err
+    if not strengths:
+        raise click.BadParameter('give at least one strength, e.g. -2,0,2', param_hint='--strength')
+    try:
+        seed_list = None if seeds is None else parse_range(seeds)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint='--seeds') from err
+    info = run_edit(network, outdir, components_path, component=component, strengths=strengths, layers=layers,
+                    seeds=seed_list, latents=latents, truncation=truncation, device=device, trust_pickle=trust_pickle)
     click.echo(f'{len(info["images"])} images x {len(strengths)} strengths -> {outdir}/edits.png')
 
 

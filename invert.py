@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 import torch
 
+from dnnlib.util import cli_errors
 from inversion.losses import parse_lpips_spec
-from inversion.runner import InversionError, run_inversion
+from inversion.runner import run_inversion
 from inversion.spaces import SPACES
 
 #----------------------------------------------------------------------------
@@ -77,6 +78,7 @@ _RESUMED = dict(network='network', target='target', space='space', steps='steps'
 @click.option('--save-video', is_flag=True, help='Write frames/<name>/stepNNNNN.png (target | current) during optimisation')
 @click.option('--video-every', type=click.IntRange(min=1), default=10, show_default=True, help='Steps between video frames')
 @click.pass_context
+@cli_errors
 def main(ctx, network, target, outdir, space, steps, lr, batch, truncation, truncation_until, seed, save_every,
          resume_dir, device, precision, crop, lpips, trust_pickle, mse_weight, l1_weight, save_video, video_every):
     """Invert every image of --target into the latent space of --network.
@@ -101,7 +103,10 @@ def main(ctx, network, target, outdir, space, steps, lr, batch, truncation, trun
             raise click.ClickException(f'--resume {resume_dir}: no run.json there, so no run to resume')
         if outdir is not None and Path(outdir).resolve() != Path(resume_dir).resolve():
             raise click.ClickException('--resume DIR continues the run in DIR: leave out --outdir or make it DIR')
-        recorded = json.loads(run_json.read_text())
+        try:
+            recorded = json.loads(run_json.read_text())
+        except (OSError, ValueError) as err:
+            raise click.ClickException(f'--resume {resume_dir}: run.json is damaged ({err}); start a new run') from err
         saved = dict(recorded.get('settings', {}), network=recorded.get('network'))
         for key, field in _RESUMED.items():
             if ctx.get_parameter_source(key) == click.core.ParameterSource.DEFAULT and saved.get(field) is not None:
@@ -119,16 +124,13 @@ def main(ctx, network, target, outdir, space, steps, lr, batch, truncation, trun
 
     args = dict(params, outdir=str(outdir), batch=batch, save_every=save_every, device=str(device),
                 trust_pickle=trust_pickle, save_video=save_video, video_every=video_every)
-    try:
-        summary = run_inversion(params['network'], params['target'], outdir, space=params['space'],
-                                steps=params['steps'], lr=params['lr'], batch=batch, truncation=params['truncation'],
-                                truncation_until=params['truncation_until'], seed=params['seed'],
-                                save_every=save_every, device=device, precision=params['precision'],
-                                crop=params['crop'], lpips=params['lpips'], trust_pickle=trust_pickle,
-                                mse_weight=params['mse_weight'], l1_weight=params['l1_weight'],
-                                save_video=save_video, video_every=video_every, args=args)
-    except InversionError as err:
-        raise click.ClickException(str(err)) from err
+    summary = run_inversion(params['network'], params['target'], outdir, space=params['space'],
+                            steps=params['steps'], lr=params['lr'], batch=batch, truncation=params['truncation'],
+                            truncation_until=params['truncation_until'], seed=params['seed'],
+                            save_every=save_every, device=device, precision=params['precision'],
+                            crop=params['crop'], lpips=params['lpips'], trust_pickle=trust_pickle,
+                            mse_weight=params['mse_weight'], l1_weight=params['l1_weight'],
+                            save_video=save_video, video_every=video_every, args=args)
     lpips_mean = 'n/a' if summary['lpips_mean'] is None else f'{summary["lpips_mean"]:.4f}'
     click.echo(f'Inverted {summary["images"]} images into {summary["space"]}: mean LPIPS {lpips_mean}, '
                f'{summary["skipped"]} skipped -> {outdir}')

@@ -20,12 +20,13 @@ Editing (`edit`): `ws [N, num_ws, (R,) w_dim]` -> `ws + strength * std_k * v_k` 
 for matrices every row moves by the same direction `v_k` (a rank-one, row-tied shift).
 """
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dnnlib.util import parse_range
+from dnnlib.util import atomic_write, check_outdir, make_outdir, parse_range
 from torch_utils.image_io import make_grid, save_json, save_png, to_uint8
 
 from .runner import load_generator
@@ -41,6 +42,8 @@ def sample_latents(G, n, seed=0, batch=1024, device=None):
     For matrix networks `batch` counts matrices; keep `batch * R` moderate. The result is deterministic
     for a given (seed, batch) (one torch.Generator drawn chunk by chunk).
     """
+    if int(batch) < 1 or int(n) < 0:
+        raise ValueError(f'--batch must be a positive integer and the sample count non-negative, got {batch}, {n}')
     device = torch.device(device) if device is not None else G.mapping.w_avg.device
     gen = torch.Generator(device=device).manual_seed(int(seed))
     c = None
@@ -88,14 +91,33 @@ def fit_pca(x, num_components=None):
 def save_pca(path, pca, **extra):
     """Write a `fit_pca` dict (plus `extra` arrays/scalars) to an .npz file."""
     arrays = {k: (v.cpu().numpy() if torch.is_tensor(v) else np.asarray(v)) for k, v in {**pca, **extra}.items()}
-    with open(path, 'wb') as f:
-        np.savez(f, **arrays)
+
+    def write(tmp):
+        with open(tmp, 'wb') as f:
+            np.savez(f, **arrays)
+    atomic_write(path, write)
+
+
+def _read_npz(path, keys, what):
+    """{key: array} of the .npz at `path`; ValueError naming the file (and `what` it should be) otherwise."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [k for k in keys if k not in data.files]
+            if missing:
+                raise ValueError(f'{path} has no {", ".join(missing)}: it is not {what}')
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError as err:
+        raise ValueError(f'{path} does not exist: pass {what}') from err
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        if str(path) in str(err):
+            raise
+        raise ValueError(f'{path} cannot be read ({" ".join(str(err).split())[:120]}): pass {what}') from err
 
 
 def load_pca(path):
     """Read `save_pca` output -> dict with the four PCA tensors (float32) and any extra numpy arrays."""
-    with np.load(path, allow_pickle=False) as data:
-        out = {k: data[k] for k in data.files}
+    out = _read_npz(path, ('mean', 'components', 'explained_variance', 'explained_variance_ratio'),
+                    'a components.npz written by `ganspace.py fit`')
     for k in ('mean', 'components', 'explained_variance', 'explained_variance_ratio'):
         out[k] = torch.from_numpy(out[k]).float()
     return out
@@ -164,16 +186,21 @@ def plot_explained_variance(path, ratio, size=(640, 400)):
         y = top + ph * (1 - frac)
         d.text((5, y - 6), f'{frac:.1f}', fill='black')
     d.text((left, h - bottom + 8), f'component 0..{k - 1}', fill='black')
-    img.save(path, format='PNG')
+    atomic_write(path, lambda tmp: img.save(tmp, format='PNG'))
 
 #----------------------------------------------------------------------------
 
 def run_fit(network, outdir, *, num_samples=100000, num_components=20, seed=0, batch=None, device=None,
             trust_pickle=False):
     """Fit GANSpace PCA for a checkpoint; writes components.npz, explained_variance.json/.png. Returns a summary dict."""
+    if int(num_samples) < 2:
+        raise ValueError(f'--num-samples {num_samples}: PCA needs at least 2 samples')
+    if int(num_components) < 1:
+        raise ValueError(f'--components {num_components}: keep at least 1 component')
+    if batch is not None and int(batch) < 1:
+        raise ValueError(f'--batch {batch}: must be a positive integer')
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    check_outdir(outdir)
     G, sha256 = load_generator(network, trust_pickle=trust_pickle, device=device)
     G = G.to(device)
     rows = G.latent_rows or 1
@@ -181,6 +208,7 @@ def run_fit(network, outdir, *, num_samples=100000, num_components=20, seed=0, b
         batch = max(1, 65536 // rows)
     x = sample_latents(G, int(num_samples), seed=seed, batch=batch, device=device)
     pca = fit_pca(x, num_components)
+    outdir = Path(make_outdir(outdir))
     save_pca(outdir / 'components.npz', pca, latent_rows=np.int64(G.latent_rows or 0), num_ws=np.int64(G.num_ws),
              num_samples=np.int64(num_samples), seed=np.int64(seed), network_sha256=np.array(sha256))
     info = dict(network_sha256=sha256, num_samples=int(num_samples), num_vectors=int(x.shape[0]),
@@ -200,11 +228,10 @@ def run_edit(network, outdir, components, *, component, strengths, layers='all',
     if (seeds is None) == (latents is None):
         raise ValueError('give exactly one of seeds or latents')
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    check_outdir(outdir)
+    pca = load_pca(components)
     G, sha256 = load_generator(network, trust_pickle=trust_pickle, device=device)
     G = G.to(device)
-    pca = load_pca(components)
     if pca['components'].shape[1] != G.w_dim:
         raise ValueError(f'components are {pca["components"].shape[1]}-dimensional, the network has w_dim {G.w_dim}')
     if not 0 <= component < pca['components'].shape[0]:
@@ -218,16 +245,17 @@ def run_edit(network, outdir, components, *, component, strengths, layers='all',
             c = torch.zeros([len(seeds), G.c_dim], device=device) if G.c_dim else None
             ws = G.mapping(z, c, truncation_psi=truncation, skip_w_avg_update=True).clone()
         else:
-            with np.load(latents, allow_pickle=False) as data:
-                names = [str(n) for n in data['names']]
-                space = LatentSpace.for_generator(G, str(data['space']))
-                ws = space.to_ws(torch.from_numpy(data['latents']).float().to(device)).clone()
+            data = _read_npz(latents, ('names', 'space', 'latents'), 'the latents.npz of an invert.py run')
+            names = [str(n) for n in data['names']]
+            space = LatentSpace.for_generator(G, str(data['space']))
+            ws = space.to_ws(torch.from_numpy(data['latents']).float().to(device)).clone()
         rows = []
         for s in strengths:
             img = G.synthesis(edit(ws, pca['components'], component, s, layer_list, std=std), noise_mode='const',
                               force_fp32=True)
             rows.append(to_uint8(img))                                    # [N, H, W, C] per strength
     grid_imgs = np.stack(rows, axis=1).reshape(-1, *rows[0].shape[1:])    # Row-major: image, then strength.
+    outdir = Path(make_outdir(outdir))
     save_png(outdir / 'edits.png', make_grid(grid_imgs, cols=len(strengths)))
     info = dict(network_sha256=sha256, components=str(components), component=int(component),
                 strengths=[float(s) for s in strengths], layers=layer_list, std=std, images=names,

@@ -109,9 +109,14 @@ def read_results(path, repair=True):
         except (ValueError, KeyError, TypeError):
             bad = bad or bool(line.strip())
     if bad and repair:
-        text = ''.join(json.dumps(r) + '\n' for r in records.values())
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+        rewrite_results(path, records)
     return records
+
+
+def rewrite_results(path, records):
+    """Replace results.jsonl by `records` ({name: record}), atomically."""
+    text = ''.join(json.dumps(r) + '\n' for r in records.values())
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def append_result(path, record):

@@ -7,9 +7,12 @@ composited over white); EXIF orientation is applied; then it is center-cropped t
 (`crop='center'`, as NVIDIA's projector does) or squashed (`crop='none'`), and resized to the
 generator's resolution with LANCZOS. Undecodable files raise `TargetError` so that callers
 can skip and report them.
+
+Which files are targets: in a folder or zip, every file except hidden ones and macOS resource forks
+(those are reported by `list_targets` with their reason), whatever its extension: any format Pillow
+can open is accepted (GIF and other animated formats give their first frame, and say so).
 """
 
-import io
 import os
 import re
 import zipfile
@@ -22,9 +25,10 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 
+from torch_utils.image_io import IMAGE_EXTENSIONS, ImageReadError, list_folder, list_zip, open_image
+
 #----------------------------------------------------------------------------
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
 CROP_MODES = ('center', 'none')
 
 
@@ -53,11 +57,6 @@ class TargetSource:
 
 #----------------------------------------------------------------------------
 
-def _is_image_name(name):
-    base = os.path.basename(name)
-    return not base.startswith('.') and os.path.splitext(base)[1].lower() in IMAGE_EXTENSIONS
-
-
 def _safe_name(rel_path):
     """'sub dir/img 01.png' -> 'sub_dir_img_01' (characters outside [A-Za-z0-9._-] become '_')."""
     stem = os.path.splitext(rel_path)[0].replace('\\', '/').strip('/')
@@ -84,28 +83,34 @@ def _unique_names(rel_paths):
     return result
 
 
-def scan_targets(path):
-    """List target images under `path` (folder, single file, or .zip), sorted by relative path.
+def list_targets(path):
+    """Candidate target images under `path` (folder, single file, or .zip), sorted by relative path.
 
-    Returns a list of `TargetSource`. Raises FileNotFoundError if `path` does not exist.
-    Folders are searched recursively for the extensions in `IMAGE_EXTENSIONS` (hidden files
-    ignored); a single file is taken whatever its extension; in a zip, image members outside
-    `__MACOSX/` are used.
+    Returns (sources, ignored): a list of `TargetSource`, and [(source, reason)] for the files left
+    out (hidden files, macOS resource forks). Raises FileNotFoundError if `path` does not exist,
+    TargetError for a zip that cannot be read. A single file is taken whatever its name.
     """
     path = Path(os.path.expanduser(str(path)))
     if not path.exists():
         raise FileNotFoundError(f'Target {path} does not exist')
     if path.is_dir():
-        rels = sorted(p.relative_to(path).as_posix() for p in path.rglob('*')
-                      if p.is_file() and _is_image_name(p.name)
-                      and not any(part.startswith('.') for part in p.relative_to(path).parts))
-        return [TargetSource(n, str(path / r), str(path / r)) for n, r in zip(_unique_names(rels), rels)]
+        rels, ignored = list_folder(path)
+        return ([TargetSource(n, str(path / r), str(path / r)) for n, r in zip(_unique_names(rels), rels)],
+                [(str(path / r), why) for r, why in ignored])
     if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            members = sorted(m for m in zf.namelist()
-                             if not m.endswith('/') and not m.startswith('__MACOSX/') and _is_image_name(m))
-        return [TargetSource(n, f'{path}:{m}', str(path), m) for n, m in zip(_unique_names(members), members)]
-    return [TargetSource(_safe_name(path.name), str(path), str(path))]
+        try:
+            with zipfile.ZipFile(path) as zf:
+                members, ignored = list_zip(zf)
+        except (zipfile.BadZipFile, OSError) as err:
+            raise TargetError(f'{path} is not a readable zip ({err})') from err
+        return ([TargetSource(n, f'{path}:{m}', str(path), m) for n, m in zip(_unique_names(members), members)],
+                [(f'{path}:{m}', why) for m, why in ignored])
+    return [TargetSource(_safe_name(path.name), str(path), str(path))], []
+
+
+def scan_targets(path):
+    """The `TargetSource`s of `list_targets(path)` (without the files left out)."""
+    return list_targets(path)[0]
 
 #----------------------------------------------------------------------------
 
@@ -145,18 +150,27 @@ def preprocess(img, resolution, crop='center', mode='RGB'):
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def load_target(target, resolution, crop='center', channels=3):
-    """Decode one `TargetSource` -> uint8 `[resolution, resolution, channels]`; raises TargetError."""
+def decode_target(target, resolution, crop='center', channels=3):
+    """Decode one `TargetSource` -> (uint8 `[resolution, resolution, channels]`, note or None); raises
+    TargetError. The note says when an animated file gave its first frame only."""
     mode = {3: 'RGB', 1: 'L'}[channels]
     try:
         data = target.read_bytes()
-        with PIL.Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return preprocess(img, resolution, crop=crop, mode=mode)
-    except PIL.UnidentifiedImageError as err:
-        raise TargetError('not a recognised image file') from err
-    except (OSError, ValueError, SyntaxError, zipfile.BadZipFile, PIL.Image.DecompressionBombError) as err:
-        raise TargetError(f'{type(err).__name__}: {err}') from err
+    except (OSError, zipfile.BadZipFile, KeyError) as err:
+        raise TargetError(f'cannot be read ({type(err).__name__}: {" ".join(str(err).split())})') from err
+    try:
+        img, note = open_image(data)
+        with img:
+            return preprocess(img, resolution, crop=crop, mode=mode), note
+    except ImageReadError as err:
+        raise TargetError(str(err)) from err
+    except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as err:
+        raise TargetError(f'unreadable image ({type(err).__name__}: {" ".join(str(err).split())})') from err
+
+
+def load_target(target, resolution, crop='center', channels=3):
+    """Decode one `TargetSource` -> uint8 `[resolution, resolution, channels]`; raises TargetError."""
+    return decode_target(target, resolution, crop=crop, channels=channels)[0]
 
 
 def to_tensor(images):

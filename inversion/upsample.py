@@ -23,20 +23,21 @@ Losses (`LOSSES`), computed on the low-resolution images:
     both          lpips-lowres + mse.
 """
 
-import json
 import math
-from pathlib import Path
+import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from torch_utils.image_io import save_json, save_png, to_uint8
+from torch_utils.image_io import save_png, to_uint8
 
+from . import outputs
+from .jobs import InversionError, check_job_outdir, default_summary, list_job_targets, run_job
 from .losses import build_loss, pixel_metrics
 from .optimize import Inverter
 from .runner import check_generator, load_generator, resolve_space
-from .targets import load_target, scan_targets, to_tensor
+from .targets import to_tensor
 
 #----------------------------------------------------------------------------
 
@@ -214,75 +215,109 @@ def _concat_row(tiles):
     return np.concatenate(tiles, axis=1)
 
 
-def run_upsample(network, outdir, *, target=None, lowres=None, factor=16, space=None, steps=100, truncation=0.9,
-                 loss='lpips-lowres', mode='nearest', lpips='vgg', lr=0.05, batch=8, device=None, trust_pickle=False,
-                 log=print):
-    """The job behind upsample.py: super-resolve every image of `target` (high-res, downsampled here
-    by `factor`) or of `lowres` (already low-res) and write to `outdir`:
+class UpsampleJob:
+    """The upsampling job for `jobs.run_job`: optimise so that `downsample(G(w))` matches the low-res target.
 
-        <name>_upsampled.png   the upsampled image `G(w)` (res x res)
-        <name>_compare.png     lowres | downsample(G(w)) | G(w) | ground truth (when `target`), each
-                               shown at res x res (low-res images enlarged by nearest repetition)
-        <name>.npy             the latent `[*space.param_shape]`
-        results.jsonl          one line per image: lowres_mse, lowres_lpips, and with `target`
-                               psnr / mse / lpips of G(w) against the ground truth
-        summary.json           settings and means of the metrics
-    Returns the summary dict.
+    Inputs are high-res images (`from_highres`: downsampled here, and kept as ground truth for PSNR/LPIPS)
+    or low-res images (res/factor px). Per image it writes `<name>.npy`, `<name>_upsampled.png` (G(w)) and
+    `<name>_compare.png` (lowres | downsample(G(w)) | G(w) | ground truth, each shown at res x res).
     """
-    if (target is None) == (lowres is None):
-        raise ValueError('give exactly one of target (high-res images) or lowres (low-res images)')
-    device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    G, sha256 = load_generator(network, trust_pickle=trust_pickle, device=device)
-    check_generator(G)
-    G = G.to(device)
-    lspace = resolve_space(G, space)
-    res, ch = G.img_resolution, G.img_channels
-    if res % factor:
-        raise ValueError(f'generator resolution {res} is not divisible by --factor {factor}')
-    sources = scan_targets(target if target is not None else lowres)
-    if not sources:
-        raise ValueError(f'no images found in {target or lowres}')
-    loss_module = build_lowres_loss(loss, factor, mode, lpips, device=device)
-    hr_loss = None if loss == 'mse' else build_loss(lpips, device=device, resolution=256)
-    results_path = outdir / 'results.jsonl'
-    results_path.write_text('')
-    records = []
-    for start in range(0, len(sources), int(batch)):
-        group = sources[start:start + int(batch)]
-        if target is not None:
-            truth = to_tensor(np.stack([load_target(s, res, channels=ch) for s in group])).to(device)
-            low = downsample(truth, factor, mode)
-        else:
-            truth = None
-            low = to_tensor(np.stack([load_target(s, res // factor, channels=ch) for s in group])).to(device)
-        out = upsample_invert(G, low, lspace, factor=factor, steps=steps, truncation=truncation, lr=lr,
-                              loss_module=loss_module)
-        hr = highres_metrics(out['images'], truth, hr_loss) if truth is not None else None
-        k = res // low.shape[-1]
+
+    kind = 'upsample'
+
+    def __init__(self, G, space, settings, loss_module, hr_loss, from_highres, device, args):
+        self.G, self.space, self.settings, self.device, self.args = G, space, settings, torch.device(device), args
+        self.loss_module, self.hr_loss, self.from_highres = loss_module, hr_loss, from_highres
+        self.factor = settings['factor']
+        self.decode_resolution = G.img_resolution if from_highres else G.img_resolution // self.factor
+        self.channels, self.crop = G.img_channels, 'center'
+        self.curve_key = 'lowres_mse' if settings['loss'] == 'mse' else 'lowres_lpips'
+        self.curve_title = f'{self.curve_key} during upsampling ({space.name}, {self.factor}x)'
+
+    def make_inverter(self, images):
+        s = self.settings
+        x = to_tensor(images).to(self.device)
+        low = downsample(x, self.factor, s['mode']) if self.from_highres else x
+        return Inverter(self.G, self.loss_module, low, self.space, steps=s['steps'], lr=s['lr'],
+                        truncation_psi=s['truncation'], truncation_until=1.0)
+
+    def on_step(self, outdir, names, images, info):
+        pass
+
+    @torch.no_grad()
+    def finish(self, outdir, names, images, inverter):
+        high = inverter.synthesize()
+        out = self.loss_module(high, inverter.target_state)
+        low = inverter.target_state['image']
+        truth = to_tensor(images).to(self.device) if self.from_highres else None
+        hr = highres_metrics(high, truth, self.hr_loss) if truth is not None else None
+        k = self.G.img_resolution // low.shape[-1]
         enlarge = lambda x: x.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)  # noqa: E731
-        tiles = [to_uint8(enlarge(low)), to_uint8(enlarge(out['recon_lowres'])), to_uint8(out['images'])]
+        tiles = [to_uint8(enlarge(low)), to_uint8(enlarge(self.loss_module.down(high))), to_uint8(high)]
         if truth is not None:
             tiles.append(to_uint8(truth))
-        for i, src in enumerate(group):
-            save_png(outdir / f'{src.name}_upsampled.png', tiles[2][i])
-            save_png(outdir / f'{src.name}_compare.png', _concat_row([t[i] for t in tiles]))
-            np.save(outdir / f'{src.name}.npy', out['latents'][i].cpu().numpy())
-            rec = dict(name=src.name, source=src.source, lowres_mse=float(out['lowres_mse'][i]))
-            if out['lowres_lpips'] is not None:
-                rec['lowres_lpips'] = float(out['lowres_lpips'][i])
+        latents = inverter.params.detach().cpu().numpy()
+        metrics = []
+        for i, name in enumerate(names):
+            outputs.save_npy(outdir / f'{name}.npy', latents[i].astype(np.float32))
+            save_png(outdir / f'{name}_upsampled.png', tiles[2][i])
+            save_png(outdir / f'{name}_compare.png', _concat_row([t[i] for t in tiles]))
+            rec = dict(lowres_mse=float(out['mse'][i]))
+            if self.loss_module.kind != 'mse':
+                rec['lowres_lpips'] = float(out['lpips'][i])
             if hr is not None:
                 rec.update({key: float(v[i]) for key, v in hr.items()})
-            with open(results_path, 'a') as f:
-                f.write(json.dumps(rec) + '\n')
-            records.append(rec)
-        log(f'{start + len(group)}/{len(sources)} images: low-res MSE '
-            f'{float(out["lowres_mse"].mean()):.5f}')
-    keys = sorted({k for r in records for k in r if k not in ('name', 'source')})
-    summary = dict(network_sha256=sha256, space=lspace.name, factor=int(factor), mode=mode, loss=loss, lpips=lpips,
-                   steps=int(steps), truncation=float(truncation), truncation_until=1.0, lr=float(lr),
-                   num_images=len(records), input='target' if target is not None else 'lowres',
-                   means={k: float(np.mean([r[k] for r in records if k in r])) for k in keys})
-    save_json(outdir / 'summary.json', summary)
-    return summary
+            metrics.append(rec)
+        return metrics
+
+    def summarize(self, results, skipped):
+        s = self.settings
+        return default_summary(results, skipped, self, self.args, num_images=len(results),
+                               input='target' if self.from_highres else 'lowres',
+                               **{k: s[k] for k in ('network_sha256', 'factor', 'mode', 'loss', 'lpips', 'lr',
+                                                    'truncation', 'truncation_until')})
+
+
+def run_upsample(network, outdir, *, target=None, lowres=None, factor=16, space=None, steps=100, truncation=0.9,
+                 loss='lpips-lowres', mode='nearest', lpips='vgg', lr=0.05, batch=8, device=None, trust_pickle=False,
+                 save_every=100, progress=True, seed=0, args=None):
+    """The job behind upsample.py: super-resolve every image of `target` (high-res, downsampled here
+    by `factor`) or of `lowres` (already low-res) into `outdir`, with the runner of invert.py
+    (`inversion.jobs`: skipped.json, log.txt, progress bars, resume, latents.npz, results.jsonl with
+    lowres_mse, lowres_lpips and, with `target`, psnr / mse / lpips against the ground truth; files
+    per image in `UpsampleJob`). Returns the summary dict. Raises InversionError for bad inputs.
+    """
+    if (target is None) == (lowres is None):
+        raise InversionError('give exactly one of --target (high-res images) or --lowres (low-res images)')
+    for name, value, low in (('--factor', factor, 1), ('--steps', steps, 1), ('--batch', batch, 1)):
+        if int(value) < low:
+            raise InversionError(f'{name} {value}: must be a positive integer')
+    if not 0 <= float(truncation) <= 1 or not float(lr) > 0:
+        raise InversionError(f'--truncation must be in [0, 1] and --lr positive, got {truncation} and {lr}')
+    if mode not in MODES or loss not in LOSSES:
+        raise InversionError(f'--mode must be one of {MODES} and --loss one of {LOSSES}')
+    device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    input_path = target if target is not None else lowres
+    sources, ignored = list_job_targets(input_path)
+    check_job_outdir(outdir)
+    G, sha256 = load_generator(network, trust_pickle=trust_pickle, device=device)
+    check_generator(G)
+    lspace = resolve_space(G, space)
+    res = G.img_resolution
+    if res % int(factor) or res // int(factor) < 1:
+        raise InversionError(f'--factor {factor}: the generator\'s resolution {res} is not divisible by it')
+    settings = dict(network_sha256=sha256, input='target' if target is not None else 'lowres',
+                    target=os.path.abspath(os.path.expanduser(str(input_path))), space=lspace.name,
+                    factor=int(factor), mode=mode, loss=loss, lpips=str(lpips), steps=int(steps), lr=float(lr),
+                    truncation=float(truncation), truncation_until=1.0, seed=int(seed))
+    try:
+        loss_module = build_lowres_loss(loss, int(factor), mode, lpips, device=device, seed=seed)
+        hr_loss = None if loss == 'mse' or target is None else build_loss(lpips, device=device, resolution=256,
+                                                                          seed=seed)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise InversionError(f'Cannot set up --lpips {lpips}: {err}') from err
+    job = UpsampleJob(G, lspace, settings, loss_module, hr_loss, target is not None, device, args or {})
+    header = (f'Upsampling {factor}x ({mode}, loss {loss}) with {network} ({res} px); space {lspace.name} '
+              f'{list(lspace.param_shape)}; device {device}')
+    return run_job(job, sources, ignored, outdir, batch=int(batch), device=device, save_every=save_every,
+                   progress=progress, header=header, run_info=dict(network=str(network), args=args or {}))

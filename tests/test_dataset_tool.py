@@ -48,7 +48,10 @@ def test_messy_folder_via_cli(messy_folder, tmp_path):
     res = CliRunner().invoke(dataset_tool.main, ['--source', str(messy_folder), '--dest', str(dest),
                                                  '--resolution', str(RES), '--quiet'])
     assert res.exit_code == 0, res.output
-    assert 'wrote 6 images at 16x16' in res.output and 'skipped 2' in res.output
+    assert 'wrote 6 images at 16x16' in res.output and 'skipped 3 files' in res.output
+    listed = res.output.splitlines()[1:]                              # Every skipped file printed with its reason.
+    assert sorted(line.split(':')[0].strip() for line in listed) == ['g_corrupt.png', 'h_small.png', 'notes.txt']
+    assert '0x' not in res.output and 'BytesIO' not in res.output
     with zipfile.ZipFile(dest) as zf:
         names = zf.namelist()
         images = sorted(n for n in names if n.endswith('.png'))
@@ -58,8 +61,8 @@ def test_messy_folder_via_cli(messy_folder, tmp_path):
                 assert img.mode == 'RGB' and img.size == (RES, RES)
         skipped = json.loads(zf.read('skipped.json'))['skipped']
         meta = json.loads(zf.read('dataset.json'))
-    assert {s['file'] for s in skipped} == {'g_corrupt.png', 'h_small.png'}
-    assert 'unreadable' in next(s for s in skipped if s['file'] == 'g_corrupt.png')['reason']
+    assert {s['file'] for s in skipped} == {'g_corrupt.png', 'h_small.png', 'notes.txt'}
+    assert 'not an image file' in next(s for s in skipped if s['file'] == 'g_corrupt.png')['reason']
     assert 'too small' in next(s for s in skipped if s['file'] == 'h_small.png')['reason']
     # Sorted source order: a, b, c, f (root files) then sub/d, sub/e; labels follow their files.
     assert [label for _, label in meta['labels']] == [0, 1, 2, 5, 3, 4]

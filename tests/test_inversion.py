@@ -5,6 +5,7 @@ no download) through the same code path as the real loss.
 """
 
 import io
+import os
 import zipfile
 
 import numpy as np
@@ -289,20 +290,32 @@ def _make_target_files(root):
     (root / 'truncated.jpg').write_bytes(_png_bytes(PIL.Image.new('RGB', (16, 16)), format='JPEG')[:40])
     (root / 'notes.txt').write_text('not an image')
     (root / '.hidden.png').write_bytes(b'')
+    frames = [PIL.Image.new('P', (16, 16), color) for color in (1, 2, 3)]
+    for f in frames:
+        f.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 756)
+    frames[0].save(root / 'anim.gif', save_all=True, append_images=frames[1:], duration=50)   # Red, green, blue.
+    frames[2].save(root / 'still.gif')                                                           # Blue, palette.
+    PIL.Image.fromarray(rng.randint(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / 'noext', format='PNG')
 
 
 def test_targets_folder_conversions_and_bad_files(tmp_path):
     _make_target_files(tmp_path / 'imgs')
-    sources = targets.scan_targets(tmp_path / 'imgs')
+    sources, ignored = targets.list_targets(tmp_path / 'imgs')
     names = [s.name for s in sources]
-    assert names == ['alpha', 'broken', 'cmyk', 'deep', 'palette', 'rgb', 'sub_gray', 'truncated']
-    loaded, bad = {}, []
+    assert names == ['alpha', 'anim', 'broken', 'cmyk', 'deep', 'noext', 'notes', 'palette', 'rgb', 'still',
+                     'sub_gray', 'truncated']                          # Every file, whatever its extension...
+    assert [(os.path.basename(p), 'hidden' in why) for p, why in ignored] == [('.hidden.png', True)]  # ...or a reason.
+    loaded, bad, notes = {}, {}, {}
     for src in sources:
         try:
-            loaded[src.name] = targets.load_target(src, 16)
-        except targets.TargetError:
-            bad.append(src.name)
-    assert bad == ['broken', 'truncated']
+            loaded[src.name], notes[src.name] = targets.decode_target(src, 16)
+        except targets.TargetError as err:
+            bad[src.name] = str(err)
+    assert sorted(bad) == ['broken', 'notes', 'truncated']
+    assert 'not an image file' in bad['notes'] and not any('0x' in why for why in bad.values())
+    assert (loaded['anim'] == (255, 0, 0)).all() and 'first frame' in notes['anim'] and '3 frames' in notes['anim']
+    assert (loaded['still'] == (0, 0, 255)).all() and notes['still'] is None
+    assert notes['rgb'] is None and loaded['noext'].shape == (16, 16, 3)
     assert all(a.shape == (16, 16, 3) and a.dtype == np.uint8 for a in loaded.values())
     assert (loaded['alpha'] == 255).all()                                 # Transparent -> white.
     assert (loaded['deep'] == 255).all()                                  # 16-bit white -> 255.

@@ -44,7 +44,7 @@ def image_dir(tmp_path_factory):
     PIL.Image.fromarray(rng.randint(0, 256, (32, 32), dtype=np.uint8), 'L').save(root / 'b.jpg')
     PIL.Image.fromarray(rng.randint(0, 256, (64, 48, 4), dtype=np.uint8), 'RGBA').save(root / 'c.webp')
     (root / 'corrupt.png').write_bytes(b'not a png')
-    (root / 'readme.txt').write_text('ignored')
+    (root / 'readme.txt').write_text('not an image: listed in skipped.json')
     return root
 
 
@@ -81,10 +81,11 @@ def test_cli_writes_all_outputs(checkpoints, image_dir, tmp_path):
         assert r['steps'] == 4 and 0 <= r['lpips'] and r['mse'] > 0 and np.isfinite(r['psnr']) and r['seconds'] > 0
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['images'] == 3 and summary['space'] == 'W' and summary['steps'] == 4
-    assert summary['images_per_second'] > 0 and summary['skipped'] == 1
+    assert summary['images_per_second'] > 0 and summary['skipped'] == 2
     assert summary['lpips_mean'] == pytest.approx(np.mean([r['lpips'] for r in records]))
     skipped = json.loads((out / 'skipped.json').read_text())
-    assert [s['name'] for s in skipped] == ['corrupt'] and skipped[0]['reason']
+    assert [s['name'] for s in skipped] == ['corrupt', 'readme']              # Every file is processed or listed.
+    assert all(s['reason'] for s in skipped) and 'not an image file' in skipped[1]['reason']
     curve = PIL.Image.open(out / 'lpips_curve.png')
     assert curve.size[0] > 100 and len(np.unique(np.asarray(curve.convert('L')))) > 2
     with np.load(out / 'lpips_curves.npz') as npz:

@@ -1,112 +1,52 @@
 """Loading and saving network pickles: ours and NVlabs/stylegan2-ada-pytorch snapshots, safely by default.
 
-SAFE mode (default): a restricted unpickler resolves only an explicit allow-list of globals (tensor and
-storage rebuilding, with each storage blob read by `torch.load(..., weights_only=True)`; OrderedDict;
-torch/numpy dtypes, sizes, devices, arrays and scalars; set/frozenset/slice/complex; our EasyDict; our
-persistence records). Our pickles rebuild registered classes only. stylegan2-ada-pytorch records become
-inert placeholders (their embedded source is never executed) that are converted into our registered
-class of the same name: constructed from the record's `_init_args`/`_init_kwargs`, then loaded with the
+SAFE mode (default): `torch_utils.safe_pickle` resolves only an exact allow-list of globals (tensor and
+storage rebuilding, each storage blob read by `torch.load(..., weights_only=True)`; OrderedDict; torch/numpy
+dtypes, sizes, devices, arrays and scalars; set/frozenset/slice/complex; our EasyDict; our persistence
+records), checks their arguments, and caps the tensor memory that constructing the recorded networks
+may take. Our pickles rebuild registered classes only. stylegan2-ada-pytorch records become inert
+placeholders (their embedded source is never executed) that are converted into our registered class
+of the same name: constructed from the record's `_init_args`/`_init_kwargs`, then loaded with the
 record's parameters and buffers (strict). Converted networks come back in eval mode, requires_grad False.
-Anything else raises `PickleLoadError` (an UnpicklingError and a ValueError).
 
 TRUSTED mode (`trust=True`, CLI `--trust-pickle`): plain unpickling, which can run arbitrary code from
 the file. NVIDIA's persistence module is not importable here, so its records still go through the same
 placeholder conversion; every other global is imported as usual.
+
+Every failure to read or accept a file raises `CheckpointError`: one line naming the file, what is wrong
+and what to do.
 """
 
-import collections
+import contextlib
 import io
 import os
 import pickle
 import warnings
+import zipfile
 
-import numpy as np
 import torch
 
 import dnnlib
-from . import persistence
+from . import persistence, safe_pickle
 
 PickleLoadError = persistence.PickleLoadError
 _SNAPSHOT_OPTIONAL = ('augment_pipe',)  # Skipped with a warning when it cannot be rebuilt.
 
-# ----------------------------------------------------------------------------
-# Storage blobs and the allow-list.
+
+class CheckpointError(PickleLoadError):
+    """A network file that cannot be read or is refused; the message is one line naming the file and the fix.
+
+    A ValueError (CLIs report it as one line) and, like the loader's internal refusals, an UnpicklingError.
+    `path`: the file; `reason`: the message without the leading 'Cannot load PATH: '.
+    """
+
+    def __init__(self, message, path=None, reason=None):
+        super().__init__(message)
+        self.path, self.reason = path, reason
 
 
-def _load_storage_weights_only(blob):
-    """Safe replacement for torch.storage._load_from_bytes: the nested torch.save blob is read weights_only."""
-    if not isinstance(blob, (bytes, bytearray)):
-        raise PickleLoadError('Malformed tensor storage in the pickle')
-    storage = torch.load(io.BytesIO(blob), weights_only=True, map_location='cpu')
-    if not isinstance(storage, (torch.storage.TypedStorage, torch.UntypedStorage)):
-        raise PickleLoadError(f'Expected a tensor storage in the pickle, found {type(storage).__name__}')
-    return storage
-
-
-def _load_storage_trusted(blob):
-    return torch.load(io.BytesIO(blob), weights_only=False, map_location='cpu')
-
-
-def _numpy_multiarray():
-    try:
-        from numpy._core import multiarray  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core import multiarray
-    return multiarray
-
-
-def _safe_globals():
-    multiarray = _numpy_multiarray()
-    allowed = {
-        ('torch._utils', '_rebuild_tensor_v2'): torch._utils._rebuild_tensor_v2,
-        ('torch._utils', '_rebuild_parameter'): torch._utils._rebuild_parameter,
-        ('torch.storage', '_load_from_bytes'): _load_storage_weights_only,
-        ('torch', 'Size'): torch.Size,
-        ('torch', 'device'): torch.device,
-        ('collections', 'OrderedDict'): collections.OrderedDict,
-        ('numpy', 'dtype'): np.dtype,
-        ('numpy', 'ndarray'): np.ndarray,
-        ('builtins', 'set'): set,
-        ('builtins', 'frozenset'): frozenset,
-        ('builtins', 'slice'): slice,
-        ('builtins', 'complex'): complex,
-        ('dnnlib.util', 'EasyDict'): dnnlib.EasyDict,
-        ('torch_utils.persistence', '_rebuild_persistent'): persistence._rebuild_persistent_safe,
-        ('torch_utils.persistence', '_reconstruct_persistent_obj'): persistence._reconstruct_persistent_obj,
-    }
-    for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
-        allowed[(module, '_reconstruct')] = multiarray._reconstruct
-        allowed[(module, 'scalar')] = multiarray.scalar
-    return allowed
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only allow-listed globals."""
-
-    def __init__(self, file):
-        super().__init__(file)
-        self._allowed = _safe_globals()
-
-    def find_class(self, module, name):
-        obj = self._allowed.get((module, name))
-        if obj is not None:
-            return obj
-        if module == 'torch' and isinstance(torch.__dict__.get(name), torch.dtype):
-            return torch.__dict__[name]
-        raise PickleLoadError(
-            f'Refusing to load {module}.{name} from the pickle: it is not on the safe loader\'s allow-list. '
-            f'If you trust the file, load it with trust=True (CLI: --trust-pickle), which may run code from it.')
-
-
-class _TrustedUnpickler(pickle.Unpickler):
-    """Plain unpickling, except that NVIDIA records become placeholders and storages map to the CPU."""
-
-    def find_class(self, module, name):
-        if (module, name) == ('torch_utils.persistence', '_reconstruct_persistent_obj'):
-            return persistence._reconstruct_persistent_obj
-        if (module, name) == ('torch.storage', '_load_from_bytes'):
-            return _load_storage_trusted
-        return super().find_class(module, name)
+def _refuse(path, reason):
+    return CheckpointError(f'Cannot load {path}: {reason}', path=path, reason=reason)
 
 
 def read_pickle(f, trust=False):
@@ -114,11 +54,57 @@ def read_pickle(f, trust=False):
     if isinstance(f, (str, os.PathLike)):
         with open(f, 'rb') as file:
             return read_pickle(file, trust=trust)
-    unpickler = _TrustedUnpickler(f) if trust else _SafeUnpickler(f)
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message='TypedStorage is deprecated')
-        return unpickler.load()
+    return safe_pickle.read(f, trust=trust)
 
+
+def _explain(err, head):
+    """Why the bytes starting with `head` could not be loaded, and what to do, as one short phrase."""
+    if not head:
+        return 'the file is empty; copy or download it again'
+    if isinstance(err, PickleLoadError):
+        return dnnlib.util.one_line(err)
+    if head.startswith(b'PK\x03\x04'):
+        return ('it is a zip archive (a dataset, or a torch.save file such as training-state-*.pt), not a network '
+                'pickle; pass a network-snapshot-*.pkl')
+    if head[:1] != b'\x80':
+        return 'it is not a pickle (wrong first bytes); pass a network-snapshot-*.pkl from train.py or stylegan2-ada-pytorch'
+    if isinstance(err, EOFError) or 'truncated' in str(err):
+        return 'the file is truncated (an interrupted copy or download?); copy or download it again'
+    return (f'the pickle is damaged ({type(err).__name__}: {dnnlib.util.one_line(err)[:160]}); '
+            f'copy or download it again')
+
+
+# What reading a damaged or hostile file can raise besides our own refusals.
+_READ_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError,
+                RuntimeError, MemoryError, RecursionError, OverflowError, UnicodeDecodeError, zipfile.BadZipFile,
+                ImportError, LookupError)
+
+
+@contextlib.contextmanager
+def _reading(name, f):
+    """Turn anything a bad file raises into one CheckpointError naming `name`."""
+    try:
+        pos = f.tell()
+        head = f.read(8)
+        f.seek(pos)
+    except (OSError, ValueError, AttributeError):
+        head = b'?'
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except _READ_ERRORS as err:
+        raise _refuse(name, _explain(err, head)) from err
+
+
+def _file_size(f):
+    try:
+        return os.fstat(f.fileno()).st_size
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        try:
+            return len(f.getbuffer())
+        except AttributeError:
+            return 0
 
 # ----------------------------------------------------------------------------
 # Converting stylegan2-ada-pytorch records into our classes.
@@ -157,24 +143,32 @@ def load_network_pkl(f, trust=False, device=None):
 
     Our pickles come back as saved (a dict of networks and plain data). A stylegan2-ada-pytorch snapshot
     gives keys G, D, G_ema, augment_pipe (None when it cannot be rebuilt) and training_set_kwargs. A pickle
-    of a bare network gives {'net': network}. `device`: move every network there.
+    of a bare network gives {'net': network}. `device`: move every network there. Raises CheckpointError.
     """
-    data = read_pickle(f, trust=trust)
-    if isinstance(data, (persistence.PersistentRecord, torch.nn.Module)):
-        data = {'net': data}
-    if not isinstance(data, dict):
-        raise PickleLoadError(f'Expected a dict of networks or a network in the pickle, found {type(data).__name__}')
-    data = dict(data)
-    for key, value in data.items():
-        if not isinstance(value, persistence.PersistentRecord):
-            continue
+    if isinstance(f, (str, os.PathLike)):
         try:
-            data[key] = module_from_record(value, key=key)
-        except PickleLoadError as err:
-            if key not in _SNAPSHOT_OPTIONAL:
-                raise
-            warnings.warn(f'Skipping {key} ({err}); generation and inversion do not need it.')
-            data[key] = None
+            with open(f, 'rb') as file:
+                return load_network_pkl(file, trust=trust, device=device)
+        except OSError as err:
+            raise _refuse(os.fspath(f), f'{(err.strerror or str(err)).lower()}; check the path') from err
+    name = getattr(f, 'name', None) or 'the network pickle'
+    with _reading(name, f), safe_pickle.allocation_limit(safe_pickle.budget_for(_file_size(f)), name):
+        data = read_pickle(f, trust=trust)
+        if isinstance(data, (persistence.PersistentRecord, torch.nn.Module)):
+            data = {'net': data}
+        if not isinstance(data, dict):
+            raise PickleLoadError(f'expected a dict of networks or a network in the pickle, found {type(data).__name__}')
+        data = dict(data)
+        for key, value in data.items():
+            if not isinstance(value, persistence.PersistentRecord):
+                continue
+            try:
+                data[key] = module_from_record(value, key=key)
+            except PickleLoadError as err:
+                if key not in _SNAPSHOT_OPTIONAL:
+                    raise
+                warnings.warn(f'Skipping {key} ({err}); generation and inversion do not need it.')
+                data[key] = None
     if device is not None:
         for key, value in data.items():
             if isinstance(value, torch.nn.Module):
@@ -183,14 +177,20 @@ def load_network_pkl(f, trust=False, device=None):
 
 
 def load_network(path_or_url, key='G_ema', trust=False, device=None):
-    """Load one network (default the EMA generator) from a local path or a URL (downloaded once, cached)."""
-    with dnnlib.util.open_url(path_or_url) as f:
-        data = load_network_pkl(f, trust=trust, device=device)
+    """Load one network (default the EMA generator) from a local path or a URL (downloaded once, cached).
+
+    Raises CheckpointError (one line: the file, the problem, the fix) for anything missing or unreadable.
+    """
+    try:
+        local = dnnlib.util.open_url(path_or_url, return_filename=True)
+    except OSError as err:
+        raise _refuse(path_or_url, dnnlib.util.one_line(err)) from err
+    data = load_network_pkl(local, trust=trust, device=device)
     if data.get(key) is not None:
         return data[key]
     if set(data) == {'net'}:
         return data['net']
-    raise PickleLoadError(f'{path_or_url} has no network {key!r}; it holds: {", ".join(sorted(map(str, data)))}')
+    raise _refuse(path_or_url, f'it has no network {key!r}; it holds: {", ".join(sorted(map(str, data)))}')
 
 
 def save_network_pkl(path, data_dict):

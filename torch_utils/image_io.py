@@ -1,12 +1,106 @@
-"""Image conversion and atomic PNG/JSON writing shared by the command-line tools."""
+"""Image files in, images out: listing and opening input images, conversion, atomic PNG/JSON writing.
 
+Inputs (`list_folder`, `list_zip`, `open_image`): every file of a folder or zip is either taken as a
+candidate image or reported with the reason it is left out (hidden files, macOS resource forks). A
+candidate is whatever Pillow can open, whatever its extension; what Pillow cannot decode raises
+`ImageReadError` with a plain reason. Animated images (GIF, APNG, WebP, multi-page TIFF) give their
+first frame, and say so.
+"""
+
+import io
 import json
+import os
+import re
+import zipfile
 
 import numpy as np
+import PIL
 import PIL.Image
 import torch
 
 from dnnlib.util import atomic_write
+
+#----------------------------------------------------------------------------
+# Listing and opening input images.
+
+# Extensions of the usual image formats, for messages ("no images (.png .jpg ...) found"); files with other
+# extensions are tried too, since Pillow recognises formats by content.
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+_JUNK_DIRS = ('__MACOSX',)
+
+
+class ImageReadError(ValueError):
+    """An input file that is not an image Pillow can decode; the message is the reason, without the file name."""
+
+
+def _left_out(rel):
+    """Why the file at relative path `rel` ('a/b.png') is not a candidate image, or None if it is."""
+    parts = rel.split('/')
+    if parts[0] in _JUNK_DIRS:
+        return 'macOS resource fork (__MACOSX), not an image'
+    if any(p.startswith('.') for p in parts):
+        return 'hidden file or folder (name starts with "."), left out'
+    return None
+
+
+def _split(rels, exclude):
+    files, ignored = [], []
+    for rel in sorted(rels):
+        if rel in exclude:
+            continue
+        reason = _left_out(rel)
+        if reason is None:
+            files.append(rel)
+        else:
+            ignored.append((rel, reason))
+    return files, ignored
+
+
+def list_folder(root, exclude=()):
+    """Files under `root`, recursively, sorted: (candidates, ignored).
+
+    candidates: relative paths ('sub/img.png', '/'-separated) to try as images; ignored: [(relative path,
+    reason)] for hidden files and macOS resource forks; names in `exclude` (e.g. 'dataset.json') are in
+    neither list.
+    """
+    rels = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in files:
+            rels.append(os.path.relpath(os.path.join(folder, name), root).replace(os.sep, '/'))
+    return _split(rels, set(exclude))
+
+
+def list_zip(zf, exclude=()):
+    """`list_folder` for the members of an open `zipfile.ZipFile` (folders skipped)."""
+    return _split([m for m in zf.namelist() if not m.endswith('/')], set(exclude))
+
+
+def open_image(data):
+    """Encoded bytes -> (decoded PIL image, note or None). The note says when only the first frame of an
+    animated file was used. Raises ImageReadError with a plain reason when Pillow cannot decode it."""
+    try:
+        img = PIL.Image.open(io.BytesIO(data))
+    except PIL.UnidentifiedImageError:
+        raise ImageReadError('not an image file Pillow can read') from None
+    except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as err:
+        raise ImageReadError(f'unreadable image ({type(err).__name__}: {_reason(err)})') from err
+    note = None
+    try:
+        frames = int(getattr(img, 'n_frames', 1) or 1)
+        if frames > 1:
+            img.seek(0)
+            note = f'animated {img.format or "image"} with {frames} frames: used the first frame'
+        img.load()
+    except (OSError, ValueError, SyntaxError, EOFError, zipfile.BadZipFile, PIL.Image.DecompressionBombError) as err:
+        raise ImageReadError(f'damaged {img.format or "image"} file ({type(err).__name__}: {_reason(err)})') from err
+    return img, note
+
+
+def _reason(err):
+    """An exception's message on one line, without Pillow's '<_io.BytesIO object at 0x...>'."""
+    text = re.sub(r'\s*<_io\.\w+ object at 0x[0-9a-fA-F]+>', '', ' '.join(str(err).split()))
+    return text.strip() or type(err).__name__
 
 #----------------------------------------------------------------------------
 

@@ -39,33 +39,32 @@ def class_path(cls):
 # The decorator and the registry.
 
 
-def persistent_class(orig_class):
+def persistent_class(cls):
     """Class decorator: record constructor arguments, register the class, pickle instances by reference.
 
     Afterwards `obj._init_args` / `obj._init_kwargs` hold deep copies of the arguments of the outermost
     constructor call, `pickle` stores (class path, arguments, weights), and `copy.deepcopy` copies the
     instance directly (keeping requires_grad flags and training mode) without rebuilding it.
     """
-    if not isinstance(orig_class, type):
+    if not isinstance(cls, type):
         raise TypeError('@persistent_class decorates classes only')
-    if is_persistent(orig_class):
-        return orig_class
-    orig_init = orig_class.__init__
+    if is_persistent(cls):                      # Decorating twice changes nothing.
+        return cls
+    construct = cls.__init__
 
-    @functools.wraps(orig_init)
-    def __init__(self, *args, **kwargs):
-        orig_init(self, *args, **kwargs)
+    @functools.wraps(construct)
+    def recording_init(self, *call_args, **call_kwargs):
+        construct(self, *call_args, **call_kwargs)
         # A persistent base class records first; the outermost (most derived) class records last and wins.
-        self._init_args = copy.deepcopy(args)
-        self._init_kwargs = copy.deepcopy(kwargs)
+        self._init_args, self._init_kwargs = copy.deepcopy(call_args), copy.deepcopy(call_kwargs)
 
-    orig_class.__init__ = __init__
-    orig_class.__reduce__ = _reduce_persistent
-    orig_class.__deepcopy__ = _deepcopy_persistent
-    path = class_path(orig_class)
-    _by_path[path] = orig_class
-    _by_name.setdefault(orig_class.__name__, {})[path] = orig_class
-    return orig_class
+    cls.__init__ = recording_init
+    cls.__reduce__ = _reduce_persistent
+    cls.__deepcopy__ = _deepcopy_persistent
+    path = class_path(cls)
+    _by_path[path] = cls
+    _by_name.setdefault(cls.__name__, {})[path] = cls
+    return cls
 
 
 def is_persistent(obj):
@@ -264,11 +263,15 @@ class PersistentRecord:
         return f'PersistentRecord(class_name={self.class_name!r}, version={self.version!r})'
 
 
-def _reconstruct_persistent_obj(meta):
-    """Handle a stylegan2-ada-pytorch persistence record: return a `PersistentRecord`, never run its source."""
-    if not isinstance(meta, dict) or meta.get('type') != 'class':
+def _reconstruct_persistent_obj(record_dict):
+    """Handle a stylegan2-ada-pytorch persistence record: return a `PersistentRecord`, never run its source.
+
+    The name is NVIDIA's (their pickles call it); `record_dict` holds 'type', 'class_name', 'state',
+    'version' and the embedded 'module_src', which is ignored.
+    """
+    if not isinstance(record_dict, dict) or record_dict.get('type') != 'class':
         raise PickleLoadError('Unsupported stylegan2-ada-pytorch persistence record (expected type "class")')
-    class_name, state = meta.get('class_name'), meta.get('state')
+    class_name, state = record_dict.get('class_name'), record_dict.get('state')
     if not isinstance(class_name, str) or not isinstance(state, dict):
         raise PickleLoadError('Malformed stylegan2-ada-pytorch persistence record')
-    return PersistentRecord(class_name, state, version=meta.get('version'))
+    return PersistentRecord(class_name, state, version=record_dict.get('version'))

@@ -1,17 +1,14 @@
 """Convert image folders, zips or procedural data into training zips (logic behind dataset_tool.py).
 
-Output layout (as read by ``training.dataset.ImageFolderDataset``)::
-
-    00000/img00000000.png ... 00001/img00001000.png ...
-    dataset.json   {"labels": [["00000/img00000000.png", 3], ...]} or {"labels": null}
-    skipped.json   {"skipped": [{"file": ..., "reason": ...}, ...]}   (only when files were skipped)
+Output layout: see ``training.dataset_zip`` (as read by ``training.dataset.ImageFolderDataset``).
+Every file of a source folder or zip ends up in the dataset or in ``skipped.json`` with its reason
+(hidden files, files Pillow cannot read, images too small...); any format Pillow opens is accepted,
+and animated images give their first frame (listed in ``ConvertResult.notes``).
 """
 
-import io
 import json
 import os
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 
@@ -19,28 +16,19 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
+from dnnlib.util import OutdirError, check_outdir
+from torch_utils.image_io import IMAGE_EXTENSIONS, ImageReadError, list_folder, list_zip, open_image
+from training.dataset_zip import LABELS_FILE, SKIPPED_FILE, archive_name, encode_png, write_image_zip, write_zip
+from training.tiny_data import render_shapes
+
 TRANSFORMS = ('center-crop', 'center-crop-wide', 'none')
-LABELS_FILE = 'dataset.json'
-SKIPPED_FILE = 'skipped.json'
+__all__ = ['IMAGE_EXTENSIONS', 'LABELS_FILE', 'SKIPPED_FILE', 'TRANSFORMS', 'ConversionError', 'ConvertResult',
+           'archive_name', 'convert_dataset', 'decode_image', 'open_source', 'parse_resolution', 'transform_image',
+           'write_image_zip']
 
 
 class ConversionError(Exception):
     """A one-line, user-facing problem with the conversion inputs."""
-
-
-def archive_name(idx):
-    """Name of image ``idx`` inside an output zip, e.g. ``00001/img00001234.png``."""
-    return f'{idx // 1000:05d}/img{idx:08d}.png'
-
-
-def is_image_file(name):
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-def _is_junk(rel):
-    parts = rel.split('/')
-    return parts[0] == '__MACOSX' or any(p.startswith('.') for p in parts)
 
 
 def parse_resolution(value):
@@ -82,19 +70,14 @@ class Source:
     description: str
     names: list
     labels: dict = None  # relative name -> label, or None
-    reader: object = None  # callable(name) -> PIL.Image or np.ndarray (HWC uint8)
+    reader: object = None  # callable(name) -> encoded bytes, or (name, resolution) -> HWC uint8 array
     close: object = None
     native_resolution: bool = False  # True: reader(name, resolution) renders at the target size
+    ignored: list = field(default_factory=list)  # [(relative name, reason)]: files that are not candidates
 
 
 def _folder_source(path):
-    names = []
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        for f in files:
-            rel = os.path.relpath(os.path.join(root, f), path).replace(os.sep, '/')
-            if is_image_file(f) and not _is_junk(rel):
-                names.append(rel)
+    names, ignored = list_folder(path, exclude=(LABELS_FILE,))
     labels = None
     labels_path = os.path.join(path, LABELS_FILE)
     if os.path.isfile(labels_path):
@@ -104,7 +87,7 @@ def _folder_source(path):
     def read(name):
         with open(os.path.join(path, name), 'rb') as fp:
             return fp.read()
-    return Source(f"folder '{path}'", sorted(names), labels, read)
+    return Source(f"folder '{path}'", names, labels, read, ignored=ignored)
 
 
 def _zip_source(path):
@@ -112,11 +95,11 @@ def _zip_source(path):
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
         raise ConversionError(f"--source '{path}' is not a readable zip ({e})") from None
-    names = sorted(n for n in zf.namelist() if not n.endswith('/') and is_image_file(n) and not _is_junk(n))
+    names, ignored = list_zip(zf, exclude=(LABELS_FILE,))
     labels = None
     if LABELS_FILE in zf.namelist():
         labels = _parse_labels(zf.read(LABELS_FILE), f'{path}:{LABELS_FILE}')
-    return Source(f"zip '{path}'", names, labels, zf.read, zf.close)
+    return Source(f"zip '{path}'", names, labels, zf.read, zf.close, ignored=ignored)
 
 
 def _tiny_source(spec):
@@ -124,7 +107,6 @@ def _tiny_source(spec):
     if m is None:
         raise ConversionError(f"--source '{spec}' is malformed; use tiny:NUM_IMAGES or tiny:NUM_IMAGES:SEED")
     count, seed = int(m.group(1)), int(m.group(2) or 0)
-    from training.tiny_data import render_shapes
     cache = {}
 
     def read(name, resolution):
@@ -170,10 +152,10 @@ def to_rgb(img):
 
 
 def decode_image(data):
-    """Encoded bytes -> RGB PIL image. Raises on unreadable data."""
-    with PIL.Image.open(io.BytesIO(data)) as img:
-        img.load()
-        return to_rgb(img)
+    """Encoded bytes -> (RGB PIL image, note or None). Raises ImageReadError (a plain reason) on unreadable data."""
+    img, note = open_image(data)
+    with img:
+        return to_rgb(img), note
 
 
 def transform_image(img, resolution, transform, upscale=False):
@@ -209,62 +191,15 @@ def transform_image(img, resolution, transform, upscale=False):
     raise ConversionError(f"--transform '{transform}' is unknown; use one of {', '.join(TRANSFORMS)}")
 
 
-def encode_png(arr):
-    buf = io.BytesIO()
-    PIL.Image.fromarray(arr, 'RGB').save(buf, format='PNG', compress_level=6)
-    return buf.getvalue()
-
-
-# ---------------------------------------------------------------------------- writing
-
-class _AtomicZip:
-    """Write a zip next to ``dest`` and move it into place only on success."""
-
-    def __init__(self, dest):
-        dest_dir = os.path.dirname(os.path.abspath(dest))
-        os.makedirs(dest_dir, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(dir=dest_dir, prefix=os.path.basename(dest) + '.', suffix='.tmp')
-        os.close(fd)
-        self.dest = dest
-        self.zip = zipfile.ZipFile(self.tmp, 'w', compression=zipfile.ZIP_STORED)
-
-    def write(self, name, data):
-        self.zip.writestr(name, data)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        self.zip.close()
-        if exc_type is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; use normal permissions.
-            os.replace(self.tmp, self.dest)
-        elif os.path.exists(self.tmp):
-            os.remove(self.tmp)
-        return False
-
-
 def _check_dest(dest):
     if not str(dest).lower().endswith('.zip'):
         raise ConversionError(f"--dest '{dest}' must end with .zip")
     if os.path.isdir(dest):
         raise ConversionError(f"--dest '{dest}' is a folder; pass a .zip file path")
-
-
-def write_image_zip(dest, images, labels=None):
-    """Write uint8 [N, H, W, 3] images (and optional per-image labels) as a dataset zip."""
-    _check_dest(dest)
-    if labels is not None and len(labels) != len(images):
-        raise ValueError(f'got {len(labels)} labels for {len(images)} images')
-    names = [archive_name(i) for i in range(len(images))]
-    with _AtomicZip(dest) as out:
-        for name, img in zip(names, images):
-            out.write(name, encode_png(np.asarray(img, dtype=np.uint8)))
-        meta = {'labels': None if labels is None else [[n, l] for n, l in zip(names, labels)]}
-        out.write(LABELS_FILE, json.dumps(meta))
-    return dest
+    try:
+        check_outdir(os.path.dirname(os.path.abspath(os.path.expanduser(str(dest)))), option='--dest folder')
+    except OutdirError as err:
+        raise ConversionError(str(err)) from None
 
 
 @dataclass
@@ -274,13 +209,20 @@ class ConvertResult:
     resolution: int
     skipped: list = field(default_factory=list)  # [{"file": ..., "reason": ...}]
     has_labels: bool = False
+    notes: list = field(default_factory=list)    # [{"file": ..., "note": ...}] for images used with a remark
 
     def summary(self):
+        """What was written, then one line per skipped file and per remark (all of them)."""
         msg = f"wrote {self.num_images} images at {self.resolution}x{self.resolution} to '{self.dest}'"
         msg += ' with labels' if self.has_labels else ''
+        lines = [msg]
         if self.skipped:
-            msg += f'; skipped {len(self.skipped)} (see {SKIPPED_FILE} in the zip)'
-        return msg
+            lines[0] += f'; skipped {len(self.skipped)} files (also listed in {SKIPPED_FILE} in the zip):'
+            lines += [f"  {s['file']}: {s['reason']}" for s in self.skipped]
+        if self.notes:
+            lines.append(f'{len(self.notes)} files used with a remark:')
+            lines += [f"  {n['file']}: {n['note']}" for n in self.notes]
+        return '\n'.join(lines)
 
 
 def convert_dataset(source, dest, resolution=None, transform='center-crop', max_images=None,
@@ -306,50 +248,63 @@ def convert_dataset(source, dest, resolution=None, transform='center-crop', max_
 
 def _convert(src, source, dest, resolution, transform, max_images, upscale, progress):
     if not src.names:
-        raise ConversionError(f"no images found in '{source}' (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        left_out = f', only {len(src.ignored)} hidden or junk files' if src.ignored else ''
+        raise ConversionError(f"no images found in '{source}' (no files{left_out}); pass a folder or zip of images")
     if src.native_resolution and resolution is None:
         resolution = 32
     if resolution is None and transform != 'none':
         raise ConversionError(f'--resolution is required with --transform {transform}; e.g. --resolution 256')
     if src.labels is not None:
-        missing = [n for n in src.names if n not in src.labels]
+        missing = [n for n in src.names if n not in src.labels and os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS]
         if missing:
             raise ConversionError(f"'{missing[0]}' has no entry in {LABELS_FILE} "
                                   f'({len(missing)} images missing); add labels or remove {LABELS_FILE}')
 
     from tqdm import tqdm
-    total = len(src.names) if max_images is None else min(len(src.names), int(max_images))
-    bar = tqdm(total=total, unit='img', disable=not progress, desc='dataset_tool')
-    skipped, out_labels, count = [], [], 0
-    with _AtomicZip(dest) as out:
-        for name in src.names:
-            if max_images is not None and count >= int(max_images):
-                break
-            if src.native_resolution:
-                arr, reason = src.reader(name, resolution), None
-            else:
-                try:
-                    img = decode_image(src.reader(name))
-                except Exception as e:  # Any decoder failure means "skip this file".
-                    skipped.append({'file': name, 'reason': f'unreadable ({type(e).__name__}: {e})'})
+    skipped = [{'file': name, 'reason': why} for name, why in src.ignored]
+    notes, out_labels = [], []
+    state = dict(count=0, resolution=resolution)
+
+    def image_for(name):
+        """(uint8 array, None) or (None, reason)."""
+        if src.native_resolution:
+            return src.reader(name, state['resolution']), None
+        try:
+            img, note = decode_image(src.reader(name))
+        except ImageReadError as err:
+            return None, str(err)
+        except (OSError, zipfile.BadZipFile, KeyError) as err:
+            return None, f'cannot be read ({type(err).__name__}: {" ".join(str(err).split())})'
+        if src.labels is not None and name not in src.labels:
+            raise ConversionError(f"'{name}' has no entry in {LABELS_FILE}; add its label or remove {LABELS_FILE}")
+        if note:
+            notes.append({'file': name, 'note': note})
+        if state['resolution'] is None:  # --transform none without --resolution: use the first image.
+            state['resolution'] = img.size[0]
+        return transform_image(img, state['resolution'], transform, upscale)
+
+    def fill(zf):
+        total = len(src.names) if max_images is None else min(len(src.names), int(max_images))
+        with tqdm(total=total, unit='img', disable=not progress, desc='dataset_tool') as bar:
+            for name in src.names:
+                if max_images is not None and state['count'] >= int(max_images):
+                    break
+                arr, reason = image_for(name)
+                if arr is None:
+                    skipped.append({'file': name, 'reason': reason})
                     continue
-                if resolution is None:  # --transform none without --resolution: use the first image.
-                    resolution = img.size[0]
-                arr, reason = transform_image(img, resolution, transform, upscale)
-            if arr is None:
-                skipped.append({'file': name, 'reason': reason})
-                continue
-            arcname = archive_name(count)
-            out.write(arcname, encode_png(arr))
-            if src.labels is not None:
-                out_labels.append([arcname, src.labels[name]])
-            count += 1
-            bar.update(1)
-        bar.close()
-        if count == 0:
+                arcname = archive_name(state['count'])
+                zf.writestr(arcname, encode_png(arr))
+                if src.labels is not None:
+                    out_labels.append([arcname, src.labels[name]])
+                state['count'] += 1
+                bar.update(1)
+        if state['count'] == 0:
             raise ConversionError(f"no usable images in '{source}' ({len(skipped)} skipped, first: "
-                                  f"'{skipped[0]['file']}' {skipped[0]['reason']})")
-        out.write(LABELS_FILE, json.dumps({'labels': out_labels if src.labels is not None else None}))
+                                  f"'{skipped[0]['file']}': {skipped[0]['reason']})")
+        zf.writestr(LABELS_FILE, json.dumps({'labels': out_labels if src.labels is not None else None}))
         if skipped:
-            out.write(SKIPPED_FILE, json.dumps({'skipped': skipped}, indent=1))
-    return ConvertResult(dest, count, resolution, skipped, src.labels is not None)
+            zf.writestr(SKIPPED_FILE, json.dumps({'skipped': skipped}, indent=1))
+
+    write_zip(dest, fill)
+    return ConvertResult(dest, state['count'], state['resolution'], skipped, src.labels is not None, notes)

@@ -10,6 +10,8 @@ import os
 
 import numpy as np
 
+from training.dataset_zip import write_image_zip
+
 TRAIN_SEED = 0
 HELDOUT_SEED = 123457  # Seed for held-out images (e.g. inversion targets).
 MAX_SHAPES = 3
@@ -116,7 +118,6 @@ def render_shapes(num_images, resolution=32, seed=TRAIN_SEED, return_labels=Fals
 
 def write_tiny_dataset(path_zip, num_images=1000, resolution=32, seed=TRAIN_SEED, labels=False):
     """Write a training zip in the dataset_tool.py format; returns the path."""
-    from training.dataset_convert import write_image_zip
     images, classes = render_shapes(num_images, resolution, seed, return_labels=True)
     return write_image_zip(path_zip, images, labels=(classes.tolist() if labels else None))
 
