@@ -68,7 +68,8 @@ def test_cli_writes_all_outputs(checkpoints, image_dir, tmp_path):
     for n in names:
         assert np.load(out / f'{n}.npy').shape == (R, 32)
         assert PIL.Image.open(out / f'{n}-recon.png').size == (32, 32)
-        assert PIL.Image.open(out / f'{n}-pair.png').size == (64, 32)
+        pair = PIL.Image.open(out / f'{n}-pair.png')           # titled panels, each upscaled 4x to 128 px
+        assert pair.size == ((3 if n == 'c' else 2) * (128 + 4) + 4, 128 + 2 * 20 + 8), n   # c.webp: alpha mask
         assert sorted(p.name for p in (out / 'frames' / n).iterdir()) == ['step00000.png', 'step00002.png', 'step00004.png']
     with np.load(out / 'latents.npz') as npz:
         assert list(npz['names']) == names and npz['latents'].shape == (3, R, 32)
@@ -79,6 +80,12 @@ def test_cli_writes_all_outputs(checkpoints, image_dir, tmp_path):
     assert [r['name'] for r in records] == names
     for r in records:
         assert r['steps'] == 4 and 0 <= r['lpips'] and r['mse'] > 0 and np.isfinite(r['psnr']) and r['seconds'] > 0
+    assert [r['masked'] for r in records] == [False, False, True]             # c.webp's alpha channel is a mask
+    alpha = np.asarray(PIL.Image.open(image_dir / 'c.webp'))[:, :, 3]
+    assert records[2]['mask_coverage'] == pytest.approx(alpha[8:56].mean() / 255, abs=0.02)   # centre crop of 64x48
+    assert records[0]['mask_coverage'] == 1.0
+    overview = PIL.Image.open(out / 'overview.png')
+    assert overview.size[0] >= 3 * 128 and overview.size[1] >= 2 * 128
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['images'] == 3 and summary['space'] == 'W' and summary['steps'] == 4
     assert summary['images_per_second'] > 0 and summary['skipped'] == 2
@@ -160,8 +167,8 @@ def test_cli_channels(tmp_path, image_dir):
         checkpoint.save_network_pkl(tmp_path / f'g{channels}.pkl', dict(G_ema=G))
     ok = run_cli(*base_args(tmp_path / 'g1.pkl', image_dir / 'a.png', tmp_path / 'grey', '--steps', 2))
     assert ok.exit_code == 0, ok.output
-    assert PIL.Image.open(tmp_path / 'grey' / 'a-pair.png').mode == 'L'
-    assert PIL.Image.open(tmp_path / 'grey' / 'a-pair.png').size == (64, 32)
+    assert PIL.Image.open(tmp_path / 'grey' / 'a-recon.png').mode == 'L'
+    assert PIL.Image.open(tmp_path / 'grey' / 'a-pair.png').size == (2 * (128 + 4) + 4, 128 + 2 * 20 + 8)
     refused = run_cli(*base_args(tmp_path / 'g4.pkl', image_dir / 'a.png', tmp_path / 'rgba'))
     assert refused.exit_code == 1 and '4-channel images' in refused.output
     assert not (tmp_path / 'rgba').exists()                        # Nothing written for a refused run.
