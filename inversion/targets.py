@@ -39,10 +39,6 @@ CROP_MODES = ('center', 'none', 'pad')
 PAD_GREY = 128                      # fill of the padding of crop='pad' (masked out)
 
 
-# The record files of an align_faces.py output folder (holding alignment.jsonl): not targets, not reported.
-ALIGNED_RECORDS = ('alignment.jsonl', 'skipped.json', 'settings.json', 'summary.json', 'log.txt')
-
-
 class TargetError(ValueError):
     """A target file that cannot be read or decoded as an image."""
 
@@ -111,7 +107,7 @@ def list_targets(path):
     if not path.exists():
         raise FileNotFoundError(f'Target {path} does not exist')
     if path.is_dir():
-        rels, ignored = list_folder(path, exclude=ALIGNED_RECORDS if (path / 'alignment.jsonl').is_file() else ())
+        rels, ignored = list_folder(path)
         return ([TargetSource(n, str(path / r), str(path / r), _rel=r) for n, r in zip(_unique_names(rels), rels)],
                 [(str(path / r), why) for r, why in ignored])
     if zipfile.is_zipfile(path):
@@ -223,7 +219,8 @@ def find_mask(mask_dir, target):
     exact = root / rel
     if exact.is_file():
         return exact
-    others = sorted(p for p in root.glob(f'{glob_escape(stem)}.*') if p.is_file() and not p.name.startswith('.'))
+    others = sorted(p for p in root.glob(f'{glob_escape(stem)}.*')
+                    if p.is_file() and os.path.splitext(p.name)[0] == os.path.basename(stem))
     if others:
         return others[0]
     raise TargetError(f'no mask for it in --mask {mask_dir} (looked for {rel} or {stem}.*)')
