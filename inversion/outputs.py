@@ -311,7 +311,9 @@ def plot_curves(path, curves, truncation_end=None, title='LPIPS during inversion
         ax.plot(steps, row, color='tab:blue', alpha=0.25, linewidth=0.6)
     ax.plot(steps, mean, color='tab:red', linewidth=2.5, label=f'mean of {arr.shape[0]}')
     if truncation_end:
-        ax.axvline(truncation_end, color='gray', linestyle=':', label='truncation off')
+        ax.axvline(truncation_end, color='gray', linestyle=':', label=f'truncation off from step {truncation_end}')
+        ax.annotate(f'truncation off (step {truncation_end})', (truncation_end, 1), xycoords=('data', 'axes fraction'),
+                    xytext=(4, -14), textcoords='offset points', color='dimgray')
     ax.set_xlabel('step')
     ax.set_ylabel('LPIPS')
     ax.set_title(title)
@@ -331,10 +333,10 @@ def _pad(rows):
 def _plot_pil(arr, mean, truncation_end, title, size=(800, 500)):
     """Minimal line plot with PIL: axes, 5 labelled y ticks, x ticks at quarters."""
     w, h = size
-    left, right, top, bottom = 64, 20, 34, 44
+    left, right, top, bottom = 64, 20, 40, 48
     img = PIL.Image.new('RGB', size, 'white')
     draw = PIL.ImageDraw.Draw(img)
-    font = PIL.ImageFont.load_default()
+    fnt = font(13)
     n_steps = max(arr.shape[1] - 1, 1)
     finite = arr[np.isfinite(arr)]
     y_max = float(finite.max()) * 1.05 if finite.size and finite.max() > 0 else 1.0
@@ -360,22 +362,24 @@ def _plot_pil(arr, mean, truncation_end, title, size=(800, 500)):
         value = y_max * k / 5
         _, y = xy(0, value)
         draw.line([(left - 4, y), (w - right, y)], fill=(230, 230, 230) if k else 'black')
-        draw.text((4, y - 6), f'{value:.3f}', fill='black', font=font)
+        draw.text((4, y - 7), f'{value:.3f}', fill='black', font=fnt)
     for k in range(5):
         step = round(n_steps * k / 4)
         x, y0 = xy(step, 0)
         draw.line([(x, y0), (x, y0 + 4)], fill='black')
-        draw.text((x - 10, y0 + 8), str(step), fill='black', font=font)
+        draw.text((x - 10, y0 + 8), str(step), fill='black', font=fnt)
     draw.line([xy(0, 0), (left, top)], fill='black')
     if truncation_end:
         x, _ = xy(truncation_end, 0)
         for y in range(top, h - bottom, 6):
             draw.line([(x, y), (x, y + 2)], fill='gray')
+        draw.text((x + 4, top + 2), f'truncation off (step {truncation_end})', fill=(90, 90, 90), font=fnt)
     for row in arr:
         polyline(row, fill=(150, 175, 225), width=1)
     polyline(mean, fill=(200, 30, 30), width=3)
-    draw.text((left, 10), f'{title} (thin: {arr.shape[0]} images, thick: mean)', fill='black', font=font)
-    draw.text((w // 2 - 10, h - 16), 'step', fill='black', font=font)
+    draw.text((left, 6), f'{title} (thin: {arr.shape[0]} images, thick red: mean)', fill='black', font=fnt)
+    draw.text((w // 2 - 10, h - 20), 'step', fill='black', font=fnt)
+    draw.text((4, top - 26), 'LPIPS', fill='black', font=fnt)
     return img
 
 #----------------------------------------------------------------------------
