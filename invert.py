@@ -101,7 +101,8 @@ def main(ctx, network, target, outdir, space, steps, lr, batch, truncation, trun
     Defaults are the paper's: Adam lr 0.05, betas (0.9, 0.999), 1000 steps from the mean
     latent, LPIPS loss, truncation 0.9 toward the mean before each step of the first half.
     Writes <name>.npy, <name>-recon.png, <name>-pair.png per image, and latents.npz,
-    results.jsonl, summary.json, lpips_curve.png, log.txt per run. A killed run continues
+    results.jsonl, summary.json, overview.png, lpips_curve.png, skipped.json, log.txt per run.
+    With --mask, RGBA targets or --crop pad only the kept pixels count (in the loss and the metrics). A killed run continues
     when started again with the same --outdir (or with --resume DIR).
 
     \b

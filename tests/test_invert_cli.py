@@ -183,3 +183,27 @@ def test_cli_on_stylegan2_ada_pickle(tmp_path, image_dir):
     assert np.load(out / 'a.npy').shape == (8, 64)
     refused = run_cli(*base_args(pkl, image_dir / 'a.png', tmp_path / 'nv2', '--space', 'W'))
     assert refused.exit_code == 1 and 'use w or w+' in refused.output
+
+
+def test_overview_after_a_resume_shows_the_earlier_images(checkpoints, image_dir, tmp_path, monkeypatch):
+    """Images finished by an earlier process are decoded again for overview.png (3 columns, not 1)."""
+    out = tmp_path / 'out'
+    args = base_args(checkpoints['overparam'], image_dir, out, '--space', 'W', '--batch', 2, '--steps', 2)
+
+    class Killed(Exception):
+        pass
+
+    original_run = optimize.Inverter.run
+
+    def die_on_second_batch(self, max_steps=None):
+        if self.num_images == 1:
+            raise Killed()
+        yield from original_run(self, max_steps)
+
+    monkeypatch.setattr(optimize.Inverter, 'run', die_on_second_batch)
+    with pytest.raises(Killed):
+        run_cli(*args)
+    one_batch = PIL.Image.open(out / 'overview.png').size
+    monkeypatch.setattr(optimize.Inverter, 'run', original_run)
+    assert run_cli(*args).exit_code == 0
+    assert PIL.Image.open(out / 'overview.png').size[0] > one_batch[0] + 128
