@@ -11,6 +11,8 @@ from dnnlib.util import cli_errors
 from inversion.losses import parse_lpips_spec
 from inversion.runner import run_inversion
 from inversion.spaces import SPACES
+from inversion.targets import CROP_MODES
+from preprocess.align_folder import MULTIPLE_MODES, AlignFolderError, align_folder, paste_back_folder
 
 #----------------------------------------------------------------------------
 
@@ -41,7 +43,7 @@ def _check_lpips(ctx, param, value):
 # Options restored from <DIR>/run.json by --resume DIR when not given on the command line.
 _RESUMED = dict(network='network', target='target', space='space', steps='steps', lr='lr', truncation='truncation',
                 truncation_until='truncation_until', crop='crop', lpips='lpips', mse_weight='mse_weight',
-                l1_weight='l1_weight', precision='precision', seed='seed')
+                l1_weight='l1_weight', precision='precision', seed='seed', mask='mask')
 
 #----------------------------------------------------------------------------
 
@@ -67,8 +69,12 @@ _RESUMED = dict(network='network', target='target', space='space', steps='steps'
 @click.option('--device', default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
 @click.option('--precision', type=click.Choice(['fp32', 'tf32', 'bf16']), default='fp32', show_default=True,
               help='fp32 = strict; tf32 = TF32 matmuls; bf16 = TF32 generator + bfloat16-autocast VGG')
-@click.option('--crop', type=click.Choice(['center', 'none']), default='center', show_default=True,
-              help='Center-crop to a square, or resize the whole image')
+@click.option('--crop', type=click.Choice(CROP_MODES), default='center', show_default=True,
+              help='Non-square images: center-crop to a square, squash the whole image (none), or pad it to a '
+                   'square with the padding masked out of the loss (pad)')
+@click.option('--mask', metavar='DIR', type=click.Path(file_okay=False),
+              help='Masks named like the targets (any image format): white = keep, black = ignore, grey = weight. '
+                   'The alpha channel of RGBA targets is a mask too')
 @click.option('--lpips', default='vgg16-nvlabs', show_default=True, callback=_check_lpips, metavar='SPEC',
               help="vgg16-nvlabs[:PATH] (StyleGAN2's LPIPS: NVIDIA vgg16.pt, URL by default) | vgg (lpips package) | "
                    'vgg-random (random VGG trunk: offline smoke runs and tests only)')
@@ -77,26 +83,38 @@ _RESUMED = dict(network='network', target='target', space='space', steps='steps'
 @click.option('--l1-weight', type=click.FloatRange(min=0), default=0.0, show_default=True, help='Weight of a pixel L1 term')
 @click.option('--save-video', is_flag=True, help='Write frames/<name>/stepNNNNN.png (target | current) during optimisation')
 @click.option('--video-every', type=click.IntRange(min=1), default=10, show_default=True, help='Steps between video frames')
+@click.option('--align', is_flag=True,
+              help='First align the faces of --target as FFHQ was (align_faces.py) into OUTDIR/aligned, and invert those')
+@click.option('--align-resolution', type=click.IntRange(min=8), default=1024, show_default=True,
+              help='--align: side of the aligned crops (then resized to the generator, as FFHQ 1024 -> 256)')
+@click.option('--align-multiple', type=click.Choice(MULTIPLE_MODES), default='largest', show_default=True,
+              help='--align: photos with several faces: the largest, all, or skip them')
+@click.option('--paste-back', is_flag=True,
+              help='With --align: paste each reconstruction back into its photo (OUTDIR/pasted)')
 @click.pass_context
 @cli_errors
 def main(ctx, network, target, outdir, space, steps, lr, batch, truncation, truncation_until, seed, save_every,
-         resume_dir, device, precision, crop, lpips, trust_pickle, mse_weight, l1_weight, save_video, video_every):
+         resume_dir, device, precision, crop, mask, lpips, trust_pickle, mse_weight, l1_weight, save_video, video_every,
+         align, align_resolution, align_multiple, paste_back):
     """Invert every image of --target into the latent space of --network.
 
     Defaults are the paper's: Adam lr 0.05, betas (0.9, 0.999), 1000 steps from the mean
     latent, LPIPS loss, truncation 0.9 toward the mean before each step of the first half.
     Writes <name>.npy, <name>-recon.png, <name>-pair.png per image, and latents.npz,
-    results.jsonl, summary.json, lpips_curve.png, log.txt per run. A killed run continues
+    results.jsonl, summary.json, overview.png, lpips_curve.png, skipped.json, log.txt per run.
+    With --mask, RGBA targets or --crop pad only the kept pixels count (in the loss and the metrics). A killed run continues
     when started again with the same --outdir (or with --resume DIR).
 
     \b
     python invert.py --network=overparam-ffhq256.pkl --target=celebahq-test/ --space=W --outdir=out/W
     python invert.py --network=ffhq.pkl --target=face.jpg --space=w+ --batch=1 --outdir=out/one
     python invert.py --resume=out/W
+    python invert.py --network=ffhq.pkl --target=photos/ --align --paste-back --outdir=out/photos
+    python invert.py --network=ffhq.pkl --target=occluded/ --mask=occluded-masks/ --outdir=out/occluded
     """
     params = dict(network=network, target=target, space=space, steps=steps, lr=lr, truncation=truncation,
                   truncation_until=truncation_until, crop=crop, lpips=lpips, mse_weight=mse_weight,
-                  l1_weight=l1_weight, precision=precision, seed=seed)
+                  l1_weight=l1_weight, precision=precision, seed=seed, mask=mask)
     if resume_dir is not None:
         run_json = Path(resume_dir) / 'run.json'
         if not run_json.is_file():
@@ -122,18 +140,50 @@ def main(ctx, network, target, outdir, space, steps, lr, batch, truncation, trun
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise click.BadParameter('CUDA is not available on this machine', param_hint='--device')
 
+    if paste_back and not align:
+        raise click.UsageError('--paste-back needs --align (it undoes the alignment)')
+    inversion_target, align_skipped = params['target'], []
+    if align:
+        inversion_target, align_skipped = _align_targets(params['target'], outdir, align_resolution, align_multiple)
     args = dict(params, outdir=str(outdir), batch=batch, save_every=save_every, device=str(device),
-                trust_pickle=trust_pickle, save_video=save_video, video_every=video_every)
-    summary = run_inversion(params['network'], params['target'], outdir, space=params['space'],
+                trust_pickle=trust_pickle, save_video=save_video, video_every=video_every, align=align,
+                align_resolution=align_resolution, align_multiple=align_multiple, paste_back=paste_back)
+    summary = run_inversion(params['network'], inversion_target, outdir, space=params['space'],
                             steps=params['steps'], lr=params['lr'], batch=batch, truncation=params['truncation'],
                             truncation_until=params['truncation_until'], seed=params['seed'],
                             save_every=save_every, device=device, precision=params['precision'],
                             crop=params['crop'], lpips=params['lpips'], trust_pickle=trust_pickle,
                             mse_weight=params['mse_weight'], l1_weight=params['l1_weight'],
-                            save_video=save_video, video_every=video_every, args=args)
+                            save_video=save_video, video_every=video_every, mask=params['mask'], skipped=align_skipped,
+                            args=args)
     lpips_mean = 'n/a' if summary['lpips_mean'] is None else f'{summary["lpips_mean"]:.4f}'
     click.echo(f'Inverted {summary["images"]} images into {summary["space"]}: mean LPIPS {lpips_mean}, '
                f'{summary["skipped"]} skipped -> {outdir}')
+    if paste_back:
+        pasted = paste_back_folder(Path(outdir) / 'aligned', outdir, Path(outdir) / 'pasted',
+                                   pattern='{name}-recon.png', progress=False)
+        click.echo(f'Pasted {pasted["pasted"]} reconstructions back into {pasted["photos"]} photos -> '
+                   f'{Path(outdir) / "pasted"}')
+
+
+def _align_targets(target, outdir, resolution, multiple):
+    """Align the faces of `target` into OUTDIR/aligned (resumable) -> (that folder, [(photo, reason)] of the photos
+    left out, for the run's skipped.json); one line when no face is found. The photos left out are named on the
+    console and listed in OUTDIR/aligned/skipped.json too."""
+    aligned_dir = Path(outdir) / 'aligned'
+    try:
+        summary = align_folder(target, aligned_dir, resolution, multiple=multiple,
+                               overview=Path(outdir) / 'aligned-overview.png')
+    except AlignFolderError as err:
+        raise click.ClickException(str(err)) from None
+    skipped = [(str(Path(target) / r['source']) if Path(target).is_dir() else str(target), f'--align: {r["reason"]}')
+               for r in json.loads((aligned_dir / 'skipped.json').read_text())]
+    for source, reason in skipped:
+        click.echo(f'{source}: {reason} (not inverted)')
+    if summary['crops'] + summary['resumed'] == 0:
+        raise click.ClickException(f'--align: no face found in --target {target} (reasons in '
+                                   f'{aligned_dir / "skipped.json"})')
+    return str(aligned_dir), skipped
 
 #----------------------------------------------------------------------------
 

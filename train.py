@@ -1,12 +1,13 @@
 """Train StyleGAN2 or the overparameterized generator of "Overparameterization Improves StyleGAN Inversion"."""
 
 import json
-import os
 
 import click
 
 from configs import presets
 from training import launch
+from training.augment import AUGPIPE_SPECS
+from training.resume import ResumeError, check_resume_file
 
 #----------------------------------------------------------------------------
 
@@ -36,6 +37,8 @@ def parse_metrics(ctx, param, value):
 @click.option('--mbstd',        help='Minibatch-std group size', type=click.IntRange(min=1), metavar='INT')
 @click.option('--style-mixing', help='Style mixing probability', type=click.FloatRange(min=0, max=1), metavar='P')
 @click.option('--pl-weight',    help='Path length regularization weight', type=click.FloatRange(min=0), metavar='FLOAT')
+@click.option('--pl-rows',      help='Path length over latent rows: sum (fork default, ppl_power 0.5) or mean (0)',
+              type=click.Choice(['sum', 'mean']))
 # Schedule.
 @click.option('--batch',        help='Total batch size', type=click.IntRange(min=1), metavar='INT')
 @click.option('--batch-gpu',    help='Images per GPU per accumulation round', type=click.IntRange(min=1), metavar='INT')
@@ -46,10 +49,11 @@ def parse_metrics(ctx, param, value):
 @click.option('--resume',       help="Resume from a .pkl (ours or NVIDIA's), a training-state .pt or 'auto'", metavar='PATH')
 @click.option('--resume-kimg',  help='Start kimg for a pickle without state', type=click.FloatRange(min=0), metavar='KIMG')
 # Data and augmentation.
-@click.option('--mirror',       help='Add x-flipped copies of the data', type=bool, metavar='BOOL')
+@click.option('--mirror',       help='Add x-flipped copies of the data (NVIDIA default: off)', type=bool, metavar='BOOL')
 @click.option('--cond',         help='Condition on dataset labels', type=bool, metavar='BOOL')
 @click.option('--subset',       help='Train on only N images', type=click.IntRange(min=1), metavar='INT')
-@click.option('--aug',          help='Augmentation', type=click.Choice(['noaug', 'ada']))
+@click.option('--aug',          help='Augmentation: ada (NVIDIA default) or noaug', type=click.Choice(['noaug', 'ada']))
+@click.option('--augpipe',      help="ADA pipe ('bgc' = NVIDIA default)", type=click.Choice(sorted(AUGPIPE_SPECS)))
 @click.option('--target',       help='ADA target of mean sign(D(real))', type=click.FloatRange(min=0, max=1), metavar='FLOAT')
 # Performance and outputs.
 @click.option('--precision',    help='fp32 (paper), tf32, or mixed (FP16, fastest)', type=click.Choice(list(presets.PRECISIONS)))
@@ -94,10 +98,14 @@ def main(outdir, desc, dry_run, device, **opts):
         click.echo(f'Run directory: {where[0] if where else launch.next_run_dir(outdir, desc)}')
         click.echo('Dry run: exiting.')
         return
-    if c.resume_pkl not in (None, 'auto') and not os.path.isfile(c.resume_pkl):
-        raise click.ClickException(f'--resume: {c.resume_pkl} does not exist')
-    launch.launch_training(c, outdir, desc, gpus=o.gpus, device_type=device,
-                           options=dict(cfg=o.cfg, num_gpus=o.gpus, desc=desc))
+    try:   # Bad inputs are refused before the run directory exists, so none is left behind.
+        launch.check_outdir(outdir)
+        if c.resume_pkl not in (None, 'auto'):
+            check_resume_file(c.resume_pkl)
+        launch.launch_training(c, outdir, desc, gpus=o.gpus, device_type=device,
+                               options=dict(cfg=o.cfg, num_gpus=o.gpus, desc=desc))
+    except (ResumeError, launch.OutdirError) as err:
+        raise click.ClickException(str(err))
 
 #----------------------------------------------------------------------------
 

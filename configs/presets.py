@@ -7,16 +7,23 @@ that is not None (EDM2 style), validates the result and returns the keyword argu
 """
 
 import dnnlib
+from training.augment import AUGPIPE_SPECS
+from training.loss import PL_ROW_REDUCTIONS
 
 #----------------------------------------------------------------------------
 # The preset table. `AUTO` entries are computed from the resolution and GPU count by `auto_options`.
 
 AUTO = 'auto'
 
-# Shared by every preset: stylegan2-ada-pytorch's constants plus the paper's choices (2 mapping layers,
-# no noise inputs, no ADA, x-flips).
+# NVIDIA's default pipe. (Transitional: 'bc' = 'bgc' without the geometric group, until training.augment has 'bgc'.)
+DEFAULT_AUGPIPE = 'bgc' if 'bgc' in AUGPIPE_SPECS else 'bc'
+
+# Shared by every preset: stylegan2-ada-pytorch's defaults (ADA with the 'bgc' pipe at target 0.6, no x-flips)
+# plus the paper's choices (2 mapping layers, no noise inputs) and the authors' path length on latent matrices
+# (pl_rows='sum', their fork's ppl_power 0.5; 'mean' = ppl_power 0).
 COMMON = dict(
-    map=2, ramp=0.05, style_mixing=0.9, pl_weight=2, noise=False, aug='noaug', target=0.6, mirror=True, cond=False,
+    map=2, ramp=0.05, style_mixing=0.9, pl_weight=2, pl_rows='sum', noise=False, aug='ada', augpipe=DEFAULT_AUGPIPE,
+    target=0.6, mirror=False, cond=False,
     fp16_res=4, conv_clamp=256, G_reg=4, D_reg=16, gpus=1, seed=0, workers=3, keep_states=2, resume_kimg=0,
 )
 
@@ -54,17 +61,14 @@ OPTIONS = dict(
     dim='z and w dimensionality', map='mapping layers', cbase='channel_base', cmax='channel_max',
     mbstd='minibatch-std group size', lr='Adam learning rate (G and D)', gamma='R1 weight',
     ema='EMA half-life in kimg', ramp='EMA ramp-up', style_mixing='style mixing probability',
-    pl_weight='path length weight', noise='noise inputs', mirror='x-flips', cond='class labels',
+    pl_weight='path length weight', pl_rows='path length over latent rows: sum (ppl_power 0.5) or mean (0)',
+    noise='noise inputs', augpipe='augmentation pipe name (training.augment.AUGPIPE_SPECS)', mirror='x-flips', cond='class labels',
     subset='use N images', aug='noaug or ada', target='ADA target', metrics='metric names',
     precision='fp32, tf32 or mixed', fp16_res='FP16 resolutions (mixed)', conv_clamp='clamp (mixed)',
     G_reg='G lazy regularization interval', D_reg='D lazy regularization interval', workers='data workers',
     grid='image grid cells per side', keep_states='training states kept', resume='pkl, pt or auto',
     resume_kimg='kimg counter for weights-only resume', res='expected resolution',
 )
-
-# ADA's 'bgc' pipeline of stylegan2-ada-pytorch less its general geometric group (scale, rotate, aniso, xfrac),
-# which training.augment.AugmentPipe does not implement: pixel blitting and colour transforms.
-AUGPIPE_BC = dict(xflip=1, rotate90=1, xint=1, brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1)
 
 #----------------------------------------------------------------------------
 
@@ -130,6 +134,8 @@ def _validate(o):
          f'--mbstd={o.mbstd} must divide --batch-gpu={o.batch_gpu} (minibatch-std groups)')
     need(o.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got '{o.precision}'")
     need(o.aug in ('noaug', 'ada'), f"--aug must be 'noaug' or 'ada', got '{o.aug}'")
+    need(o.augpipe in AUGPIPE_SPECS, f"--augpipe must be one of {', '.join(sorted(AUGPIPE_SPECS))}, got '{o.augpipe}'")
+    need(o.pl_rows in PL_ROW_REDUCTIONS, f"--pl-rows must be one of {', '.join(PL_ROW_REDUCTIONS)}, got '{o.pl_rows}'")
     need(o.kimg > 0 and o.tick > 0 and o.snap >= 1, '--kimg and --tick must be positive and --snap >= 1')
     need(not o.cond or o.has_labels, f'--cond=1 needs labels in {o.data}/dataset.json')
     widest = min(o.cbase // 4, o.cmax)
@@ -157,8 +163,10 @@ def build_training_kwargs(o):
     c.G_opt_kwargs = dict(class_name='torch.optim.Adam', lr=o.lr, betas=[0, 0.99], eps=1e-8)
     c.D_opt_kwargs = dict(c.G_opt_kwargs)
     c.loss_kwargs = dict(class_name='training.loss.StyleGAN2Loss', r1_gamma=o.gamma, style_mixing_prob=o.style_mixing,
-                         pl_weight=o.pl_weight, pl_batch_shrink=2, pl_decay=0.01)
-    c.augment_kwargs = dict(class_name='training.augment.AugmentPipe', **AUGPIPE_BC) if o.aug == 'ada' else None
+                         pl_weight=o.pl_weight, pl_batch_shrink=2, pl_decay=0.01, pl_row_reduction=o.pl_rows)
+    c.augment_kwargs = None
+    if o.aug == 'ada':
+        c.augment_kwargs = dict(class_name='training.augment.AugmentPipe', **AUGPIPE_SPECS[o.augpipe])
     c.augment_p = 0.0
     c.ada_target = o.target if o.aug == 'ada' else None
     c.metrics = list(o.metrics)

@@ -15,6 +15,9 @@ A job supplies its optimisation through this interface:
     space                `spaces.LatentSpace` (shape of `<name>.npy`)
     decode_resolution, channels, crop
                          how target files are decoded (uint8 `[N, H, W, C]` batches)
+    decode(source)       optional, instead of the three above: `TargetSource` -> (uint8 `[H, W, C']`, note or
+                         None), raising `targets.TargetError` (the file goes to skipped.json with the reason);
+                         the inversion job appends the mask as a last channel
     curve_key            metric that ends each image's curve and is logged per batch ('lpips')
     curve_title          title of lpips_curve.png
     make_inverter(images)                        -> `optimize.Inverter` for a uint8 batch
@@ -116,7 +119,10 @@ class _Runner:
         """uint8 [H, W, C], or None after recording the file in skipped.json."""
         job = self.job
         try:
-            image, note = decode_target(src, job.decode_resolution, crop=job.crop, channels=job.channels)
+            if hasattr(job, 'decode'):                                      # e.g. images with their masks
+                image, note = job.decode(src)
+            else:
+                image, note = decode_target(src, job.decode_resolution, crop=job.crop, channels=job.channels)
         except TargetError as err:
             self.skipped[src.source] = dict(name=src.name, source=src.source, reason=str(err))
             self.save_skipped()

@@ -7,7 +7,10 @@ described in `inversion.outputs`. Also here: loading and checking a generator fo
 """
 
 import os
+from pathlib import Path
 
+import numpy as np
+import PIL.Image
 import torch
 
 import dnnlib
@@ -16,10 +19,10 @@ from torch_utils.image_io import to_uint8
 
 from . import outputs
 from .jobs import InversionError, check_job_outdir, list_job_targets, run_job
-from .losses import build_loss
+from .losses import MaskedLoss, MaskUnsupportedError, build_loss, pixel_metrics
 from .optimize import Inverter
 from .spaces import LatentSpace
-from .targets import to_tensor
+from .targets import TargetError, decode_target_with_mask, to_tensor
 
 #----------------------------------------------------------------------------
 
@@ -85,63 +88,153 @@ def auto_batch_size(G, loss, space, device, precision='fp32', limit=AUTO_BATCH_M
     n = int((free * headroom - max(one - per_image, 0)) // per_image)
     return max(1, min(limit, n))
 
+def check_mask_support(loss, G, device):
+    """Raise InversionError (one line) when `loss`'s LPIPS network gives no spatial map to mask."""
+    r = G.img_resolution
+    probe = torch.zeros([1, G.img_channels, r, r], device=device)
+    half = torch.ones([1, 1, r, r], device=device)
+    half[..., : r // 2] = 0
+    try:
+        loss.prepare_target(probe, half)
+    except MaskUnsupportedError as err:
+        raise InversionError(str(err)) from err
+
 #----------------------------------------------------------------------------
+
+def split_mask(images):
+    """uint8 `[N, H, W, C + 1]` (the inversion job's batches: image channels, then the mask) ->
+    (images `[N, H, W, C]`, masks `[N, H, W]` uint8, 255 = keep)."""
+    return images[..., :-1], images[..., -1]
+
+
+def mask_tensor(masks, device):
+    """uint8 masks `[N, H, W]` -> float `[N, 1, H, W]` in [0, 1], or None when every pixel is kept."""
+    if (masks == 255).all():
+        return None
+    return torch.from_numpy(masks.copy()).to(device=device, dtype=torch.float32)[:, None] / 255
+
 
 class InversionJob:
     """The inversion job for `jobs.run_job`: LPIPS (+ pixel terms) against the target, the paper's truncation.
 
-    Per image it writes `<name>.npy`, `<name>-recon.png`, `<name>-pair.png` (and video frames).
+    Targets are decoded with their masks (`--mask` files, alpha channels, `--crop pad` padding); a batch is
+    uint8 `[N, H, W, C + 1]` with the mask last (255 where there is none). Per image it writes `<name>.npy`,
+    `<name>-recon.png`, `<name>-pair.png` (and video frames).
     """
 
     kind = 'invert'
     curve_key = 'lpips'
 
-    def __init__(self, G, loss, space, settings, opt, device):
+    def __init__(self, G, loss, space, settings, opt, device, sources=()):
         self.G, self.loss, self.space, self.settings, self.opt = G, loss, space, settings, opt
         self.device = torch.device(device)
         self.decode_resolution, self.channels, self.crop = G.img_resolution, G.img_channels, settings['crop']
+        self.mask_dir = settings.get('mask')
         self.curve_title = f'LPIPS during inversion ({space.name})'
+        self.sources = {src.name: src for src in sources}                  # for overview.png after a resume
+        self.shown = {}                                                     # name -> overview entry
+
+    def overview_entry(self, outdir, name, record):
+        """(name, target, recon, lpips, mask) of an image finished earlier (decoded again), or None."""
+        try:
+            image = self.decode(self.sources[name])[0]
+            recon = np.asarray(PIL.Image.open(outdir / f'{name}-recon.png'))
+        except (KeyError, OSError, ValueError):
+            return None
+        target, mask = split_mask(image[None])
+        recon = recon[:, :, None] if recon.ndim == 2 else recon
+        return (name, target[0], recon, record.get('lpips'), mask[0] if (mask[0] != 255).any() else None)
+
+    def write_overview(self, outdir):
+        """overview.png of the first `outputs.OVERVIEW_MAX` finished images by name."""
+        outdir = Path(outdir)
+        results = outputs.read_results(outdir / 'results.jsonl', repair=False)
+        finished = sorted(set(results) | set(self.shown))[:outputs.OVERVIEW_MAX]
+        for name in finished:
+            if name not in self.shown:
+                entry = self.overview_entry(outdir, name, results[name])
+                if entry is not None:
+                    self.shown[name] = entry
+        self.shown = {n: self.shown[n] for n in finished if n in self.shown}
+        entries = list(self.shown.values())
+        total = len(set(results) | set(self.shown))
+        more = f', the first {len(entries)} of {total}' if total > len(entries) else ''
+        outputs.write_overview(outdir / 'overview.png', entries,
+                               f'Inversion into {self.space.name}: target (top), reconstruction (bottom){more}')
+
+    def decode(self, src):
+        image, mask, note = decode_target_with_mask(src, self.decode_resolution, crop=self.crop,
+                                                    channels=self.channels, mask_dir=self.mask_dir)
+        if mask is None:
+            mask = np.full(image.shape[:2], 255, dtype=np.uint8)
+        elif not mask.any():
+            raise TargetError('its mask keeps no pixel (all black): nothing to invert')
+        return np.concatenate([image, mask[:, :, None]], axis=2), note
 
     def make_inverter(self, images):
         s = self.settings
-        return Inverter(self.G, self.loss, to_tensor(images).to(self.device), self.space, steps=s['steps'],
-                        lr=s['lr'], betas=s['betas'], truncation_psi=s['truncation'],
-                        truncation_until=s['truncation_until'], precision=s['precision'])
+        images, masks = split_mask(images)
+        mask = mask_tensor(masks, self.device)
+        loss = self.loss if mask is None else MaskedLoss(self.loss, mask)
+        try:
+            return Inverter(self.G, loss, to_tensor(images).to(self.device), self.space, steps=s['steps'],
+                            lr=s['lr'], betas=s['betas'], truncation_psi=s['truncation'],
+                            truncation_until=s['truncation_until'], precision=s['precision'])
+        except MaskUnsupportedError as err:
+            raise InversionError(str(err)) from err
 
     def on_step(self, outdir, names, images, info):
         step = info['step']
         if self.opt['save_video'] and (step - 1) % self.opt['video_every'] == 0:
+            images, _masks = split_mask(images)
             frames = to_uint8(info['images'])
             for i, name in enumerate(names):
                 outputs.write_frame(outdir, name, step - 1, images[i], frames[i])
 
     def finish(self, outdir, names, images, inverter):
+        images, masks = split_mask(images)
         final = inverter.evaluate()
+        mask = mask_tensor(masks, self.device)
+        if mask is not None:                                                # MSE/PSNR over the kept pixels
+            final.update(pixel_metrics(final['images'], inverter.target_state['image'], mask))
         recon = to_uint8(final['images'])
         latents = inverter.params.detach().cpu().numpy()
         metrics = {k: final[k].cpu().tolist() for k in ('lpips', 'mse', 'psnr')}
+        records = []
         for i, name in enumerate(names):
-            outputs.write_image_outputs(outdir, name, latents[i], images[i], recon[i])
+            masked = bool((masks[i] != 255).any())
+            shown = masks[i] if masked else None
+            outputs.write_image_outputs(outdir, name, latents[i], images[i], recon[i], mask=shown,
+                                        lpips=metrics['lpips'][i])
             if self.opt['save_video']:
                 outputs.write_frame(outdir, name, inverter.steps, images[i], recon[i])
-        return [{k: metrics[k][i] for k in metrics} for i in range(len(names))]
+            records.append(dict({k: metrics[k][i] for k in metrics}, masked=masked,
+                                mask_coverage=round(float(masks[i].mean()) / 255, 6)))
+            if len(self.shown) < outputs.OVERVIEW_MAX or name < max(self.shown):
+                self.shown[name] = (name, images[i], recon[i], metrics['lpips'][i], shown)
+        self.write_overview(outdir)
+        return records
 
     def summarize(self, results, skipped):
         s = self.settings
         return outputs.summarize(
             results, self.space.name, s['steps'], self.opt['args'],
             extra=dict(checkpoint_sha256=s['network_sha256'], precision=s['precision'], lpips=s['lpips'],
-                       device=str(self.device), skipped=len(skipped)))
+                       device=str(self.device), skipped=len(skipped), mask=s.get('mask'),
+                       masked_images=sum(bool(r.get('masked')) for r in results.values())))
 
 #----------------------------------------------------------------------------
 
 def run_inversion(network, target, outdir, *, space=None, steps=1000, lr=0.05, betas=(0.9, 0.999), batch='auto',
                   truncation=0.9, truncation_until=0.5, seed=0, save_every=100, device='cpu', precision='fp32',
                   crop='center', lpips='vgg', trust_pickle=False, mse_weight=0.0, l1_weight=0.0, save_video=False,
-                  video_every=10, progress=True, progress_every=10, lpips_resolution=256, args=None):
+                  video_every=10, progress=True, progress_every=10, lpips_resolution=256, mask=None, skipped=(),
+                  args=None):
     """Invert every image of `target` into `network`'s latent `space`; returns the summary dict.
 
-    See invert.py for the meaning of each option, `inversion.jobs` for the files and resuming.
+    See invert.py for the meaning of each option, `inversion.jobs` for the files and resuming. mask: folder of
+    masks (same relative paths as the targets, any image format; white = keep, black = ignore, grey = weight).
+    skipped: [(source, reason)] of files left out before (e.g. photos without a face), for skipped.json.
     Raises InversionError for bad inputs (found before anything is written).
     """
     device = torch.device(device)
@@ -149,6 +242,9 @@ def run_inversion(network, target, outdir, *, space=None, steps=1000, lr=0.05, b
     if batch != 'auto' and int(batch) < 1:
         raise InversionError(f'--batch {batch}: must be a positive integer or auto')
     sources, ignored = list_job_targets(target)
+    ignored = list(ignored) + list(skipped)
+    if mask is not None and not os.path.isdir(os.path.expanduser(str(mask))):
+        raise InversionError(f'--mask {mask}: not a folder (give a folder of masks named like the targets)')
     check_job_outdir(outdir)
     G, sha256 = load_generator(network, trust_pickle=trust_pickle, device=device)
     check_generator(G)
@@ -157,14 +253,17 @@ def run_inversion(network, target, outdir, *, space=None, steps=1000, lr=0.05, b
                     space=latent_space.name, steps=int(steps), lr=float(lr), betas=[float(b) for b in betas],
                     truncation=float(truncation), truncation_until=float(truncation_until), crop=crop,
                     lpips=str(lpips), mse_weight=float(mse_weight), l1_weight=float(l1_weight),
-                    precision=precision, seed=int(seed))
+                    precision=precision, seed=int(seed),
+                    mask=None if mask is None else os.path.abspath(os.path.expanduser(str(mask))))
     try:
         loss = build_loss(lpips, device=device, resolution=lpips_resolution, mse_weight=mse_weight,
                           l1_weight=l1_weight, precision=precision, seed=seed)
     except (OSError, ValueError, RuntimeError) as err:
         raise InversionError(f'Cannot set up --lpips {lpips}: {err}') from err
+    if mask is not None or crop == 'pad':
+        check_mask_support(loss, G, device)
     opt = dict(save_video=save_video, video_every=max(1, int(video_every)), args=args or {})
-    job = InversionJob(G, loss, latent_space, settings, opt, device)
+    job = InversionJob(G, loss, latent_space, settings, opt, device, sources=sources)
 
     def batch_size(pending):
         if batch != 'auto':

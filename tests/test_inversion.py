@@ -374,3 +374,38 @@ def test_curve_plot_without_matplotlib(tmp_path):
     assert ((arr[..., 0] > 150) & (arr[..., 1] < 80)).sum() > 100          # The thick red mean line.
     outputs.plot_curves(tmp_path / 'curve.png', curves, truncation_end=5)
     assert PIL.Image.open(tmp_path / 'curve.png').size[0] >= 600
+
+
+def test_curve_plot_labels_the_truncation_end():
+    """The dotted truncation line carries a label: grey text pixels right of it, none without truncation."""
+    arr = outputs._pad([np.linspace(0.5, 0.1, 11)])
+    mean = np.linspace(0.5, 0.1, 11)
+    with_line = np.asarray(outputs._plot_pil(arr, mean, 5, 'test')).astype(int)
+    without = np.asarray(outputs._plot_pil(arr, mean, None, 'test')).astype(int)
+    x = 64 + (800 - 64 - 20) * 5 // 10
+    region = (slice(40, 60), slice(x + 3, x + 200))
+    grey = lambda a: ((np.abs(a[..., 0] - a[..., 1]) < 8) & (a[..., 0] < 200)).sum()   # noqa: E731
+    assert grey(with_line[region]) > 50 and grey(without[region]) == 0
+
+
+def test_titled_panels_and_overview_are_upscaled_and_captioned():
+    rng = np.random.RandomState(0)
+    target, recon = (rng.randint(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(2))
+    mask = np.full((16, 16), 255, np.uint8)
+    mask[:, 8:] = 0
+    sheet = outputs.titled_panels([(target, 'target'), (recon, 'recon'), (outputs.mask_overlay(target, mask), 'm')],
+                                  title='x')
+    assert sheet.shape == (128 + 2 * 20 + 8, 3 * (128 + 4) + 4, 3)
+    k = 128 // 16                                                                # nearest neighbour, 8x
+    y0 = 4 + 20
+    np.testing.assert_array_equal(sheet[y0:y0 + 128:k, 4:4 + 128:k], target)
+    np.testing.assert_array_equal(sheet[y0:y0 + 128:k, 136:136 + 128:k], recon)
+    overlay = sheet[y0:y0 + 128:k, 268:268 + 128:k].astype(int)
+    np.testing.assert_array_equal(overlay[:, :8], target[:, :8])                 # kept: unchanged
+    expected = np.rint(target[:, 8:] * 0.3 + np.array(outputs.MASK_TINT) * 0.7)
+    np.testing.assert_allclose(overlay[:, 8:], expected, atol=1)                 # ignored: tinted
+    caption = sheet[y0 + 128:, :]
+    assert (caption < 100).any()                                                 # text under the panels
+    entries = [(f'img{i}', target, recon, 0.1 * i, mask if i == 1 else None) for i in range(3)]
+    overview = outputs.overview_image(entries, 'title')
+    assert overview.shape[1] >= 3 * 128 and overview.shape[0] >= 2 * 128

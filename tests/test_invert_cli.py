@@ -68,7 +68,8 @@ def test_cli_writes_all_outputs(checkpoints, image_dir, tmp_path):
     for n in names:
         assert np.load(out / f'{n}.npy').shape == (R, 32)
         assert PIL.Image.open(out / f'{n}-recon.png').size == (32, 32)
-        assert PIL.Image.open(out / f'{n}-pair.png').size == (64, 32)
+        pair = PIL.Image.open(out / f'{n}-pair.png')           # titled panels, each upscaled 4x to 128 px
+        assert pair.size == ((3 if n == 'c' else 2) * (128 + 4) + 4, 128 + 2 * 20 + 8), n   # c.webp: alpha mask
         assert sorted(p.name for p in (out / 'frames' / n).iterdir()) == ['step00000.png', 'step00002.png', 'step00004.png']
     with np.load(out / 'latents.npz') as npz:
         assert list(npz['names']) == names and npz['latents'].shape == (3, R, 32)
@@ -79,6 +80,12 @@ def test_cli_writes_all_outputs(checkpoints, image_dir, tmp_path):
     assert [r['name'] for r in records] == names
     for r in records:
         assert r['steps'] == 4 and 0 <= r['lpips'] and r['mse'] > 0 and np.isfinite(r['psnr']) and r['seconds'] > 0
+    assert [r['masked'] for r in records] == [False, False, True]             # c.webp's alpha channel is a mask
+    alpha = np.asarray(PIL.Image.open(image_dir / 'c.webp'))[:, :, 3]
+    assert records[2]['mask_coverage'] == pytest.approx(alpha[8:56].mean() / 255, abs=0.02)   # centre crop of 64x48
+    assert records[0]['mask_coverage'] == 1.0
+    overview = PIL.Image.open(out / 'overview.png')
+    assert overview.size[0] >= 3 * 128 and overview.size[1] >= 2 * 128
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['images'] == 3 and summary['space'] == 'W' and summary['steps'] == 4
     assert summary['images_per_second'] > 0 and summary['skipped'] == 2
@@ -160,8 +167,8 @@ def test_cli_channels(tmp_path, image_dir):
         checkpoint.save_network_pkl(tmp_path / f'g{channels}.pkl', dict(G_ema=G))
     ok = run_cli(*base_args(tmp_path / 'g1.pkl', image_dir / 'a.png', tmp_path / 'grey', '--steps', 2))
     assert ok.exit_code == 0, ok.output
-    assert PIL.Image.open(tmp_path / 'grey' / 'a-pair.png').mode == 'L'
-    assert PIL.Image.open(tmp_path / 'grey' / 'a-pair.png').size == (64, 32)
+    assert PIL.Image.open(tmp_path / 'grey' / 'a-recon.png').mode == 'L'
+    assert PIL.Image.open(tmp_path / 'grey' / 'a-pair.png').size == (2 * (128 + 4) + 4, 128 + 2 * 20 + 8)
     refused = run_cli(*base_args(tmp_path / 'g4.pkl', image_dir / 'a.png', tmp_path / 'rgba'))
     assert refused.exit_code == 1 and '4-channel images' in refused.output
     assert not (tmp_path / 'rgba').exists()                        # Nothing written for a refused run.
@@ -176,3 +183,27 @@ def test_cli_on_stylegan2_ada_pickle(tmp_path, image_dir):
     assert np.load(out / 'a.npy').shape == (8, 64)
     refused = run_cli(*base_args(pkl, image_dir / 'a.png', tmp_path / 'nv2', '--space', 'W'))
     assert refused.exit_code == 1 and 'use w or w+' in refused.output
+
+
+def test_overview_after_a_resume_shows_the_earlier_images(checkpoints, image_dir, tmp_path, monkeypatch):
+    """Images finished by an earlier process are decoded again for overview.png (3 columns, not 1)."""
+    out = tmp_path / 'out'
+    args = base_args(checkpoints['overparam'], image_dir, out, '--space', 'W', '--batch', 2, '--steps', 2)
+
+    class Killed(Exception):
+        pass
+
+    original_run = optimize.Inverter.run
+
+    def die_on_second_batch(self, max_steps=None):
+        if self.num_images == 1:
+            raise Killed()
+        yield from original_run(self, max_steps)
+
+    monkeypatch.setattr(optimize.Inverter, 'run', die_on_second_batch)
+    with pytest.raises(Killed):
+        run_cli(*args)
+    one_batch = PIL.Image.open(out / 'overview.png').size
+    monkeypatch.setattr(optimize.Inverter, 'run', original_run)
+    assert run_cli(*args).exit_code == 0
+    assert PIL.Image.open(out / 'overview.png').size[0] > one_batch[0] + 128

@@ -125,11 +125,27 @@ def test_r1_penalty_and_gradients_match_independent_computation():
 # ---------------------------------------------------------------------------- path length
 
 
+def fork_path_length(grads, ppl_power):
+    """The authors' fork, written out: ws [N, L*R, w_dim] into stylegan2-ada-pytorch's formula, times R ** ppl_power.
+
+    Per image: square the gradient, sum over w_dim, average over the num_ws * R vectors, sqrt, times R ** ppl_power.
+    """
+    n, w_dim = grads.shape[0], grads.shape[-1]
+    rows = grads.shape[2] if grads.ndim == 4 else 1
+    vectors = grads.reshape(n, -1, w_dim).double()                         # [N, L * R, w_dim]
+    out = []
+    for per_img in vectors:
+        total = sum(float((v * v).sum()) for v in per_img)
+        out.append(np.sqrt(total / len(per_img)) * rows ** ppl_power)
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize('reduction, ppl_power', [('sum', 0.5), ('mean', 0.0)])
 @pytest.mark.parametrize('latent_rows', ROWS)
-def test_path_length_matches_independent_autograd(latent_rows):
+def test_path_length_matches_independent_autograd(latent_rows, reduction, ppl_power):
     G, D = make_nets(latent_rows)
     _, _, z, c = make_batch(G, n=2)
-    loss = StyleGAN2Loss('cpu', G, D, style_mixing_prob=0)
+    loss = StyleGAN2Loss('cpu', G, D, style_mixing_prob=0, pl_row_reduction=reduction)
 
     torch.manual_seed(5)
     img, pl_grads, lengths = loss.path_lengths(z, c)
@@ -141,19 +157,25 @@ def test_path_length_matches_independent_autograd(latent_rows):
     grads, = torch.autograd.grad((img2 * noise).sum(), ws)
     assert pl_grads.shape == (2, G.num_ws, *G.w_shape)
     torch.testing.assert_close(pl_grads, grads, rtol=1e-4, atol=1e-7)
-
-    # sqrt of the mean, over layers (and rows), of each latent vector's squared gradient norm.
-    vectors = grads.reshape(2, -1, G.w_dim)                               # [N, L (*R), w_dim]
-    expect = torch.stack([torch.stack([v.norm() ** 2 for v in per_img]).mean().sqrt() for per_img in vectors])
-    torch.testing.assert_close(lengths, expect, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(lengths.double(), fork_path_length(grads, ppl_power).double(), rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(img, img2)
 
     if latent_rows is not None:
         assert pl_grads.abs().sum() > 0, 'the latent matrix must receive a gradient'
         # Rows beyond a layer's output channels are unused; the toRGB layer uses 3 rows only.
         assert pl_grads[:, -1, 3:].abs().max() == 0 and pl_grads[:, -1, :3].abs().max() > 0
-        summed = path_lengths_from_grads(pl_grads, 'sum')
-        torch.testing.assert_close(summed, lengths * np.sqrt(R))
+        # The two reductions differ by sqrt(R) in length (R in the penalty for the same pl_weight).
+        other = path_lengths_from_grads(pl_grads, 'mean' if reduction == 'sum' else 'sum')
+        ratio = np.sqrt(R) if reduction == 'sum' else 1 / np.sqrt(R)
+        torch.testing.assert_close(lengths, other * ratio)
+
+
+def test_default_path_length_is_the_forks_default():
+    """StyleGAN2Loss and the paper presets default to ppl_power 0.5 ('sum'), the authors' default."""
+    G, D = make_nets(R)
+    assert StyleGAN2Loss('cpu', G, D).pl_row_reduction == 'sum'
+    from configs import presets
+    assert presets.COMMON['pl_rows'] == 'sum'
 
 
 @pytest.mark.parametrize('latent_rows', ROWS)

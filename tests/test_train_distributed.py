@@ -108,7 +108,7 @@ def test_two_process_training_run(tmp_path):
     run_dir = launch.launch_training(c, outdir, 'dist', gpus=WORLD, device_type='cpu', options=dict(num_gpus=WORLD))
     assert os.path.basename(run_dir) == '00000-dist'
     files = os.listdir(run_dir)
-    assert {'network-snapshot-000000.pkl', 'training-state-000000.pt', 'fakes_init.png', 'training_options.json'} <= set(files)
+    assert {'network-snapshot-000000.016.pkl', 'training-state-000000.016.pt', 'fakes_init.png', 'training_options.json'} <= set(files)
     assert not [f for f in files if '.tmp' in f]
     log = open(os.path.join(run_dir, 'log.txt')).read()
     assert log.count('Exiting...') == 1                  # only rank 0 writes

@@ -15,11 +15,13 @@ from configs import presets
 from conftest import shared_fixture
 from torch_utils import checkpoint
 from training import phases as phase_lib
+from training.augment import AUGPIPE_SPECS
 from training import snapshot
 from training.loss import StyleGAN2Loss
 from training.networks import Generator
 from training.tiny_data import write_tiny_dataset
-from training.training_loop import TrainingRun, _setup_backends, training_loop
+from training.run_setup import setup_backends as _setup_backends
+from training.training_loop import TrainingRun, training_loop
 
 ROWS = 32   # latent rows of the tiny overparameterized generator (>= its widest layer, 32 channels)
 
@@ -74,8 +76,8 @@ def test_tiny_run_trains_and_snapshots(data16, tmp_path, rows, aug):
     run_dir = str(tmp_path / 'run')
     summary = training_loop(run_dir=run_dir, verbose=False, **tiny_config(data16, rows=rows, aug=aug))
     assert summary['cur_nimg'] == 16 and summary['batch_idx'] == 4 and summary['skipped_steps'] == 0
-    for name in ['network-snapshot-000000.pkl', 'training-state-000000.pt', 'reals.png', 'fakes_init.png',
-                 'fakes000000.png', 'log.txt', 'stats.jsonl']:
+    for name in ['network-snapshot-000000.016.pkl', 'training-state-000000.016.pt', 'reals.png', 'fakes_init.png',
+                 'fakes000000.016.png', 'log.txt', 'stats.jsonl']:
         assert os.path.isfile(os.path.join(run_dir, name)), name
     assert not [f for f in os.listdir(run_dir) if '.tmp' in f]
 
@@ -85,7 +87,7 @@ def test_tiny_run_trains_and_snapshots(data16, tmp_path, rows, aug):
         values = [s[key]['mean'] for s in stats if key in s]
         assert values and all(v is not None and np.isfinite(v) for v in values), key
 
-    data = checkpoint.load_network_pkl(os.path.join(run_dir, 'network-snapshot-000000.pkl'))
+    data = checkpoint.load_network_pkl(os.path.join(run_dir, 'network-snapshot-000000.016.pkl'))
     assert {'G', 'D', 'G_ema', 'augment_pipe', 'training_set_kwargs'} <= set(data)
     assert data['cur_nimg'] == 16 and data['G'].latent_rows == rows
     if aug == 'ada':   # p starts at 0 and moves by 4 * 4 / 500k at batch 4 (up only if D's real signs exceed 0.6)
@@ -104,12 +106,12 @@ def test_tiny_run_trains_and_snapshots(data16, tmp_path, rows, aug):
 def test_resume_restores_counter_and_optimizer_state(data16, tmp_path):
     run1 = str(tmp_path / 'run1')
     training_loop(run_dir=run1, verbose=False, **tiny_config(data16, rows=ROWS))
-    state_path = os.path.join(run1, 'training-state-000000.pt')
+    state_path = os.path.join(run1, 'training-state-000000.016.pt')
     saved = snapshot.load_training_state(state_path)
     assert saved['progress']['cur_nimg'] == 16 and saved['progress']['batch_idx'] == 4
 
     # Resuming from the pickle finds its training state: counters, optimizers, weights and loss state come back.
-    cfg = dict(tiny_config(data16, rows=ROWS, kimg=0.032), resume_pkl=os.path.join(run1, 'network-snapshot-000000.pkl'))
+    cfg = dict(tiny_config(data16, rows=ROWS, kimg=0.032), resume_pkl=os.path.join(run1, 'network-snapshot-000000.016.pkl'))
     run = TrainingRun.from_kwargs(run_dir=str(tmp_path / 'run2'), verbose=False, **cfg)
     try:
         assert run.progress.cur_nimg == 16 and run.progress.batch_idx == 4 and not run.fresh
@@ -159,13 +161,13 @@ def test_interrupted_snapshot_keeps_previous(data16, tmp_path, monkeypatch):
     run_dir = str(tmp_path / 'run')
     training_loop(run_dir=run_dir, verbose=False, **tiny_config(data16))
     before = {name: open(os.path.join(run_dir, name), 'rb').read()
-              for name in ['network-snapshot-000000.pkl', 'training-state-000000.pt']}
+              for name in ['network-snapshot-000000.016.pkl', 'training-state-000000.016.pt']}
 
     def dump_half(obj, f, protocol=None):
         f.write(pickle.dumps(obj, protocol=protocol)[:1000])
         raise SimulatedKill()
     monkeypatch.setattr(checkpoint.pickle, 'dump', dump_half)
-    cfg = dict(tiny_config(data16, kimg=0.032), resume_pkl=os.path.join(run_dir, 'training-state-000000.pt'))
+    cfg = dict(tiny_config(data16, kimg=0.032), resume_pkl=os.path.join(run_dir, 'training-state-000000.016.pt'))
     with pytest.raises(SimulatedKill):
         training_loop(run_dir=run_dir, verbose=False, **cfg)
     monkeypatch.undo()
@@ -174,7 +176,7 @@ def test_interrupted_snapshot_keeps_previous(data16, tmp_path, monkeypatch):
     assert not [n for n in names if '.tmp' in n], names
     for name, content in before.items():
         assert open(os.path.join(run_dir, name), 'rb').read() == content, name
-    assert checkpoint.load_network_pkl(os.path.join(run_dir, 'network-snapshot-000000.pkl'))['cur_nimg'] == 16
+    assert checkpoint.load_network_pkl(os.path.join(run_dir, 'network-snapshot-000000.016.pkl'))['cur_nimg'] == 16
 
     # The same for the training state: a failed torch.save leaves the old file and no temporary one.
     def save_half(obj, f, *args, **kwargs):
@@ -182,10 +184,10 @@ def test_interrupted_snapshot_keeps_previous(data16, tmp_path, monkeypatch):
         raise SimulatedKill()
     monkeypatch.setattr(snapshot.torch, 'save', save_half)
     with pytest.raises(SimulatedKill):
-        snapshot.save_training_state(os.path.join(run_dir, 'training-state-000000.pt'), {'x': 1})
+        snapshot.save_training_state(os.path.join(run_dir, 'training-state-000000.016.pt'), {'x': 1})
     monkeypatch.undo()
     assert sorted(os.listdir(run_dir)) == names
-    assert snapshot.load_training_state(os.path.join(run_dir, 'training-state-000000.pt'))['progress']['cur_nimg'] == 16
+    assert snapshot.load_training_state(os.path.join(run_dir, 'training-state-000000.016.pt'))['progress']['cur_nimg'] == 16
 
 
 def test_nan_gradient_skips_step(data16, tmp_path, monkeypatch):
@@ -233,7 +235,7 @@ def test_metrics_hook(data16, tmp_path):
     assert calls == [('fake', ROWS, data16, 1, 0, 'cpu')]
     (line,) = [json.loads(x) for x in open(tmp_path / 'a' / 'metric-fake.jsonl')]
     assert line['results'] == dict(score=1.5) and line['kimg'] == 0.004
-    assert line['snapshot_pkl'] == 'network-snapshot-000000.pkl'
+    assert line['snapshot_pkl'] == 'network-snapshot-000000.004.pkl'
 
     # A metric module that cannot be imported costs one warning, not the run. abort_fn stops after a tick.
     progress = []
@@ -241,7 +243,7 @@ def test_metrics_hook(data16, tmp_path):
                             **dict(cfg, total_kimg=1, metric_fn='no_such_package.metric_main.calc_metric',
                                    abort_fn=lambda: len(progress) >= 1, progress_fn=lambda *a: progress.append(a)))
     assert summary['aborted'] and summary['cur_nimg'] == 12 and progress == [(4, 1000), (12, 1000)]
-    assert os.path.isfile(tmp_path / 'b' / 'network-snapshot-000000.pkl')
+    assert os.path.isfile(tmp_path / 'b' / 'network-snapshot-000000.012.pkl')
     assert not os.path.exists(tmp_path / 'b' / 'metric-fake.jsonl')
     assert 'Warning: metrics fake skipped: cannot import' in open(tmp_path / 'b' / 'log.txt').read()
 
@@ -262,8 +264,14 @@ def test_paper_presets_match_auto_at_256px_on_4_gpus(tmp_path):
         assert c.G_kwargs['latent_rows'] == rows and c.G_kwargs['mapping_kwargs'] == dict(num_layers=2, lr_multiplier=0.01)
         assert (syn['channel_base'], syn['channel_max'], syn['use_noise']) == (16384, 512, False)
         assert c.precision == 'fp32' and syn['num_fp16_res'] == 0 and syn['conv_clamp'] is None
-        assert c.D_kwargs['epilogue_kwargs']['mbstd_group_size'] == 4 and c.augment_kwargs is None
-        assert c.training_set_kwargs['xflip'] and (c.G_reg_interval, c.D_reg_interval) == (4, 16)
+        assert c.D_kwargs['epilogue_kwargs']['mbstd_group_size'] == 4 and (c.G_reg_interval, c.D_reg_interval) == (4, 16)
+        # NVIDIA's default augmentation: ADA with the 'bgc' pipe at target 0.6, p from 0, 500 kimg speed, no x-flips.
+        assert c.augment_kwargs == dict(class_name='training.augment.AugmentPipe', **AUGPIPE_SPECS[presets.DEFAULT_AUGPIPE])
+        assert c.ada_target == 0.6 and c.augment_p == 0 and not c.training_set_kwargs['xflip']
+        assert c.loss_kwargs['pl_row_reduction'] == 'sum' and c.loss_kwargs['pl_weight'] == 2
+    plain = presets.setup_training_config(cfg='paper256-overparam', data=data256, aug='noaug', mirror=True, pl_rows='mean')
+    assert plain.augment_kwargs is None and plain.ada_target is None and plain.training_set_kwargs['xflip']
+    assert plain.loss_kwargs['pl_row_reduction'] == 'mean'
     mixed = presets.setup_training_config(cfg='paper256-overparam', data=data256, precision='mixed', gamma=1, gpus=4, aug='ada')
     assert mixed.G_kwargs['synthesis_kwargs']['num_fp16_res'] == 4 and mixed.D_kwargs['conv_clamp'] == 256
     assert mixed.loss_kwargs['r1_gamma'] == 1 and mixed.batch_gpu == 16 and mixed.ada_target == 0.6

@@ -27,6 +27,8 @@ from dnnlib.util import append_line, atomic_write
 # extensions are tried too, since Pillow recognises formats by content.
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 _JUNK_DIRS = ('__MACOSX',)
+# The record files of a folder written by align_faces.py (it holds alignment.jsonl): the crops are the images.
+ALIGNED_RECORDS = ('alignment.jsonl', 'skipped.json', 'settings.json', 'summary.json', 'log.txt')
 
 
 class ImageReadError(ValueError):
@@ -61,8 +63,10 @@ def list_folder(root, exclude=()):
 
     candidates: relative paths ('sub/img.png', '/'-separated) to try as images; ignored: [(relative path,
     reason)] for hidden files and macOS resource forks; names in `exclude` (e.g. 'dataset.json') are in
-    neither list.
+    neither list, nor are the record files (`ALIGNED_RECORDS`) of a folder written by align_faces.py.
     """
+    if os.path.isfile(os.path.join(root, ALIGNED_RECORDS[0])):
+        exclude = tuple(exclude) + ALIGNED_RECORDS
     rels = []
     for folder, dirs, files in os.walk(root):
         dirs.sort()

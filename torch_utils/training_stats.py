@@ -1,8 +1,9 @@
-"""Named scalar statistics: cheap `report()` calls anywhere, summed across devices/ranks by a `Collector`.
+"""Named scalar statistics: cheap `report()` calls anywhere, summed over devices and ranks by a `Collector`.
 
-Each name keeps running moments [count, sum, sum of squares] per device. `Collector.update()` gathers
-them (with torch.distributed all_reduce once `init_multiprocessing` was called) and exposes the
-count, mean and standard deviation of everything reported since the previous update.
+For each name the module keeps three running sums per device, `[count, sum(x), sum(x^2)]` in float64, with no host
+synchronisation at report time. A `Collector` periodically moves them to the CPU (one all_reduce over ranks once
+`init_multiprocessing` was called) and gives the count, mean and standard deviation of what arrived since its
+previous `update()`. The names are stylegan2-ada-pytorch's ('Loss/G/loss', 'Progress/kimg', ...).
 """
 
 import re
@@ -12,138 +13,140 @@ import torch
 
 from dnnlib import EasyDict
 
-_counter_dtype = torch.float64
-_rank = 0
-_sync_device = None     # Device used for all_reduce; None = single process.
-_sync_called = False
-_counters = {}          # name -> {device: tensor [3]}, moments not yet collected
-_cumulative = {}        # name -> cpu tensor [3], all moments collected so far
+_SUM_DTYPE = torch.float64
+
+_state = EasyDict(
+    rank=0,             # This process's rank: `report0` keeps only rank 0's values.
+    sync_device=None,   # Device of the cross-rank all_reduce; None = single process.
+    synced=False,       # A Collector has synchronised (init_multiprocessing is too late after that).
+)
+_pending = {}           # name -> {device: float64 [3]} reported but not yet collected
+_collected = {}         # name -> CPU float64 [3], everything collected so far (summed over ranks)
 
 # ----------------------------------------------------------------------------
 
 
-def init_multiprocessing(rank, sync_device):
+def init_multiprocessing(rank, sync_device) -> None:
     """Enable cross-process sums. Call once per process, before the first `Collector.update()`.
 
     sync_device: device of the all_reduce (torch.device('cuda', local_rank) for NCCL, 'cpu' for Gloo).
     """
-    global _rank, _sync_device
-    if _sync_called:
+    if _state.synced:
         raise RuntimeError('init_multiprocessing() must be called before the first Collector.update()')
-    _rank = int(rank)
-    _sync_device = None if sync_device is None else torch.device(sync_device)
+    _state.rank = int(rank)
+    _state.sync_device = torch.device(sync_device) if sync_device is not None else None
 
 
 def report(name, value):
-    """Accumulate the elements of `value` (number, array or tensor) under `name`; returns `value` unchanged.
+    """Add the elements of `value` (number, array or tensor) to the sums of `name`; returns `value` unchanged.
 
-    Every rank should report the same names (an empty value still registers a name) so that
-    the all_reduce of `Collector.update()` lines up; `report0` does this for rank-0-only stats.
+    Every rank should report the same names (an empty value still registers a name) so that the all_reduce of
+    `Collector.update()` lines up; `report0` does this for rank-0-only stats.
     """
-    per_device = _counters.setdefault(name, {})
-    elems = torch.as_tensor(value)
-    if elems.numel() == 0:
+    sums_by_device = _pending.setdefault(name, {})
+    x = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value, dtype=np.float32))
+    if x.numel() == 0:
         return value
-    elems = elems.detach().flatten().to(torch.float32)
-    moments = torch.stack([torch.ones_like(elems).sum(), elems.sum(), elems.square().sum()]).to(_counter_dtype)
-    device = moments.device
-    if device not in per_device:
-        per_device[device] = torch.zeros_like(moments)
-    per_device[device].add_(moments)
+    x = x.detach().reshape(-1).float()
+    sums = torch.stack([x.new_tensor(float(x.numel())), x.sum(), (x * x).sum()]).to(_SUM_DTYPE)
+    if x.device in sums_by_device:
+        sums_by_device[x.device] += sums
+    else:
+        sums_by_device[x.device] = sums
     return value
 
 
 def report0(name, value):
     """Like `report`, but only rank 0's values count (other ranks register the name with no data)."""
-    report(name, value if _rank == 0 else [])
+    report(name, [] if _state.rank != 0 else value)
     return value
 
 
-def _sync(names):
-    """Move pending moments of `names` into the cumulative totals (summed over ranks); return the totals."""
-    global _sync_called
+def _collect(names):
+    """Add what was reported under `names` since the last call (all ranks together) to `_collected`."""
     if not names:
-        return []
-    _sync_called = True
-    device = torch.device('cpu') if _sync_device is None else _sync_device
-    deltas = []
-    for name in names:
-        delta = torch.zeros(3, dtype=_counter_dtype, device=device)
-        for counter in _counters[name].values():
-            delta.add_(counter.to(device))
-            counter.zero_()
-        deltas.append(delta)
-    deltas = torch.stack(deltas)
-    if _sync_device is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(deltas)
-    deltas = deltas.cpu()
-    totals = []
-    for idx, name in enumerate(names):
-        total = _cumulative.setdefault(name, torch.zeros(3, dtype=_counter_dtype))
-        total.add_(deltas[idx])
-        totals.append((name, total))
-    return totals
-
+        return
+    _state.synced = True
+    device = _state.sync_device or torch.device('cpu')
+    fresh = torch.zeros([len(names), 3], dtype=_SUM_DTYPE, device=device)
+    for row, name in enumerate(names):
+        for sums in _pending[name].values():
+            fresh[row] += sums.to(device)
+            sums.zero_()
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if _state.sync_device is not None and distributed:
+        torch.distributed.all_reduce(fresh)
+    fresh = fresh.cpu()
+    for row, name in enumerate(names):
+        if name in _collected:
+            _collected[name] += fresh[row]
+        else:
+            _collected[name] = fresh[row].clone()
 
 # ----------------------------------------------------------------------------
 
 
 class Collector:
-    """Gathers the stats whose names fully match `regex`, as of the last `update()`.
+    """Statistics whose names fully match `regex`, over the interval between its last two `update()` calls.
 
     keep_previous: keep the last known value of a stat that had no new reports since the previous update.
     """
 
-    def __init__(self, regex='.*', keep_previous=True):
-        self._regex = re.compile(regex)
-        self._keep_previous = keep_previous
-        self._seen = {}      # name -> cumulative moments at the previous update
-        self._moments = {}   # name -> moments between the two latest updates
+    def __init__(self, regex='.*',
+                 keep_previous=True):
+        self._pattern = re.compile(regex)
+        self.keep_previous = bool(keep_previous)
+        self._baseline = {}   # name -> _collected[name] at the previous update
+        self._interval = {}   # name -> sums of the last interval
         self.update()
-        self._moments.clear()
+        self._interval = {}
 
     def names(self):
         """Names of all reported stats that match the regex (sorted, identical on every rank)."""
-        return sorted(name for name in _counters if self._regex.fullmatch(name))
+        return sorted(n for n in _pending if self._pattern.fullmatch(n))
 
     def update(self):
         """Collect everything reported since the previous update (a collective call when distributed)."""
-        if not self._keep_previous:
-            self._moments.clear()
-        for name, total in _sync(self.names()):
-            previous = self._seen.setdefault(name, torch.zeros_like(total))
-            delta = total - previous
-            previous.copy_(total)
-            if float(delta[0]) != 0:
-                self._moments[name] = delta
+        names = self.names()
+        _collect(names)
+        if not self.keep_previous:
+            self._interval = {}
+        for name in names:
+            total = _collected.get(name)
+            if total is None:
+                continue
+            delta = total - self._baseline.get(name, torch.zeros_like(total))
+            self._baseline[name] = total.clone()
+            if delta[0] != 0:
+                self._interval[name] = delta
+
+    def sums(self, name):
+        """(count, sum, sum of squares) of the last interval, as floats ((0, 0, 0) when nothing was reported)."""
+        delta = self._interval.get(name)
+        return (0.0, 0.0, 0.0) if delta is None else tuple(float(v) for v in delta)
 
     def num(self, name):
         """Number of scalars reported under `name` in the last interval."""
-        moments = self._moments.get(name)
-        return 0 if moments is None else int(moments[0])
+        return int(self.sums(name)[0])
 
     def mean(self, name):
         """Mean of the last interval (nan when nothing was reported)."""
-        moments = self._moments.get(name)
-        if moments is None or float(moments[0]) == 0:
-            return float('nan')
-        return float(moments[1] / moments[0])
+        count, total, _ = self.sums(name)
+        return total / count if count else float('nan')
 
     def std(self, name):
         """Population standard deviation of the last interval (nan when nothing was reported)."""
-        moments = self._moments.get(name)
-        if moments is None or float(moments[0]) == 0 or not np.isfinite(float(moments[1])):
+        count, total, squares = self.sums(name)
+        if not count or not np.isfinite(total):
             return float('nan')
-        if float(moments[0]) == 1:
+        if count == 1:
             return 0.0
-        mean = float(moments[1] / moments[0])
-        raw_var = float(moments[2] / moments[0])
-        return float(np.sqrt(max(raw_var - mean * mean, 0.0)))
+        mean = total / count
+        return float(np.sqrt(max(squares / count - mean * mean, 0.0)))
 
     def as_dict(self):
         """{name: EasyDict(num, mean, std)} for the stats of the last interval, e.g. for stats.jsonl."""
-        return {name: EasyDict(num=self.num(name), mean=self.mean(name), std=self.std(name))
-                for name in self.names() if name in self._moments}
+        return {n: EasyDict(num=self.num(n), mean=self.mean(n), std=self.std(n)) for n in self.names()
+                if n in self._interval}
 
-    def __getitem__(self, name):
-        return self.mean(name)
+    __getitem__ = mean

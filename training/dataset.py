@@ -1,7 +1,8 @@
-"""Image datasets read from a zip or a folder (format written by dataset_tool.py), plus an infinite sampler.
+"""Image datasets read from a zip or a folder (the layout dataset_tool.py writes), plus the training sampler.
 
-``ImageFolderDataset[i]`` returns ``(image, label)``: a uint8 array [C, H, W] and
-a float32 label vector (one-hot for integer class labels, empty without labels).
+`ImageFolderDataset[i]` is `(image, label)`: uint8 `[C, H, W]` and a float32 label vector (one-hot for integer class
+labels, `[0]`-shaped without labels). The dataset has no randomness of its own: item `i` is always the same
+image (mirrored or not), so data-loader workers never need seeding for exact resume.
 """
 
 import json
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import PIL.Image
 import torch
+from torch.utils.data import Dataset as _TorchDataset
 
 from torch_utils.misc import InfiniteSampler  # noqa: F401  (re-exported: the training loop shards data with it)
 
@@ -20,251 +22,242 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
 
 @dataclass
 class ImageDetails:
-    """What ``Dataset.get_details(idx)`` returns."""
+    """What `Dataset.get_details(idx)` returns."""
     raw_idx: int
     xflip: bool
     raw_label: np.ndarray
 
 
-class Dataset(torch.utils.data.Dataset):
-    """Base class: index selection (max_size), x-flip augmentation and label handling.
+def _checked_labels(labels, num_images, where):
+    """Raw labels as stored: int64 `[N]` class indices or float32 `[N, D]` vectors (`[N, 0]` without labels)."""
+    if labels is None:
+        return np.zeros([num_images, 0], dtype=np.float32)
+    labels = np.asarray(labels)
+    if len(labels) != num_images:
+        raise ValueError(f'{where}: {len(labels)} labels for {num_images} images')
+    if labels.dtype == np.int64 and labels.ndim == 1 and (labels.size == 0 or labels.min() >= 0):
+        return labels
+    if labels.dtype == np.float32 and labels.ndim == 2:
+        return labels
+    raise ValueError(f'{where}: labels must be a flat list of int64 classes >= 0 or float32 vectors of equal length')
 
-    Subclasses implement ``_load_raw_image(raw_idx)`` -> uint8 [C, H, W] and
-    ``_load_raw_labels()`` -> array [N] (int classes) or [N, D] (float), or None.
+
+class Dataset(_TorchDataset):
+    """Item selection over raw images: an optional seeded subset (max_size) and optional mirrored copies (xflip).
+
+    Item `i` shows raw image `self._source[i]`, flipped left-right when `self._mirrored[i]`. Subclasses provide
+    `read_image(raw_idx)` -> uint8 `[C, H, W]` and `read_labels()` -> int64 `[N]`, float32 `[N, D]` or None.
     """
 
     def __init__(self, name, raw_shape, max_size=None, use_labels=False, xflip=False, random_seed=0):
         self._name = name
-        self._raw_shape = list(raw_shape)
+        self._raw_shape = [int(s) for s in raw_shape]     # [N, C, H, W] of the raw images
         self._use_labels = bool(use_labels)
-        self._raw_labels = None
-        self._label_shape = None
+        self._labels = None                                # raw labels, read on first use
 
-        # Pick a random but reproducible subset when max_size is smaller than the data.
-        self._raw_idx = np.arange(self._raw_shape[0], dtype=np.int64)
-        if max_size is not None and self._raw_idx.size > max_size:
-            rng = np.random.RandomState(random_seed % (1 << 31))
-            self._raw_idx = np.sort(rng.permutation(self._raw_idx)[:max_size])
+        num_raw = self._raw_shape[0]
+        source = np.arange(num_raw, dtype=np.int64)
+        if max_size is not None and max_size < num_raw:   # Reproducible subset, kept in raw order.
+            chosen = np.random.RandomState(random_seed % (1 << 31)).permutation(num_raw)[:max_size]
+            source = np.sort(chosen).astype(np.int64)
+        mirrored = np.zeros(len(source), dtype=bool)
+        if xflip:                                          # Mirrored copies form the second half.
+            source, mirrored = np.tile(source, 2), np.repeat([False, True], len(source))
+        self._source, self._mirrored = source, mirrored
 
-        # X-flip doubles the dataset: the second half are mirrored copies.
-        self._xflip = np.zeros(self._raw_idx.size, dtype=np.uint8)
-        if xflip:
-            self._raw_idx = np.concatenate([self._raw_idx, self._raw_idx])
-            self._xflip = np.concatenate([self._xflip, np.ones_like(self._xflip)])
-
-    def _get_raw_labels(self):
-        if self._raw_labels is None:
-            labels = self._load_raw_labels() if self._use_labels else None
-            if labels is None:
-                labels = np.zeros([self._raw_shape[0], 0], dtype=np.float32)
-            labels = np.asarray(labels)
-            if labels.shape[0] != self._raw_shape[0]:
-                raise ValueError(f'{self._name}: {labels.shape[0]} labels for {self._raw_shape[0]} images')
-            if labels.dtype == np.int64:
-                if labels.ndim != 1 or (labels.size and labels.min() < 0):
-                    raise ValueError(f'{self._name}: integer labels must be a flat list of classes >= 0')
-            elif labels.dtype == np.float32:
-                if labels.ndim != 2:
-                    raise ValueError(f'{self._name}: float labels must be vectors of equal length')
-            else:
-                raise ValueError(f'{self._name}: labels must be int64 classes or float32 vectors')
-            self._raw_labels = labels
-        return self._raw_labels
-
-    def close(self):  # Release file handles; subclasses override.
-        pass
-
-    def _load_raw_image(self, raw_idx):
+    # Subclass interface.
+    def read_image(self, raw_idx):
         raise NotImplementedError
 
-    def _load_raw_labels(self):
+    def read_labels(self):
         raise NotImplementedError
 
-    def _raw_name(self, raw_idx):  # For error messages.
+    def describe(self, raw_idx):
+        """How error messages name raw image `raw_idx`."""
         return f'image {raw_idx}'
 
-    def __getstate__(self):
-        return dict(self.__dict__, _raw_labels=None)
+    def close(self):
+        """Release file handles (subclasses that hold any override this)."""
 
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # Interpreter shutdown: nothing useful to do.
-            pass
+    # Items.
+    def raw_labels(self):
+        """All raw labels (see `_checked_labels`), read once."""
+        if self._labels is None:
+            found = self.read_labels() if self._use_labels else None
+            self._labels = _checked_labels(found, self._raw_shape[0], self._name)
+        return self._labels
 
     def __len__(self):
-        return self._raw_idx.size
+        return len(self._source)
 
-    def __getitem__(self, idx):
-        image = self._load_raw_image(int(self._raw_idx[idx]))
-        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8):
-            raise TypeError(f'{self._name}: image {idx} is not a uint8 array')
+    def __getitem__(self, item):
+        raw = int(self._source[item])
+        image = self.read_image(raw)
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+            raise TypeError(f'{self._name}: {self.describe(raw)} is not a uint8 array')
         if list(image.shape) != self.image_shape:
-            raise ValueError(f'{self._name}: {self._raw_name(int(self._raw_idx[idx]))} has shape {list(image.shape)}, '
-                             f'expected {self.image_shape}; rebuild the data with dataset_tool.py')
-        if self._xflip[idx]:
-            image = image[:, :, ::-1]
-        return image.copy(), self.get_label(idx)
+            raise ValueError(f'{self._name}: {self.describe(raw)} has shape {list(image.shape)}, expected '
+                             f'{self.image_shape}; rebuild the data with dataset_tool.py')
+        if self._mirrored[item]:
+            image = np.flip(image, axis=2)
+        return np.ascontiguousarray(image).copy(), self.get_label(item)
 
     def get_label(self, idx):
-        label = self._get_raw_labels()[self._raw_idx[idx]]
-        if label.dtype == np.int64:
-            onehot = np.zeros(self.label_shape, dtype=np.float32)
-            onehot[label] = 1
-            return onehot
-        return label.copy()
+        """float32 label vector of item `idx` (one-hot for class labels)."""
+        raw = self.raw_labels()[self._source[idx]]
+        if raw.dtype != np.int64:
+            return np.array(raw, dtype=np.float32)
+        return np.eye(self.label_dim, dtype=np.float32)[int(raw)]
 
-    def get_details(self, idx):
-        return ImageDetails(raw_idx=int(self._raw_idx[idx]), xflip=bool(self._xflip[idx]),
-                            raw_label=self._get_raw_labels()[self._raw_idx[idx]].copy())
+    def get_details(self, item):
+        raw = int(self._source[item])
+        return ImageDetails(raw_idx=raw, xflip=bool(self._mirrored[item]), raw_label=self.raw_labels()[raw].copy())
 
+    # Shapes.
     @property
     def name(self):
         return self._name
 
     @property
     def image_shape(self):
-        return list(self._raw_shape[1:])
+        """[C, H, W]."""
+        return self._raw_shape[1:]
 
     @property
     def num_channels(self):
-        return self.image_shape[0]
+        return self._raw_shape[1]
 
     @property
     def resolution(self):
-        _, h, w = self.image_shape
-        if h != w:
-            raise ValueError(f'{self._name}: images are {w}x{h}, not square')
-        return h
+        height, width = self._raw_shape[2:]
+        if height != width:
+            raise ValueError(f'{self._name}: images are {width}x{height}, not square')
+        return height
 
     @property
     def label_shape(self):
-        if self._label_shape is None:
-            raw = self._get_raw_labels()
-            if raw.dtype == np.int64:
-                self._label_shape = [int(raw.max()) + 1 if raw.size else 0]
-            else:
-                self._label_shape = list(raw.shape[1:])
-        return list(self._label_shape)
+        labels = self.raw_labels()
+        if labels.dtype == np.int64:
+            return [int(labels.max()) + 1 if labels.size else 0]
+        return list(labels.shape[1:])
 
     @property
     def label_dim(self):
-        return self.label_shape[0] if self.label_shape else 0
+        shape = self.label_shape
+        return shape[0] if shape else 0
 
     @property
     def has_labels(self):
         return any(dim != 0 for dim in self.label_shape)
 
-    @property
-    def has_onehot_labels(self):
-        return self._get_raw_labels().dtype == np.int64
+    has_onehot_labels = property(lambda self: self.raw_labels().dtype == np.int64, doc='Class-index labels.')
+
+    # Pickling (DataLoader workers) and clean-up.
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state['_labels'] = None
+        return state
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:   # Interpreter shutdown: nothing useful to do.
+            pass
 
 
-class ImageFolderDataset(Dataset):
-    """Images from a folder (searched recursively) or a zip, with optional ``dataset.json`` labels."""
+class ImageFolderDataset(Dataset):  # a zip or a folder of images
+    """Images from a folder (searched recursively) or a zip, with optional `dataset.json` labels."""
 
-    def __init__(self, path, resolution=None, use_labels=False, max_size=None, xflip=False,
-                 random_seed=0, **kwargs):
+    def __init__(self, path, resolution=None, use_labels=False, max_size=None, xflip=False, random_seed=0, **kwargs):
         self._path = str(path)
-        self._zipfile = None
-        self._zip_pid = None
-        if os.path.isdir(self._path):
-            self._type = 'dir'
-            names = []
-            for root, dirs, files in os.walk(self._path):
+        self._zip, self._zip_owner = None, None
+        is_folder = os.path.isdir(self._path)
+        if is_folder:
+            self._kind = 'dir'
+            files = set()
+            for root, dirs, names in os.walk(self._path):
                 dirs.sort()
-                names += [os.path.relpath(os.path.join(root, f), self._path).replace(os.sep, '/')
-                          for f in files]
-            self._all_fnames = set(names)
+                files.update(os.path.relpath(os.path.join(root, n), self._path).replace(os.sep, '/') for n in names)
         elif os.path.isfile(self._path):
             if not zipfile.is_zipfile(self._path):
-                raise ValueError(f"dataset '{self._path}' is not a zip file or folder; "
-                                 'create one with dataset_tool.py')
-            self._type = 'zip'
-            self._all_fnames = set(self._get_zipfile().namelist())
+                raise ValueError(f"dataset '{self._path}' is not a zip file or folder; create one with dataset_tool.py")
+            self._kind = 'zip'
+            files = set(self._archive().namelist())
         else:
             raise FileNotFoundError(f"dataset path '{self._path}' does not exist; "
                                     'create one with: python dataset_tool.py --source ... --dest X.zip')
-        self._image_fnames = sorted(
-            f for f in self._all_fnames
-            if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS and not f.startswith('__MACOSX/'))
-        if not self._image_fnames:
+        self._files = files
+        self._image_names = sorted(f for f in files if not f.startswith('__MACOSX/')
+                                   and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
+        if not self._image_names:
             raise ValueError(f"no images found in '{self._path}'")
 
-        name = os.path.splitext(os.path.basename(self._path.rstrip('/\\')))[0]
-        first = self._load_raw_image(0)
-        raw_shape = [len(self._image_fnames)] + list(first.shape)
-        if resolution is not None and (raw_shape[2] != resolution or raw_shape[3] != resolution):
-            raise ValueError(f"images in '{self._path}' are {raw_shape[3]}x{raw_shape[2]} but "
-                             f'resolution={resolution} was requested; rebuild with '
-                             f'dataset_tool.py --resolution {resolution}')
+        channels, height, width = self.read_image(0).shape
+        if resolution is not None and (height, width) != (resolution, resolution):
+            raise ValueError(f"images in '{self._path}' are {width}x{height} but resolution={resolution} was "
+                             f'requested; rebuild with dataset_tool.py --resolution {resolution}')
         self.close()
-        super().__init__(name=name, raw_shape=raw_shape, max_size=max_size, use_labels=use_labels,
-                         xflip=xflip, random_seed=random_seed, **kwargs)
+        stem = os.path.splitext(os.path.basename(self._path.rstrip('/\\')))[0]
+        super().__init__(name=stem, raw_shape=[len(self._image_names), channels, height, width], max_size=max_size,
+                         use_labels=use_labels, xflip=xflip, random_seed=random_seed, **kwargs)
 
-    def _get_zipfile(self):
-        # Reopen in each process: a handle inherited through fork shares its file offset.
-        if self._zipfile is None or self._zip_pid != os.getpid():
-            self._zipfile = zipfile.ZipFile(self._path)
-            self._zip_pid = os.getpid()
-        return self._zipfile
+    def _archive(self):
+        # One handle per process: a handle inherited through fork would share its file offset with the parent.
+        if self._zip is None or self._zip_owner != os.getpid():
+            self._zip, self._zip_owner = zipfile.ZipFile(self._path), os.getpid()
+        return self._zip
 
-    def _open_file(self, fname):
-        if self._type == 'dir':
-            return open(os.path.join(self._path, fname), 'rb')
-        return self._get_zipfile().open(fname, 'r')
+    def _open(self, name):
+        if self._kind == 'zip':
+            return self._archive().open(name, 'r')
+        return open(os.path.join(self._path, name), 'rb')
 
     def close(self):
-        zf, self._zipfile = getattr(self, '_zipfile', None), None
-        if zf is not None and getattr(self, '_zip_pid', None) == os.getpid():
-            zf.close()
+        handle, self._zip = getattr(self, '_zip', None), None
+        if handle is not None and getattr(self, '_zip_owner', None) == os.getpid():
+            handle.close()
 
     def __getstate__(self):
-        return dict(super().__getstate__(), _zipfile=None, _zip_pid=None)
+        state = super().__getstate__()
+        state.update(_zip=None, _zip_owner=None)
+        return state
 
     @property
     def image_fnames(self):
         """Relative file names of the raw images, in raw-index order."""
-        return list(self._image_fnames)
+        return list(self._image_names)
 
-    def _raw_name(self, raw_idx):
-        return repr(self._image_fnames[raw_idx])
+    def describe(self, raw_idx):
+        return repr(self._image_names[raw_idx])
 
-    def _load_raw_image(self, raw_idx):
-        fname = self._image_fnames[raw_idx]
-        with self._open_file(fname) as fp:
-            with PIL.Image.open(fp) as img:
-                img.load()
-                if img.mode not in ('L', 'RGB'):
-                    img = img.convert('RGB')
-                image = np.array(img, dtype=np.uint8)
-        if image.ndim == 2:
-            image = image[:, :, np.newaxis]  # HW -> HWC
-        return image.transpose(2, 0, 1)  # HWC -> CHW
+    def read_image(self, raw_idx):
+        with self._open(self._image_names[raw_idx]) as f, PIL.Image.open(f) as img:
+            img.load()
+            pixels = np.array(img if img.mode in ('L', 'RGB') else img.convert('RGB'), dtype=np.uint8)
+        if pixels.ndim == 2:
+            pixels = pixels[:, :, None]
+        return pixels.transpose(2, 0, 1)                                  # HWC -> CHW
 
-    def _load_raw_labels(self):
-        fname = 'dataset.json'
-        if fname not in self._all_fnames:
+    def read_labels(self):
+        if 'dataset.json' not in self._files:
             return None
-        with self._open_file(fname) as fp:
-            labels = json.load(fp).get('labels')
-        if labels is None:
+        with self._open('dataset.json') as f:
+            entries = json.load(f).get('labels')
+        if entries is None:
             return None
-        labels = {str(k).replace('\\', '/'): v for k, v in labels}
-        missing = [f for f in self._image_fnames if f not in labels]
+        by_name = {str(name).replace('\\', '/'): value for name, value in entries}
+        missing = [n for n in self._image_names if n not in by_name]
         if missing:
             raise ValueError(f"'{missing[0]}' has no label in {self._path}/dataset.json "
                              f'({len(missing)} missing); fix the labels or use use_labels=False')
         try:
-            labels = np.array([labels[f] for f in self._image_fnames])
+            values = np.array([by_name[n] for n in self._image_names])
         except ValueError:
             raise ValueError(f'labels in {self._path}/dataset.json have mixed lengths') from None
-        if labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer):
-            return labels.astype(np.int64)  # Class indices -> one-hot in get_label.
-        if labels.ndim == 1:
-            labels = labels[:, np.newaxis]  # Scalar float labels -> 1-vectors.
-        if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.number):
+        if values.ndim == 1 and np.issubdtype(values.dtype, np.integer):
+            return values.astype(np.int64)                                # class indices, one-hot in get_label
+        if values.ndim == 1:
+            values = values[:, None]                                      # scalar labels -> 1-vectors
+        if values.ndim != 2 or not np.issubdtype(values.dtype, np.number):
             raise ValueError(f'labels in {self._path}/dataset.json must be ints or equal-length number lists')
-        return labels.astype(np.float32)
-
-
+        return values.astype(np.float32)

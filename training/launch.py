@@ -23,6 +23,24 @@ _RUN_RE = re.compile(r'^(\d+)-(.*)$')
 #----------------------------------------------------------------------------
 # Run directories.
 
+class OutdirError(ValueError):
+    """--outdir cannot hold run directories; the message says why and what to do."""
+
+
+def check_outdir(outdir):
+    """Raise OutdirError unless `outdir` is (or can be created as) a writable folder."""
+    path = os.path.abspath(outdir)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutdirError(f'--outdir: {outdir} is a file, not a folder; pass a folder for the run directories')
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise OutdirError(f'--outdir: {existing} is a file, so {outdir} cannot be created; pass a folder')
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutdirError(f'--outdir: {existing} is not writable; pass a folder you can write to')
+
+
 def next_run_dir(outdir, desc):
     """'{outdir}/{index:05d}-{desc}' with the next free index."""
     indices = [int(m.group(1)) for m in map(_RUN_RE.match, _listdir(outdir)) if m]
@@ -45,7 +63,7 @@ def prepare_run_dir(outdir, desc, c, options=None):
     """Pick the run directory (resolving `c.resume_pkl == 'auto'` in place) and write training_options.json.
 
     'auto' continues the newest run of the same description in `outdir` from its newest training state, in
-    that directory; without one it starts a new run.
+    that directory (the older states are fallbacks should it be unreadable); without one it starts a new run.
     """
     run_dir = None
     if c.resume_pkl == 'auto':
@@ -53,6 +71,7 @@ def prepare_run_dir(outdir, desc, c, options=None):
         c.resume_pkl = None
         if found is not None:
             run_dir, c.resume_pkl = found
+            c.resume_fallbacks = snapshot.list_states(run_dir)[-2::-1]
     if run_dir is None:
         run_dir = next_run_dir(outdir, desc)
     os.makedirs(run_dir, exist_ok=True)
@@ -100,10 +119,11 @@ def launch_training(c, outdir, desc, gpus=1, device_type=None, options=None, **l
     if env_world_size() is not None:
         distributed.init()
         rank, world_size = distributed.get_rank(), distributed.get_world_size()
-        holder = [prepare_run_dir(outdir, desc, c, options) if rank == 0 else None, c.resume_pkl]
+        holder = [prepare_run_dir(outdir, desc, c, options) if rank == 0 else None, c.resume_pkl,
+                  c.get('resume_fallbacks', [])]
         if world_size > 1:
             torch.distributed.broadcast_object_list(holder, src=0)
-        run_dir, c.resume_pkl = holder
+        run_dir, c.resume_pkl, c.resume_fallbacks = holder
         device = rank_device(_local_rank(), device_type)
         training_loop(run_dir=run_dir, rank=rank, world_size=world_size, device=device, **c, **loop_kwargs)
         return run_dir

@@ -1,7 +1,13 @@
-"""Optimisation phases of StyleGAN2 training (Karras et al. 2020, stylegan2-ada-pytorch's phase list): lazy
-regularization, gradients averaged over accumulation rounds and ranks, a non-finite gradient guard, the
-generator EMA and the ADA probability update."""
+"""Optimisation phases of StyleGAN2 training and the running averages updated after each step.
 
+A phase is one loss term optimised on its own schedule ('Gmain' every step, 'Greg' every G_reg_interval steps,
+...). Lazy regularization (Karras et al. 2020, appendix B) runs a regularizer every k steps with gain k and gives the
+network's Adam `lr * k/(k+1)` and `beta ** (k/(k+1))`, so that the main and the regularization steps together move
+as one un-lazy optimizer would. The generator average G_ema has a half-life in images; ADA (Karras et al. 2020,
+"Training GANs with Limited Data") steers the augmentation probability p from the sign of D's real logits.
+"""
+
+from contextlib import contextmanager
 import dataclasses
 
 import numpy as np
@@ -10,7 +16,6 @@ import torch
 import dnnlib
 
 #----------------------------------------------------------------------------
-# One optimizer step of one loss term ('Gmain', 'Greg', 'Gboth', 'Dmain', 'Dreg' or 'Dboth').
 
 @dataclasses.dataclass
 class Phase:
@@ -20,36 +25,43 @@ class Phase:
     interval: int                   # Runs when batch_idx % interval == 0.
 
 
-def setup_phases(G, D, G_opt_kwargs, D_opt_kwargs, G_reg_interval=4, D_reg_interval=16):
-    """[Gmain, Greg, Dmain, Dreg] with lazy regularization, or [Gboth, Dboth] where an interval is None.
+def _adam_for(module, opt_kwargs, ratio):
+    """The optimizer of `opt_kwargs` (class_name + arguments) with lr and betas rescaled for lazy regularization."""
+    kwargs = dict(opt_kwargs)
+    if ratio != 1:
+        kwargs['lr'] = kwargs['lr'] * ratio
+        kwargs['betas'] = [b ** ratio for b in kwargs['betas']]
+    return dnnlib.util.construct_class_by_name(module.parameters(), **kwargs)
 
-    Lazy regularization runs the regularizer every `interval` minibatches; the optimizer's learning rate and
-    betas are rescaled by mb_ratio = interval / (interval + 1) (StyleGAN2 appendix B, as stylegan2-ada-pytorch).
-    """
+
+def setup_phases(G, D, G_opt_kwargs, D_opt_kwargs, G_reg_interval=4, D_reg_interval=16):
+    """[Gmain, Greg, Dmain, Dreg] with lazy regularization, or [Gboth, Dboth] for a network whose interval is None."""
     phases = []
-    for name, module, opt_kwargs, reg_interval in [('G', G, G_opt_kwargs, G_reg_interval),
-                                                   ('D', D, D_opt_kwargs, D_reg_interval)]:
-        opt_kwargs = dnnlib.EasyDict(opt_kwargs)
-        if reg_interval is None:
-            opt = dnnlib.util.construct_class_by_name(module.parameters(), **opt_kwargs)
-            phases.append(Phase(name + 'both', module, opt, 1))
-            continue
-        mb_ratio = reg_interval / (reg_interval + 1)
-        opt_kwargs.lr = opt_kwargs.lr * mb_ratio
-        opt_kwargs.betas = [beta ** mb_ratio for beta in opt_kwargs.betas]
-        opt = dnnlib.util.construct_class_by_name(module.parameters(), **opt_kwargs)
-        phases += [Phase(name + 'main', module, opt, 1), Phase(name + 'reg', module, opt, reg_interval)]
+    for letter, module, opt_kwargs, every in (('G', G, G_opt_kwargs, G_reg_interval),
+                                              ('D', D, D_opt_kwargs, D_reg_interval)):
+        if every is None:
+            phases.append(Phase(f'{letter}both', module, _adam_for(module, opt_kwargs, 1), 1))
+        else:
+            opt = _adam_for(module, opt_kwargs, every / (every + 1))
+            phases.extend([Phase(f'{letter}main', module, opt, 1), Phase(f'{letter}reg', module, opt, every)])
     return phases
 
 
 def optimizers(phases):
     """{'G': opt, 'D': opt}: each distinct optimizer once, keyed by the network letter of its phases."""
-    opts = {}
+    found = {}
     for phase in phases:
-        opts.setdefault(phase.name[0], phase.opt)
-    return opts
+        found.setdefault(phase.name[0], phase.opt)
+    return found
 
 #----------------------------------------------------------------------------
+# One optimizer step of one phase.
+
+def all_finite(tensors):
+    """True when no element of any tensor is NaN or Inf (one host synchronisation)."""
+    flags = [torch.isfinite(t).all() for t in tensors]
+    return bool(torch.stack(flags).all()) if flags else True
+
 
 def reduce_gradients_(module, world_size):
     """Average the gradients of `module` over ranks (one flat all_reduce, no DDP) and check them.
@@ -57,16 +69,38 @@ def reduce_gradients_(module, world_size):
     Returns False if any gradient element is NaN or Inf (identical on every rank after the all_reduce),
     in which case the caller must skip the optimizer step.
     """
-    params = [param for param in module.parameters() if param.grad is not None]
-    if not params:
+    with_grad = [t for t in module.parameters() if t.grad is not None]
+    if not with_grad:
         return True
-    flat = torch.cat([param.grad.flatten() for param in params])
+    flat = torch.cat([t.grad.reshape(-1) for t in with_grad])
     if world_size > 1:
         torch.distributed.all_reduce(flat)
         flat /= world_size
-        for param, grad in zip(params, flat.split([param.numel() for param in params])):
-            param.grad.copy_(grad.reshape(param.shape))
+        offset = 0
+        for t in with_grad:
+            t.grad.copy_(flat[offset:offset + t.numel()].view_as(t.grad))
+            offset += t.numel()
     return bool(torch.isfinite(flat).all())
+
+
+def _set_trainable(module, flag):
+    module.requires_grad_(flag)
+
+
+@contextmanager
+def _training(module):
+    """Let gradients reach `module` inside the block only (both networks are frozen between phases)."""
+    _set_trainable(module, True)
+    try:
+        yield
+    finally:
+        _set_trainable(module, False)
+
+
+def _drop_grads(opt):
+    for group in opt.param_groups:
+        for tensor in group['params']:
+            tensor.grad = None
 
 
 def run_phase(phase, loss, real_img, real_c, gen_z, gen_c, cur_nimg, world_size=1):
@@ -77,44 +111,69 @@ def run_phase(phase, loss, real_img, real_c, gen_z, gen_c, cur_nimg, world_size=
     rounds instead; with Adam this only rescales epsilon.) Returns False when the step was skipped because a
     gradient was not finite: the weights and the optimizer state are then left untouched.
     """
-    num_rounds = len(real_img)
-    phase.module.requires_grad_(True)
-    phase.opt.zero_grad(set_to_none=True)
-    for round_img, round_c, round_z, round_gen_c in zip(real_img, real_c, gen_z, gen_c):
-        loss.accumulate_gradients(phase=phase.name, real_img=round_img, real_c=round_c, gen_z=round_z,
-                                  gen_c=round_gen_c, gain=phase.interval / num_rounds, cur_nimg=cur_nimg)
-    phase.module.requires_grad_(False)
+    rounds = list(zip(real_img, real_c, gen_z, gen_c))
+    gain = phase.interval / len(rounds)
+    _drop_grads(phase.opt)
+    with _training(phase.module):
+        for img, c, z, zc in rounds:
+            loss.accumulate_gradients(phase=phase.name, real_img=img, real_c=c, gen_z=z, gen_c=zc, gain=gain,
+                                      cur_nimg=cur_nimg)
     finite = reduce_gradients_(phase.module, world_size)
     if finite:
         phase.opt.step()
-    phase.opt.zero_grad(set_to_none=True)
+    _drop_grads(phase.opt)
     return finite
 
 #----------------------------------------------------------------------------
+# The generator's moving average.
 
 def ema_beta(cur_nimg, batch_size, ema_kimg, ema_rampup):
-    """Per-step decay for an EMA half-life of `ema_kimg` (ramped up as ema_rampup * cur_nimg early on)."""
-    ema_nimg = ema_kimg * 1000
-    if ema_rampup is not None:
-        ema_nimg = min(ema_nimg, cur_nimg * ema_rampup)
-    return 0.5 ** (batch_size / max(ema_nimg, 1e-8))
+    """Per-step decay of G_ema: half-life `ema_kimg` thousand images, so `beta = 0.5 ** (batch_size / half_life)`.
+
+    With ema_rampup the half-life is at most `ema_rampup * cur_nimg` images (a short memory early in training).
+    """
+    full = ema_kimg * 1000
+    half_life = full if ema_rampup is None else min(full, ema_rampup * cur_nimg)
+    return 0.5 ** (batch_size / max(half_life, 1e-8))
 
 
 @torch.no_grad()
 def update_ema(G_ema, G, beta):
-    """G_ema <- beta * G_ema + (1 - beta) * G for parameters; buffers (e.g. w_avg) are copied."""
-    for p_ema, p in zip(G_ema.parameters(), G.parameters()):
-        p_ema.copy_(p.detach().lerp(p_ema, beta))
-    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
-        b_ema.copy_(b.detach())
+    """G_ema <- G + beta * (G_ema - G) for parameters; buffers (e.g. w_avg) are copied.
 
-
-def adjust_augment_p(augment_pipe, rt, ada_target, batch_size, ada_interval, ada_kimg):
-    """ADA (Karras et al. 2020): move p by +-batch*interval/(ada_kimg*1000) toward the target of r_t.
-
-    rt: mean sign of D's real logits since the last adjustment (nan = nothing reported: no change).
+    Returns False, leaving G_ema untouched, when a parameter or buffer of G is not finite: one bad step would
+    otherwise stay in G_ema (and its snapshots) for many half-lives.
     """
-    if np.isfinite(rt):
-        augment_pipe.adjust_p(rt, batch=batch_size * ada_interval, target=ada_target, speed_kimg=ada_kimg)
+    sources = list(G.parameters()) + [b for b in G.buffers() if b.is_floating_point()]
+    if not all_finite(sources):
+        return False
+    for avg, current in zip(G_ema.parameters(), G.parameters()):
+        avg.copy_(current.lerp(avg, beta))
+    for avg, current in zip(G_ema.buffers(), G.buffers()):
+        avg.copy_(current)
+    return True
+
+#----------------------------------------------------------------------------
+# Adaptive discriminator augmentation.
+
+def ada_step(rt, ada_target, batch_size, ada_interval, ada_kimg):
+    """Signed change of p after `ada_interval` steps: `sign(rt - target) * batch_size * ada_interval / (ada_kimg * 1000)`.
+
+    rt: mean of sign(D(real logits)) over those steps, ADA's overfitting gauge; p moves from 0 to 1 in ada_kimg
+    thousand images while rt stays above the target, and back down as fast below it.
+    """
+    return float(np.sign(rt - ada_target)) * (batch_size * ada_interval) / (ada_kimg * 1000)
+
+
+@torch.no_grad()
+def adjust_augment_p(augment_pipe, rt, ada_target, batch_size, ada_interval, ada_kimg):
+    """p <- max(p + ada_step(...), 0). Returns False (p unchanged) when rt or the new p is not finite."""
+    if not np.isfinite(rt):
+        return False
+    new_p = (augment_pipe.p + ada_step(rt, ada_target, batch_size, ada_interval, ada_kimg)).clamp(min=0)
+    if not bool(torch.isfinite(new_p)):
+        return False
+    augment_pipe.p.copy_(new_p)
+    return True
 
 #----------------------------------------------------------------------------

@@ -5,6 +5,11 @@ import json
 import math
 import os
 
+import torch
+
+import dnnlib
+from torch_utils import training_stats
+
 #----------------------------------------------------------------------------
 
 class RunLog:
@@ -48,11 +53,9 @@ class RunLog:
         self._stats_file.write(json.dumps(dict(clean, timestamp=timestamp)) + '\n')
         self._stats_file.flush()
         if self._tb is not None:
-            global_step = int(cur_nimg / 1e3)
-            walltime = timestamp
             for name, fields in stats.items():
                 if math.isfinite(fields['mean']):
-                    self._tb.add_scalar(name, fields['mean'], global_step=global_step, walltime=walltime)
+                    self._tb.add_scalar(name, fields['mean'], global_step=cur_nimg // 1000, walltime=timestamp)
             self._tb.flush()
 
     def close(self):
@@ -73,5 +76,50 @@ def _finite_or_none(value):
 def format_tick(fields):
     """'tick 3     kimg 12.0  ...' from (label, value, format) triples, aligned like stylegan2-ada-pytorch."""
     return ' '.join(f'{label} {value:{fmt}}' for label, value, fmt in fields)
+
+
+def cpu_mem_gb():
+    """Peak resident memory of this process in GB (0 where the resource module is missing)."""
+    try:
+        import resource
+    except ImportError:
+        return 0.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def report_tick(log, collector, progress, timing, augment_p, device):
+    """Progress stats into training_stats, then one tick line (log.txt) and one stats.jsonl line.
+
+    timing: dict(start, tick_start, tick_end, tick_start_nimg, maintenance) in seconds (time.time()).
+    """
+    tick_kimg = (progress.cur_nimg - timing['tick_start_nimg']) / 1000
+    sec_per_tick = timing['tick_end'] - timing['tick_start']
+    sec_per_kimg = sec_per_tick / max(tick_kimg, 1e-8)
+    gpu_mem = 0.0
+    if device.type == 'cuda':
+        gpu_mem = torch.cuda.max_memory_allocated(device) / 2**30
+        torch.cuda.reset_peak_memory_stats(device)
+    elapsed = timing['tick_end'] - timing['start']
+    values = {'Progress/tick': progress.cur_tick, 'Progress/kimg': progress.cur_nimg / 1000,
+              'Progress/augment': augment_p, 'Progress/skipped_steps': progress.skipped_steps,
+              'Timing/total_sec': elapsed, 'Timing/sec_per_tick': sec_per_tick, 'Timing/sec_per_kimg': sec_per_kimg,
+              'Timing/maintenance_sec': timing['maintenance'], 'Resources/cpu_mem_gb': cpu_mem_gb(),
+              'Resources/peak_gpu_mem_gb': gpu_mem}
+    for name, value in values.items():
+        training_stats.report0(name, value)
+    collector.update()
+    stats = collector.as_dict()
+    fields = [('tick', progress.cur_tick, '<5d'), ('kimg', progress.cur_nimg / 1000, '<8.3f'),
+              ('time', dnnlib.util.format_time(elapsed), '<12s'), ('sec/tick', sec_per_tick, '<7.1f'),
+              ('sec/kimg', sec_per_kimg, '<7.2f'), ('maint', timing['maintenance'], '<5.1f'),
+              ('cpumem', values['Resources/cpu_mem_gb'], '<5.2f'), ('gpumem', gpu_mem, '<5.2f'),
+              ('augment', augment_p, '.3f')]
+    for label, name in (('G', 'Loss/G/loss'), ('D', 'Loss/D/loss'), ('r1', 'Loss/r1_penalty'), ('pl', 'Loss/pl_penalty')):
+        if name in stats:
+            fields.append((label, stats[name].mean, '.4g'))
+    if progress.skipped_steps:
+        fields.append(('skipped', progress.skipped_steps, 'd'))
+    log(format_tick(fields))
+    log.write_stats(stats, progress.cur_nimg, timing['tick_end'])
 
 #----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ write never leaves a partial file or damages the previous one.
 import copy
 import glob
 import os
+import pickle
 import re
 
 import numpy as np
@@ -23,32 +24,68 @@ from training.phases import optimizers
 
 STATE_FORMAT = 'overparam-stylegan-training-state'
 STATE_VERSION = 1
-_STATE_RE = re.compile(r'training-state-(\d+)\.pt$')
+_TAG = r'(\d{6,})(?:\.(\d{3}))?'           # kimg, with the remainder in images when not a whole kimg
+_STATE_RE = re.compile(rf'training-state-{_TAG}\.pt$')
+_SNAPSHOT_RE = re.compile(rf'network-snapshot-{_TAG}\.pkl$')
+
+
+class StateError(ValueError):
+    """A training state that cannot be read (truncated, empty, not ours, unsupported version)."""
 
 #----------------------------------------------------------------------------
-# File names.
+# File names: `network-snapshot-000012.pkl` at whole kimg (stylegan2-ada-pytorch's names), else
+# `network-snapshot-000012.345.pkl`, so snapshots more often than once per kimg never overwrite each other.
+
+def kimg_tag(cur_nimg):
+    kimg, rest = divmod(int(cur_nimg), 1000)
+    return f'{kimg:06d}' if rest == 0 else f'{kimg:06d}.{rest:03d}'
+
+
+def _nimg_of(match):
+    return int(match.group(1)) * 1000 + int(match.group(2) or 0)
+
 
 def snapshot_name(cur_nimg):
-    return f'network-snapshot-{cur_nimg // 1000:06d}.pkl'
+    return f'network-snapshot-{kimg_tag(cur_nimg)}.pkl'
 
 
 def state_name(cur_nimg):
-    return f'training-state-{cur_nimg // 1000:06d}.pt'
+    return f'training-state-{kimg_tag(cur_nimg)}.pt'
+
+
+def fakes_name(cur_nimg):
+    return f'fakes{kimg_tag(cur_nimg)}.png'
 
 
 def state_for_snapshot(pkl_path):
-    """The training state written with a network snapshot (same folder and kimg), or None."""
-    m = re.search(r'network-snapshot-(\d+)\.pkl$', os.fspath(pkl_path))
+    """The training state written with a network snapshot (same folder and tag), or None."""
+    m = _SNAPSHOT_RE.search(os.path.basename(os.fspath(pkl_path)))
     if m is None:
         return None
-    path = os.path.join(os.path.dirname(os.path.abspath(pkl_path)), f'training-state-{m.group(1)}.pt')
+    path = os.path.join(os.path.dirname(os.path.abspath(pkl_path)), state_name(_nimg_of(m)))
     return path if os.path.isfile(path) else None
 
 
 def list_states(run_dir):
-    """Training states in `run_dir`, oldest first (by kimg in the name, then modification time)."""
-    paths = [p for p in glob.glob(os.path.join(run_dir, 'training-state-*.pt')) if _STATE_RE.search(p)]
-    return sorted(paths, key=lambda p: (int(_STATE_RE.search(p).group(1)), os.path.getmtime(p)))
+    """Training states in `run_dir`, oldest first (by the image count in the name)."""
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(run_dir), 'training-state-*.pt')):
+        m = _STATE_RE.search(os.path.basename(path))
+        if m is not None:
+            found.append((_nimg_of(m), path))
+    return [path for _, path in sorted(found)]
+
+
+def remove_stale_temporaries(run_dir):
+    """Delete the `.NAME.XXXX.tmp` files that `atomic_write` leaves when a process is killed mid-write."""
+    removed = []
+    for path in glob.glob(os.path.join(glob.escape(run_dir), '.*.tmp')):
+        try:
+            os.remove(path)
+            removed.append(os.path.basename(path))
+        except OSError:
+            pass
+    return removed
 
 #----------------------------------------------------------------------------
 # Image grids.
@@ -82,17 +119,36 @@ def save_grid(path, images, columns):
 #----------------------------------------------------------------------------
 # Network snapshots (export pickles): the keys of stylegan2-ada-pytorch plus ours.
 
-def save_network_snapshot(path, networks, training_set_kwargs, **extra):
-    """Pickle CPU copies of `networks` ({'G': .., 'D': .., 'G_ema': .., 'augment_pipe': ..}) atomically.
-
-    stylegan2-ada-pytorch keys: G, D, G_ema, augment_pipe, training_set_kwargs. Ours: `extra` (e.g. cur_nimg).
-    """
-    data = {}
-    for key, module in networks.items():
-        data[key] = None if module is None else copy.deepcopy(module).eval().requires_grad_(False).cpu()
+def snapshot_data(networks, training_set_kwargs, **extra):
+    """The pickle's dict: CPU copies of `networks` ({'G', 'D', 'G_ema', 'augment_pipe'}), stylegan2-ada-pytorch's
+    keys (plus training_set_kwargs), and ours in `extra` (cur_nimg, latent_rows)."""
+    data = {key: None if module is None else copy.deepcopy(module).eval().requires_grad_(False).cpu()
+            for key, module in networks.items()}
     data['training_set_kwargs'] = dict(training_set_kwargs)
     data.update(extra)
-    checkpoint.save_network_pkl(path, data)
+    return data
+
+
+def save_network_snapshot(path, networks, training_set_kwargs, **extra):
+    """Pickle `snapshot_data(...)` to `path` atomically."""
+    checkpoint.save_network_pkl(path, snapshot_data(networks, training_set_kwargs, **extra))
+
+
+def save_snapshot_pair(run_dir, cur_nimg, data, state):
+    """network-snapshot-K.pkl and training-state-K.pt as one unit; returns their paths.
+
+    Both are written to temporaries first; the state is renamed into place, then the pickle. A failure in either
+    write leaves neither new file (and no temporary); only a kill between the two renames can leave a new state
+    without its pickle, never a pickle beside a state of another kimg.
+    """
+    pkl_path = os.path.join(run_dir, snapshot_name(cur_nimg))
+    state_path = os.path.join(run_dir, state_name(cur_nimg))
+
+    def write_both(tmp_pkl):
+        checkpoint.save_network_pkl(tmp_pkl, data)
+        save_training_state(state_path, state)
+    dnnlib.util.atomic_write(pkl_path, write_both, fsync=True)
+    return pkl_path, state_path
 
 #----------------------------------------------------------------------------
 # Training state.
@@ -143,12 +199,16 @@ def save_training_state(path, state):
 
 
 def load_training_state(path):
-    """Read a training state safely (weights_only: tensors and builtins only)."""
-    state = torch.load(os.fspath(path), map_location='cpu', weights_only=True)
+    """Read a training state safely (weights_only: tensors and builtins only); StateError when unreadable."""
+    try:
+        state = torch.load(os.fspath(path), map_location='cpu', weights_only=True)
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StateError(f'{path} is not a readable training state ({detail[:160]})') from None
     if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
-        raise ValueError(f'{path} is not a training state written by this project')
+        raise StateError(f'{path} is not a training state written by this project')
     if state.get('version') != STATE_VERSION:
-        raise ValueError(f'{path}: training state version {state.get("version")} is not supported '
+        raise StateError(f'{path}: training state version {state.get("version")} is not supported '
                          f'(this code reads version {STATE_VERSION})')
     return state
 

@@ -1,0 +1,114 @@
+"""Where a training run continues from: a training state (exact resume), or the weights of a network pickle.
+
+A training state (`training-state-K.pt`, see training.snapshot) restores everything the next step depends on:
+weights, Adam moments, counters, the path-length target, the ADA accumulators and every rank's RNG state (the
+sampler position follows from the image counter, and data-loader workers draw nothing random), so a run killed
+after any tick and resumed ends bitwise equal to an uninterrupted one. A network pickle (ours or NVIDIA's) gives
+weights only: fresh optimizers and RNG streams, at `resume_kimg`.
+"""
+
+import os
+
+import torch
+
+from torch_utils import checkpoint
+from training import snapshot
+
+_FIX = ("pass a network-snapshot-*.pkl or training-state-*.pt written by train.py (or a stylegan2-ada-pytorch "
+        "snapshot), or --resume=auto")
+
+
+class ResumeError(ValueError):
+    """The resume source cannot be used; the message is one line naming the file and the fix."""
+
+
+def _first_line(err):
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:200]
+
+
+def check_resume_file(path):
+    """Raise ResumeError unless `path` is a readable training state or network pickle (read once, safely)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ResumeError(f'--resume: {path} does not exist; {_FIX}')
+    if path.endswith('.pt'):
+        try:
+            snapshot.load_training_state(path)
+        except snapshot.StateError as err:
+            raise ResumeError(f'--resume: {err}; {_FIX}') from None
+        return
+    try:
+        with open(path, 'rb') as f:
+            data = checkpoint.load_network_pkl(f)
+    except Exception as err:   # The loader's refusals and every way a pickle can be broken: one line, no traceback.
+        raise ResumeError(f'--resume: {path} is not a usable network pickle ({_first_line(err)}); {_FIX}') from None
+    if not isinstance(data, dict) or not any(data.get(key) is not None for key in ('G', 'D', 'G_ema')):
+        raise ResumeError(f'--resume: {path} holds no G, D or G_ema network; {_FIX}')
+
+
+def _load_first_readable(paths, log):
+    """(path, state) of the first readable training state in `paths`, saying which ones were skipped."""
+    errors = []
+    for path in paths:
+        try:
+            state = snapshot.load_training_state(path)
+        except snapshot.StateError as err:
+            errors.append(str(err))
+            log(f'Warning: {err}; trying an older training state')
+            continue
+        if errors:
+            log(f'Falling back to {os.path.basename(path)} (the newest intact training state)')
+        return path, state
+    raise ResumeError(f'--resume: no readable training state ({"; ".join(errors)}); {_FIX}')
+
+
+def resume(run, resume_pkl, fallbacks=(), resume_kimg=0):
+    """Load `resume_pkl` (state or pickle) into `run`; returns True when a full training state was restored.
+
+    run: a TrainingRun (networks, phases, loss, progress, log, rank, world_size, device, cfg.random_seed).
+    fallbacks: older training states to try, newest first, when `resume_pkl` is an unreadable state (--resume auto).
+    """
+    path = os.fspath(resume_pkl)
+    state_path = path if path.endswith('.pt') else snapshot.state_for_snapshot(path)
+    if state_path is not None and not path.endswith('.pt'):
+        state = snapshot.load_training_state(state_path)
+        pkl_nimg = _pickle_nimg(path)
+        if pkl_nimg is not None and pkl_nimg != state['progress']['cur_nimg']:
+            run.log(f'Warning: {os.path.basename(state_path)} is at image {state["progress"]["cur_nimg"]}, '
+                    f'{os.path.basename(path)} at {pkl_nimg}: not one snapshot; using the pickle\'s weights only')
+            state_path = None
+    if state_path is None:
+        return _resume_weights(run, path, resume_kimg)
+    state_path, state = _load_first_readable([state_path, *fallbacks], run.log)
+    restored = snapshot.restore_training_state(state, run.networks, run.phases, run.loss, run.rank,
+                                               run.world_size, run.device)
+    for key in run.progress:
+        if key in restored:
+            run.progress[key] = restored[key]
+    if not restored['restored_rng']:
+        torch.manual_seed((run.cfg.random_seed * run.world_size + run.rank + run.progress.cur_nimg) % (1 << 63))
+    run.log(f'Resumed from {state_path}: kimg {run.progress.cur_nimg / 1000:.3f}, tick {run.progress.cur_tick}'
+            + ('' if restored['restored_rng'] else ' (world size changed: RNG reseeded, not an exact resume)'))
+    run.progress.cur_tick += 1   # The saved tick was completed.
+    return True
+
+
+def _pickle_nimg(path):
+    try:
+        with open(path, 'rb') as f:
+            value = checkpoint.load_network_pkl(f).get('cur_nimg')
+    except Exception:   # Unreadable pickles are reported where their weights are loaded.
+        return None
+    return int(value) if isinstance(value, int) else None
+
+
+def _resume_weights(run, path, resume_kimg):
+    try:
+        _, missing = snapshot.load_snapshot_weights(path, run.networks)
+    except Exception as err:   # Same one-line report as check_resume_file.
+        raise ResumeError(f'--resume: {path} is not a usable network pickle ({_first_line(err)}); {_FIX}') from None
+    run.progress.cur_nimg = int(round(resume_kimg * 1000))
+    run.log(f'Resumed weights from {path} (no training state: fresh optimizers, kimg {resume_kimg})'
+            + (f'; not in the pickle: {", ".join(missing)}' if missing else ''))
+    return False
