@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from .. import custom_ops
 from . import upfirdn2d
 from .modulated_conv2d import _row_styles, demodulation_coefficients, modulated_conv2d_ref
-from .upfirdn2d import _get_filter_size, _parse_padding
+from .upfirdn2d import filter_extent, padding_edges
 
 #----------------------------------------------------------------------------
 
@@ -315,7 +315,7 @@ def fused_modulated_conv2d(x, weight, styles, noise=None, up=1, down=1, padding=
     S = _row_styles(styles, O) if styles.ndim == 3 else styles                     # [NOI] or [NI]
 
     # Same FP16 overflow guard as the reference path (demodulation cancels it).
-    if x.dtype == torch.float16 and demodulate:
+    if demodulate and x.dtype == torch.float16:
         weight = weight * (1 / math.sqrt(I * kh * kw) / weight.norm(float('inf'), dim=[1, 2, 3], keepdim=True))
         S = S / S.norm(float('inf'), dim=-1, keepdim=True)
     if S.ndim == 2:
@@ -328,7 +328,7 @@ def fused_modulated_conv2d(x, weight, styles, noise=None, up=1, down=1, padding=
     tensor_cores = _tensor_cores_for(x) if tensor_cores is None else bool(tensor_cores and x.dtype != torch.float64)
     common = dict(mod=backend, conv_config=conv_config, dgrad_config=dgrad_config, wgrad_config=wgrad_config,
                   splits=splits, num_sms=num_sms, tensor_cores=tensor_cores)
-    px0, px1, py0, py1 = _parse_padding(padding)
+    px0, px1, py0, py1 = padding_edges(padding)
     if up == 1 or (kh, kw) == (1, 1):
         if up > 1:   # 1x1 kernel: conv first, the filter pads afterwards
             cx0, cx1, cy0, cy1 = 0, 0, 0, 0
@@ -343,7 +343,7 @@ def fused_modulated_conv2d(x, weight, styles, noise=None, up=1, down=1, padding=
         nv = noise.to(x.dtype).expand(N, O, out_h, out_w) if fused_noise else None
         y = _FusedModConv.apply(x, w, S, d, nv, spec)
         if up > 1:
-            fw, fh = _get_filter_size(resample_filter)
+            fw, fh = filter_extent(resample_filter)
             pad = [px0 + (fw + up - 1) // 2, px1 + (fw - up) // 2, py0 + (fh + up - 1) // 2, py1 + (fh - up) // 2]
             y = upfirdn2d.upfirdn2d(y, resample_filter, up=up, padding=pad, gain=up ** 2)
         if noise is not None and not fused_noise:
@@ -351,7 +351,7 @@ def fused_modulated_conv2d(x, weight, styles, noise=None, up=1, down=1, padding=
         return y
 
     # up > 1, kernel > 1: the reference path's transposed conv, then the FIR filter.
-    fw, fh = _get_filter_size(resample_filter)
+    fw, fh = filter_extent(resample_filter)
     px0 += (fw + up - 1) // 2 - (kw - 1)
     px1 += (fw - up) // 2 - (kw - up)
     py0 += (fh + up - 1) // 2 - (kh - 1)
