@@ -169,24 +169,23 @@ def _outputs(fn, inputs, second_order, seed, cotangent_dtype):
             named += [(f'second-order gradient {i}', g) for i, g in enumerate(second)]
     return named
 
-def _max_error(got, want):
-    """Largest |got - want| relative to max(|want|, 1) over the named tensors -> (error, name)."""
-    worst, where = 0.0, ''
+def _errors(got, want):
+    """[(name, |got - want|_max / max(|want|_max, 1))] over the named outputs of both paths."""
+    errors = []
     for (name, u), (_, v) in zip(got, want):
         if u is None and v is None:
             continue
         u = torch.zeros_like(v) if u is None else u
         v = torch.zeros_like(u) if v is None else v
         if u.shape != v.shape:
-            return float('inf'), f'{name}: shape {list(u.shape)} instead of {list(v.shape)}'
+            errors.append((f'{name} has shape {list(u.shape)} instead of {list(v.shape)}', float('inf')))
+            continue
+        if v.numel() == 0:
+            continue
         u, v = u.detach().double(), v.detach().double()
-        scale = max(v.abs().max().item() if v.numel() else 0.0, 1.0)
-        err = (u - v).abs().max().item() / scale if v.numel() else 0.0
-        if not (err == err):   # NaN
-            err = float('inf')
-        if err > worst or where == '':
-            worst, where = err, name
-    return worst, where
+        err = (u - v).abs().max().item() / max(v.abs().max().item(), 1.0)
+        errors.append((name, err if err == err else float('inf')))   # NaN counts as infinitely wrong
+    return errors
 
 def _run_check(key, make_case) -> Verdict:
     op, dtype, config = key
@@ -203,8 +202,13 @@ def _run_check(key, make_case) -> Verdict:
             got = _outputs(case.kernel, case.inputs, case.second_order, 1, kernel_dtype)
             as_double = [t.detach().double() if t.is_floating_point() else t for t in case.inputs]
             want = _outputs(case.reference, as_double, case.second_order, 1, kernel_dtype)
-        error, detail = _max_error(got, want)
+        errors = _errors(got, want)
+        error = max([e for _, e in errors], default=0.0)
         ok = error <= tolerance
+        failing = [name for name, e in errors if not e <= tolerance]
+        detail = f'first wrong: {failing[0]}' if failing else ''
+        if len(failing) > 1:
+            detail += f' (and {len(failing) - 1} more)'
     except Exception as exc:   # a kernel that raises is as untrustworthy as a wrong one
         error, detail, ok = float('inf'), f'{type(exc).__name__}: {exc}', False
     try:
