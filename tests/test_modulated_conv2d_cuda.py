@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from conftest import OPS_DIR, have_compiler as _have_compiler, have_nvcc as _have_nvcc
+from conftest import OPS_DIR, have_compiler as _have_compiler, skip_without_toolchain
 from torch_utils import custom_ops
 from torch_utils.ops import modulated_conv2d_cuda as mcc
 from torch_utils.ops import upfirdn2d
@@ -28,21 +28,18 @@ HEADERS = ['modulated_conv2d.h']
 #----------------------------------------------------------------------------
 # Build
 
-@pytest.mark.skipif(not _have_nvcc() or not _have_compiler(), reason='needs nvcc, a CUDA toolkit and ninja')
-def test_compile_cuda_plugin(tmp_path, monkeypatch):
-    """nvcc build from scratch into a temporary folder (about 2 minutes on 2 cores)."""
-    monkeypatch.setenv('TORCH_CUDA_ARCH_LIST', '8.0;9.0')
+def test_compile_cuda_plugin(needs_nvcc, plugin_build_dir):
+    """nvcc build (about 2 minutes on 2 cores) into the shared, source-hash-keyed cache (see conftest)."""
     start = time.time()
     try:
         module = custom_ops.get_plugin('modulated_conv2d_plugin', SOURCES, headers=HEADERS, source_dir=OPS_DIR,
-                                       build_dir=str(tmp_path))
+                                       build_dir=plugin_build_dir)
     except RuntimeError as exc:
         cause = exc.__cause__
         if isinstance(cause, (ImportError, OSError)) and ('cuda' in str(cause).lower() or 'driver' in str(cause).lower()):
-            assert list(tmp_path.glob('modulated_conv2d_plugin-*/modulated_conv2d_plugin*.so'))
             pytest.skip(f'compiled OK, load skipped (importing needs a CUDA driver): {cause}')
         raise
-    print(f'compiled the modulated_conv2d CUDA plugin in {time.time() - start:.1f} s')
+    print(f'modulated_conv2d CUDA plugin ready in {time.time() - start:.1f} s')
     assert module.emulated is False and module.max_taps == mcc.MAX_TAPS
     with pytest.raises(RuntimeError, match='CUDA tensor'):
         module.conv(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1), torch.zeros(1, 1, 1),
@@ -52,13 +49,13 @@ def test_compile_cuda_plugin(tmp_path, monkeypatch):
 # Emulated kernels on the CPU
 
 @pytest.fixture(scope='module')
-def emu():
-    """The kernels compiled for the host (cached in the torch extensions folder by content hash)."""
+def emu(plugin_build_dir):
+    """The kernels compiled for the host, in the shared build cache (keyed by content hash)."""
     if not _have_compiler():
-        pytest.skip('needs a C++ compiler and ninja')
+        skip_without_toolchain('needs a C++ compiler and ninja')
     return custom_ops.get_plugin('modulated_conv2d_emu', ['modulated_conv2d.cpp'],
                                  headers=['modulated_conv2d.h', 'modulated_conv2d.cu'], source_dir=OPS_DIR,
-                                 extra_cflags=['-DMC_EMULATE', '-O2'])
+                                 build_dir=plugin_build_dir, extra_cflags=['-DMC_EMULATE', '-O2'])
 
 def _inputs(N, I, O, H, W, k, rows, dtype, device='cpu', seed=0):
     gen = torch.Generator().manual_seed(seed)
