@@ -206,7 +206,7 @@ def test_modconv_faulty_kernel_falls_back(fake_modconv):
     # Upsampling layers are their own configuration class.
     with pytest.warns(self_check.KernelSelfCheckWarning, match='up=2'):
         mcc.modulated_conv2d(**_layer(up=2))
-    assert [v.ok for v in self_check.results()] == [False, False]
+    assert [v.ok for v in self_check.results() if v.op == 'modulated_conv2d'] == [False, False]
 
 
 def test_modconv_large_output_is_not_checked(fake_modconv, monkeypatch):
@@ -214,3 +214,23 @@ def test_modconv_large_output_is_not_checked(fake_modconv, monkeypatch):
     fake_modconv['scale'] = 1.01
     mcc.modulated_conv2d(**_layer())
     assert self_check.results() == []
+
+
+def test_verdicts_reach_the_training_and_inversion_logs(checking, monkeypatch, tmp_path):
+    """training.run_log.RunLog and inversion.outputs.RunLog point the self-check at their log.txt."""
+    from inversion import outputs
+    from training import run_log
+    _plugin(monkeypatch, forward_scale=1.01)
+    with pytest.warns(self_check.KernelSelfCheckWarning):
+        bias_act.bias_act(_x(6), act='elu')
+    train_log = run_log.RunLog(str(tmp_path / 'train'), tensorboard=False, echo=False)
+    try:
+        assert 'OPS SELF-CHECK FAILED: bias_act [float32, act=elu' in (tmp_path / 'train' / 'log.txt').read_text()
+    finally:
+        train_log.close()
+    (tmp_path / 'invert').mkdir()
+    outputs.RunLog(tmp_path / 'invert' / 'log.txt', echo=False)
+    with pytest.warns(self_check.KernelSelfCheckWarning):
+        upfirdn2d.upsample2d(_x(7), upfirdn2d.setup_filter([1, 3, 3, 1]))
+    text = (tmp_path / 'invert' / 'log.txt').read_text()
+    assert 'act=elu' in text and 'OPS SELF-CHECK FAILED: upfirdn2d' in text

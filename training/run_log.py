@@ -5,6 +5,8 @@ import json
 import math
 import os
 
+from torch_utils.ops import self_check
+
 #----------------------------------------------------------------------------
 
 class RunLog:
@@ -22,6 +24,7 @@ class RunLog:
         os.makedirs(run_dir, exist_ok=True)
         self._log_file = open(os.path.join(run_dir, 'log.txt'), 'a')
         self._stats_file = open(os.path.join(run_dir, 'stats.jsonl'), 'a')
+        self_check.log_to(os.path.join(run_dir, 'log.txt'))   # CUDA kernel self-check verdicts
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
