@@ -11,6 +11,7 @@ Three layers of checks:
 
 import itertools
 import time
+import warnings
 
 import pytest
 import torch
@@ -237,6 +238,40 @@ def test_fallback_cases_match_reference(emu):
         ref_kw = {k: v for k, v in kw.items() if k != 'max_pixels'}
         out = mcc.fused_modulated_conv2d(x, weight, styles, backend=None, **kw)   # backend unused
         torch.testing.assert_close(out, modulated_conv2d_ref(x, weight, styles, **ref_kw))
+
+class _FaultyBackend:
+    """The emulated kernels with one injected fault: outputs of `conv` or `wgrad` scaled."""
+    def __init__(self, emu, conv_scale=1.0, wgrad_scale=1.0):
+        self.emu, self.conv_scale, self.wgrad_scale = emu, conv_scale, wgrad_scale
+
+    def conv(self, out, *args):
+        self.emu.conv(out, *args)
+        out.mul_(self.conv_scale)
+
+    def wgrad(self, dw, dsraw, *args):
+        self.emu.wgrad(dw, dsraw, *args)
+        dw.mul_(self.wgrad_scale)
+
+@pytest.mark.parametrize('conv_scale,wgrad_scale,ok', [(1.0, 1.0, True), (1.0 + 1e-3, 1.0, False), (1.0, 0.99, False)])
+def test_self_check_with_emulated_kernel(emu, monkeypatch, conv_scale, wgrad_scale, ok):
+    """The kernel code itself (emulated) passes the first-use self-check; a fault in the forward/grad-x
+    kernel or only in the weight-gradient kernel is caught and that configuration falls back."""
+    from torch_utils.ops import self_check
+    monkeypatch.setattr(self_check, '_enabled', True)
+    monkeypatch.setattr(self_check, '_verdicts', {})
+    monkeypatch.setattr(mcc, '_backend_for', lambda x: _FaultyBackend(emu, conv_scale, wgrad_scale))
+    x, weight, styles = _inputs(2, 5, 6, 4, 4, 3, 6, torch.float32, seed=23)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        y = mcc.modulated_conv2d(x, weight, styles, padding=1)
+    verdict, = self_check.results()
+    assert verdict.ok == ok, verdict.line()
+    assert len([w for w in caught if issubclass(w.category, self_check.KernelSelfCheckWarning)]) == (0 if ok else 1)
+    ref = modulated_conv2d_ref(x, weight, styles, padding=1)
+    if ok:
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    else:
+        assert torch.equal(y, ref)
 
 def test_geometry_covers_every_output_once():
     """Phases of the transposed conv tile its output exactly; every tap is in one phase."""

@@ -150,18 +150,25 @@ def trusted(op: str, dtype: torch.dtype, config: dict, make_case: Callable[[], C
 def _outputs(fn, inputs, second_order, seed, cotangent_dtype):
     """Forward, gradients for a fixed random cotangent, and the gradient of a gradient penalty.
 
-    The cotangent is drawn in float32 and rounded to `cotangent_dtype` (the kernel's), so that
-    both paths get the same values.
+    The first-order gradients are taken without `create_graph` (ops may run other kernels when a
+    graph of the backward is requested, as the fused modulated conv does), the penalty's in a
+    second pass with it. The cotangent is drawn in float32 and rounded to `cotangent_dtype` (the
+    kernel's), so that both paths get the same values.
     """
-    xs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
-    leaves = [t for t in xs if t.requires_grad]
-    y = fn(*xs)
+    def leaves_and_output():
+        xs = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs]
+        leaves = [t for t in xs if t.requires_grad]
+        return leaves, fn(*xs)
+
+    leaves, y = leaves_and_output()
     gen = torch.Generator(device=y.device).manual_seed(seed)
     cotangent = torch.randn(y.shape, generator=gen, device=y.device, dtype=torch.float32)
     cotangent = cotangent.to(cotangent_dtype).to(y.dtype)
-    grads = torch.autograd.grad(y, leaves, cotangent, create_graph=second_order, allow_unused=True)
-    named = [('forward', y)] + [(f'gradient {i}', g) for i, g in enumerate(grads)]
+    grads = torch.autograd.grad(y, leaves, cotangent, allow_unused=True)
+    named = [('forward', y.detach())] + [(f'gradient {i}', g) for i, g in enumerate(grads)]
     if second_order:
+        leaves, y = leaves_and_output()
+        grads = torch.autograd.grad(y, leaves, cotangent, create_graph=True, allow_unused=True)
         wide = lambda g: g.double() if g.dtype == torch.float64 else g.float()
         penalty = sum(wide(g).square().sum() * (i + 1) for i, g in enumerate(grads) if g is not None)
         if isinstance(penalty, torch.Tensor) and penalty.requires_grad:
