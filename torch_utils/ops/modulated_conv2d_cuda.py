@@ -35,7 +35,8 @@ Falls back to the reference path (`modulated_conv2d_ref`) for down != 1, up > 2,
 with more than 32 taps or smaller than `up`, and outputs larger than `max_fused_pixels`
 (32x32 by default: an estimate, not a measurement, of where cuDNN's grouped conv catches
 up: the weight traffic the fusion saves is independent of resolution, the FLOPs are not;
-tune it with `benchmarks/bench_modconv.py` on the target GPU).
+measure it with `python -m benchmarks.gpu_acceptance` (part modconv_layers) or
+`benchmarks/bench_modconv.py` on the target GPU).
 """
 
 import functools
