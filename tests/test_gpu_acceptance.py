@@ -23,10 +23,11 @@ def test_dry_run_end_to_end(tmp_path, monkeypatch):
     assert tests['files']['test_custom_ops']['passed'] >= 1
     assert [r['precision'] for r in parts['modconv_layers']['results']['layers']] == ['fp32'] * 4
     assert {'what': 'fused kernel', 'why': 'no CUDA device'} in parts['modconv_layers']['skipped']
-    gen = parts['generator']['results']
+    gen = parts['generator']['results']['fp32']
     assert gen['time_ratio'] > 0 and gen['tiny-overparam']['latent_shape'][0] == 64   # R rows
     runs = parts['training']['results']['runs']
     assert [(r['preset'], r['steps']) for r in runs] == [('tiny', 2), ('tiny-overparam', 2)]
+    assert parts['tests']['results']['returncodes'] == {'test_custom_ops': 0}
     assert all(r['sec_per_kimg'] > 0 for r in runs)
     inv = parts['inversion']['results']['runs']
     assert [r['batch'] for r in inv] == [1, 2] and all(r['s_per_image_1000_steps'] > 0 for r in inv)
