@@ -22,7 +22,7 @@ Parts, in order, each stopped at its time budget (what it did not reach is liste
 Uses the public entry points: configs.presets, training.training_loop, inversion.optimize/runner.
 """
 
-import contextlib
+from contextlib import contextmanager
 import json
 import os
 import platform
@@ -113,7 +113,7 @@ def _peak_mb(device, fn):
     return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
-@contextlib.contextmanager
+@contextmanager
 def _precision(name):
     """fp32 = strict FP32 (no TF32 anywhere), tf32 = TF32 convolutions/matmuls, fp16 = strict + fp16 inputs."""
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
@@ -500,6 +500,6 @@ def main(out, dry_run, parts):
 
 
 if __name__ == '__main__':
-    main()  # pylint: disable=no-value-for-parameter
+    main()
 
 #----------------------------------------------------------------------------

@@ -8,7 +8,7 @@ the same positional and keyword arguments, and `no_weight_gradients()` only reco
 is active (`weight_gradients_disabled`), for code that reads it.
 """
 
-import contextlib
+from contextlib import contextmanager
 
 import torch.nn.functional as F
 
@@ -33,7 +33,7 @@ def __getattr__(name):
         return _depth[0] > 0
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
-@contextlib.contextmanager  # (a generator-based context manager)
+@contextmanager
 def no_weight_gradients(disable=True):
     """While active (and `disable` is true), `weight_gradients_disabled` reads True. Nests."""
     step = 1 if disable else 0
