@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from dnnlib.util import append_line, atomic_write
 from torch_utils.image_io import append_jsonl, save_json, save_png
+from torch_utils.ops import self_check
 
 #----------------------------------------------------------------------------
 # Atomic writing.
@@ -390,6 +391,7 @@ class RunLog:
     def __init__(self, path, echo=True):
         self.path = Path(path)
         self.echo = echo
+        self_check.log_to(self.path)   # CUDA kernel self-check verdicts
 
     def __call__(self, msg, echo=True):
         append_line(self.path, f'{time.strftime("%Y-%m-%d %H:%M:%S")} {msg}')

@@ -18,10 +18,33 @@ if str(REPO) not in sys.path:
 
 OPS_DIR = str(REPO / 'torch_utils' / 'ops')
 
+# The CUDA ops' self-check (torch_utils/ops/self_check.py) falls back to the reference path when a
+# kernel disagrees with it: in tests that would hide the very bug a CUDA-vs-reference test looks
+# for, so it is off unless a test turns it on (tests/test_self_check.py).
+os.environ.setdefault('OVERPARAM_OPS_SELF_CHECK', '0')
+
+# Set by .ci/run when nvcc is installed: a kernel test that cannot build must fail, not skip.
+REQUIRE_KERNEL_TESTS = os.environ.get('OVERPARAM_REQUIRE_KERNEL_TESTS', '') == '1'
+
+
+def find_ninja():
+    """ninja on PATH, or beside the interpreter (pip installs it into the venv's bin/, which is not
+    on PATH when CI runs `.venv/bin/python`). Puts the folder found on PATH for torch's builds."""
+    found = shutil.which('ninja')
+    if found is None:
+        beside = Path(sys.executable).parent / 'ninja'
+        if beside.is_file() and os.access(beside, os.X_OK):
+            os.environ['PATH'] = str(beside.parent) + os.pathsep + os.environ.get('PATH', '')
+            found = str(beside)
+    return found
+
+
+NINJA = find_ninja()
+
 
 def have_compiler():
     """A C++ compiler and ninja (what custom_ops needs to build anything)."""
-    return shutil.which('c++') is not None and shutil.which('ninja') is not None
+    return shutil.which('c++') is not None and NINJA is not None
 
 
 def have_nvcc():
@@ -30,6 +53,43 @@ def have_nvcc():
         return False
     return any(os.path.isfile(os.path.join(root, 'include', 'cuda_runtime.h')) for root in
                [os.environ.get('CUDA_HOME', ''), os.environ.get('CUDA_PATH', ''), '/usr/local/cuda'])
+
+
+def skip_without_toolchain(reason):
+    """Skip a test that needs a compiler the machine lacks, or fail it when CI requires the kernel tests."""
+    if REQUIRE_KERNEL_TESTS:
+        pytest.fail(f'kernel test cannot run although CI requires it (nvcc is installed): {reason}', pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def needs_compiler():
+    if not have_compiler():
+        skip_without_toolchain('needs a C++ compiler and ninja')
+
+
+@pytest.fixture
+def needs_nvcc():
+    if not (have_nvcc() and have_compiler()):
+        skip_without_toolchain('needs nvcc, a CUDA toolkit and ninja')
+
+
+# nvcc cannot ask a GPU which architectures to build for: name them (sm_80 A100, sm_90 H100/H200).
+# With a GPU torch's default (the device's own architecture) is kept, so that the build tests and
+# the ops share one build.
+if not torch.cuda.is_available():
+    os.environ.setdefault('TORCH_CUDA_ARCH_LIST', '8.0;9.0')
+
+
+@pytest.fixture(scope='session')
+def plugin_build_dir():
+    """Build cache shared by every test and session: custom_ops names each build folder after a hash
+    of the sources (+ torch/CUDA versions, arch list), so a plugin is compiled once per change.
+    `$OVERPARAM_TEST_BUILD_DIR`, else `$TORCH_EXTENSIONS_DIR`, else torch's extension folder."""
+    from torch_utils import custom_ops
+    root = os.environ.get('OVERPARAM_TEST_BUILD_DIR') or custom_ops._build_root()
+    os.makedirs(root, exist_ok=True)
+    return root
 
 
 SHARED = Path(os.environ.get('OVERPARAM_SHARED_DIR', REPO.parent / 'shared'))

@@ -11,11 +11,12 @@ Three layers of checks:
 
 import itertools
 import time
+import warnings
 
 import pytest
 import torch
 
-from conftest import OPS_DIR, have_compiler as _have_compiler, have_nvcc as _have_nvcc
+from conftest import OPS_DIR, have_compiler as _have_compiler, skip_without_toolchain
 from torch_utils import custom_ops
 from torch_utils.ops import modulated_conv2d_cuda as mcc
 from torch_utils.ops import upfirdn2d
@@ -28,21 +29,18 @@ HEADERS = ['modulated_conv2d.h']
 #----------------------------------------------------------------------------
 # Build
 
-@pytest.mark.skipif(not _have_nvcc() or not _have_compiler(), reason='needs nvcc, a CUDA toolkit and ninja')
-def test_compile_cuda_plugin(tmp_path, monkeypatch):
-    """nvcc build from scratch into a temporary folder (about 2 minutes on 2 cores)."""
-    monkeypatch.setenv('TORCH_CUDA_ARCH_LIST', '8.0;9.0')
+def test_compile_cuda_plugin(needs_nvcc, plugin_build_dir):
+    """nvcc build (about 2 minutes on 2 cores) into the shared, source-hash-keyed cache (see conftest)."""
     start = time.time()
     try:
         module = custom_ops.get_plugin('modulated_conv2d_plugin', SOURCES, headers=HEADERS, source_dir=OPS_DIR,
-                                       build_dir=str(tmp_path))
+                                       build_dir=plugin_build_dir)
     except RuntimeError as exc:
         cause = exc.__cause__
         if isinstance(cause, (ImportError, OSError)) and ('cuda' in str(cause).lower() or 'driver' in str(cause).lower()):
-            assert list(tmp_path.glob('modulated_conv2d_plugin-*/modulated_conv2d_plugin*.so'))
             pytest.skip(f'compiled OK, load skipped (importing needs a CUDA driver): {cause}')
         raise
-    print(f'compiled the modulated_conv2d CUDA plugin in {time.time() - start:.1f} s')
+    print(f'modulated_conv2d CUDA plugin ready in {time.time() - start:.1f} s')
     assert module.emulated is False and module.max_taps == mcc.MAX_TAPS
     with pytest.raises(RuntimeError, match='CUDA tensor'):
         module.conv(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1), torch.zeros(1, 1, 1),
@@ -52,13 +50,13 @@ def test_compile_cuda_plugin(tmp_path, monkeypatch):
 # Emulated kernels on the CPU
 
 @pytest.fixture(scope='module')
-def emu():
-    """The kernels compiled for the host (cached in the torch extensions folder by content hash)."""
+def emu(plugin_build_dir):
+    """The kernels compiled for the host, in the shared build cache (keyed by content hash)."""
     if not _have_compiler():
-        pytest.skip('needs a C++ compiler and ninja')
+        skip_without_toolchain('needs a C++ compiler and ninja')
     return custom_ops.get_plugin('modulated_conv2d_emu', ['modulated_conv2d.cpp'],
                                  headers=['modulated_conv2d.h', 'modulated_conv2d.cu'], source_dir=OPS_DIR,
-                                 extra_cflags=['-DMC_EMULATE', '-O2'])
+                                 build_dir=plugin_build_dir, extra_cflags=['-DMC_EMULATE', '-O2'])
 
 def _inputs(N, I, O, H, W, k, rows, dtype, device='cpu', seed=0):
     gen = torch.Generator().manual_seed(seed)
@@ -240,6 +238,40 @@ def test_fallback_cases_match_reference(emu):
         ref_kw = {k: v for k, v in kw.items() if k != 'max_pixels'}
         out = mcc.fused_modulated_conv2d(x, weight, styles, backend=None, **kw)   # backend unused
         torch.testing.assert_close(out, modulated_conv2d_ref(x, weight, styles, **ref_kw))
+
+class _FaultyBackend:
+    """The emulated kernels with one injected fault: outputs of `conv` or `wgrad` scaled."""
+    def __init__(self, emu, conv_scale=1.0, wgrad_scale=1.0):
+        self.emu, self.conv_scale, self.wgrad_scale = emu, conv_scale, wgrad_scale
+
+    def conv(self, out, *args):
+        self.emu.conv(out, *args)
+        out.mul_(self.conv_scale)
+
+    def wgrad(self, dw, dsraw, *args):
+        self.emu.wgrad(dw, dsraw, *args)
+        dw.mul_(self.wgrad_scale)
+
+@pytest.mark.parametrize('conv_scale,wgrad_scale,ok', [(1.0, 1.0, True), (1.0 + 1e-3, 1.0, False), (1.0, 0.99, False)])
+def test_self_check_with_emulated_kernel(emu, monkeypatch, conv_scale, wgrad_scale, ok):
+    """The kernel code itself (emulated) passes the first-use self-check; a fault in the forward/grad-x
+    kernel or only in the weight-gradient kernel is caught and that configuration falls back."""
+    from torch_utils.ops import self_check
+    monkeypatch.setattr(self_check, '_enabled', True)
+    monkeypatch.setattr(self_check, '_verdicts', {})
+    monkeypatch.setattr(mcc, '_backend_for', lambda x: _FaultyBackend(emu, conv_scale, wgrad_scale))
+    x, weight, styles = _inputs(2, 5, 6, 4, 4, 3, 6, torch.float32, seed=23)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        y = mcc.modulated_conv2d(x, weight, styles, padding=1)
+    verdict, = self_check.results()
+    assert verdict.ok == ok, verdict.line()
+    assert len([w for w in caught if issubclass(w.category, self_check.KernelSelfCheckWarning)]) == (0 if ok else 1)
+    ref = modulated_conv2d_ref(x, weight, styles, padding=1)
+    if ok:
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    else:
+        assert torch.equal(y, ref)
 
 def test_geometry_covers_every_output_once():
     """Phases of the transposed conv tile its output exactly; every tap is in one phase."""

@@ -92,7 +92,8 @@ def get_plugin(module_name, sources, headers=None, source_dir=None, build_dir=No
         if not os.path.isfile(path):
             raise RuntimeError(f'get_plugin({module_name!r}): missing source file {path}')
     digest = _content_hash(sources + headers)
-    key = (module_name, digest, build_dir)
+    root = os.path.abspath(build_dir or _build_root())
+    key = (module_name, digest, root)
     if key in _loaded:
         return _loaded[key]
     if key in _failed:
@@ -100,7 +101,7 @@ def get_plugin(module_name, sources, headers=None, source_dir=None, build_dir=No
 
     # Copy the sources into a folder named after their hash, so that a changed
     # source gets a fresh folder and an unchanged one reuses the old objects.
-    target = os.path.join(build_dir or _build_root(), f'{module_name}-{digest}')
+    target = os.path.join(root, f'{module_name}-{digest}')
     os.makedirs(target, exist_ok=True)
     copied = []
     for path in sources + headers:

@@ -9,6 +9,7 @@ import torch
 
 import dnnlib
 from torch_utils import training_stats
+from torch_utils.ops import self_check
 
 #----------------------------------------------------------------------------
 
@@ -27,6 +28,7 @@ class RunLog:
         os.makedirs(run_dir, exist_ok=True)
         self._log_file = open(os.path.join(run_dir, 'log.txt'), 'a')
         self._stats_file = open(os.path.join(run_dir, 'stats.jsonl'), 'a')
+        self_check.log_to(os.path.join(run_dir, 'log.txt'))   # CUDA kernel self-check verdicts
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

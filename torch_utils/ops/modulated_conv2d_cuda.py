@@ -35,7 +35,8 @@ Falls back to the reference path (`modulated_conv2d_ref`) for down != 1, up > 2,
 with more than 32 taps or smaller than `up`, and outputs larger than `max_fused_pixels`
 (32x32 by default: an estimate, not a measurement, of where cuDNN's grouped conv catches
 up: the weight traffic the fusion saves is independent of resolution, the FLOPs are not;
-tune it with `benchmarks/bench_modconv.py` on the target GPU).
+measure it with `python -m benchmarks.gpu_acceptance` (part modconv_layers) or
+`benchmarks/bench_modconv.py` on the target GPU).
 """
 
 import functools
@@ -46,9 +47,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import custom_ops
-from . import upfirdn2d
+from . import self_check, upfirdn2d
 from .modulated_conv2d import _row_styles, demodulation_coefficients, modulated_conv2d_ref
-from .upfirdn2d import _get_filter_size, _parse_padding
+from .upfirdn2d import filter_extent, padding_edges
 
 #----------------------------------------------------------------------------
 
@@ -315,7 +316,7 @@ def fused_modulated_conv2d(x, weight, styles, noise=None, up=1, down=1, padding=
     S = _row_styles(styles, O) if styles.ndim == 3 else styles                     # [NOI] or [NI]
 
     # Same FP16 overflow guard as the reference path (demodulation cancels it).
-    if x.dtype == torch.float16 and demodulate:
+    if demodulate and x.dtype == torch.float16:
         weight = weight * (1 / math.sqrt(I * kh * kw) / weight.norm(float('inf'), dim=[1, 2, 3], keepdim=True))
         S = S / S.norm(float('inf'), dim=-1, keepdim=True)
     if S.ndim == 2:
@@ -328,7 +329,7 @@ def fused_modulated_conv2d(x, weight, styles, noise=None, up=1, down=1, padding=
     tensor_cores = _tensor_cores_for(x) if tensor_cores is None else bool(tensor_cores and x.dtype != torch.float64)
     common = dict(mod=backend, conv_config=conv_config, dgrad_config=dgrad_config, wgrad_config=wgrad_config,
                   splits=splits, num_sms=num_sms, tensor_cores=tensor_cores)
-    px0, px1, py0, py1 = _parse_padding(padding)
+    px0, px1, py0, py1 = padding_edges(padding)
     if up == 1 or (kh, kw) == (1, 1):
         if up > 1:   # 1x1 kernel: conv first, the filter pads afterwards
             cx0, cx1, cy0, cy1 = 0, 0, 0, 0
@@ -343,7 +344,7 @@ def fused_modulated_conv2d(x, weight, styles, noise=None, up=1, down=1, padding=
         nv = noise.to(x.dtype).expand(N, O, out_h, out_w) if fused_noise else None
         y = _FusedModConv.apply(x, w, S, d, nv, spec)
         if up > 1:
-            fw, fh = _get_filter_size(resample_filter)
+            fw, fh = filter_extent(resample_filter)
             pad = [px0 + (fw + up - 1) // 2, px1 + (fw - up) // 2, py0 + (fh + up - 1) // 2, py1 + (fh - up) // 2]
             y = upfirdn2d.upfirdn2d(y, resample_filter, up=up, padding=pad, gain=up ** 2)
         if noise is not None and not fused_noise:
@@ -351,7 +352,7 @@ def fused_modulated_conv2d(x, weight, styles, noise=None, up=1, down=1, padding=
         return y
 
     # up > 1, kernel > 1: the reference path's transposed conv, then the FIR filter.
-    fw, fh = _get_filter_size(resample_filter)
+    fw, fh = filter_extent(resample_filter)
     px0 += (fw + up - 1) // 2 - (kw - 1)
     px1 += (fw - up) // 2 - (kw - up)
     py0 += (fh + up - 1) // 2 - (kh - 1)
@@ -373,15 +374,76 @@ def modulated_conv2d(x, weight, styles, noise=None, up=1, down=1, padding=0, res
                      demodulate=True, flip_weight=True):
     """The CUDA implementation behind `modulated_conv2d(impl='cuda')`; same arguments and result.
 
+    The first call for a configuration class runs the self-check (`torch_utils.ops.self_check`);
+    a configuration whose kernel disagreed with the reference runs `modulated_conv2d_ref`.
     Raises RuntimeError when the plugin is unavailable (no CUDA device, or the build failed).
     """
+    backend = _backend_for(x)
+    args = dict(noise=noise, up=up, down=down, padding=padding, resample_filter=resample_filter,
+                demodulate=demodulate, flip_weight=flip_weight)
+    if _takes_kernel(x, weight, styles, up, down) and not _kernel_trusted(x, weight, styles, backend, args):
+        return modulated_conv2d_ref(x=x, weight=weight, styles=styles, fused_modconv=True, **args)
+    return fused_modulated_conv2d(x, weight, styles, backend=backend, **args)
+
+def _backend_for(x):
+    """The loaded plugin for CUDA tensor `x`, or raise with the reason."""
     ok, reason = is_available()
     if not ok:
         raise RuntimeError(f'modulated_conv2d: fused CUDA kernel unavailable: {reason}')
     if x.device.type != 'cuda':
         raise ValueError(f'modulated_conv2d(impl="cuda") needs CUDA tensors, got {x.device}')
-    return fused_modulated_conv2d(x, weight, styles, noise=noise, up=up, down=down, padding=padding,
-                                  resample_filter=resample_filter, demodulate=demodulate, flip_weight=flip_weight,
-                                  backend=_plugin.load())
+    return _plugin.load()
+
+def _takes_kernel(x, weight, styles, up, down):
+    """Whether `fused_modulated_conv2d` runs the kernel (and not its reference fallback) for these inputs."""
+    if _fallback_reason(x, weight, styles, up, down) is not None:
+        return False
+    return max_fused_pixels is None or x.shape[2] * x.shape[3] * up * up <= max_fused_pixels
+
+#----------------------------------------------------------------------------
+# First-use self-check.
+
+# Tolerance relative to the largest magnitude of the float64 reference, per (dtype, tensor cores):
+# those of the GPU parity tests, float32 FMA loosened to 1e-4 for up to 64 x 64 channels x 3 x 3 taps.
+_SELF_CHECK_TOLERANCE = {(torch.float32, False): 1e-4, (torch.float32, True): 5e-3,
+                         (torch.float16, True): 1e-2, (torch.float16, False): 1e-2,
+                         (torch.bfloat16, True): 5e-2, (torch.bfloat16, False): 5e-2,
+                         (torch.float64, False): 1e-9}
+_PROBE_CHANNELS = 64
+
+def _kernel_trusted(x, weight, styles, backend, args):
+    O, I, kh, kw = weight.shape
+    rows = 'none' if styles.ndim == 2 else ('1' if styles.shape[1] == 1 else ('O' if styles.shape[1] == O else '>O'))
+    tensor_cores = _tensor_cores_for(x)
+    config = dict(up=args['up'], kernel=f'{kh}x{kw}', padding=args['padding'], demodulate=bool(args['demodulate']),
+                  flip_weight=bool(args['flip_weight']), noise=args['noise'] is not None, style_rows=rows,
+                  few_out_channels=O <= 16, tensor_cores=tensor_cores)
+    return self_check.trusted('modulated_conv2d', x.dtype, config,
+                              lambda: _self_check_case(x, weight, styles, backend, args, rows, tensor_cores))
+
+def _self_check_case(x, weight, styles, backend, args, rows, tensor_cores):
+    """A random layer like this one: 2 samples, at most 64 in/out channels, the same image size."""
+    O, I, kh, kw = weight.shape
+    N, H, W = min(x.shape[0], 2), x.shape[2], x.shape[3]
+    O2, I2 = min(O, _PROBE_CHANNELS), min(I, _PROBE_CHANNELS)
+    gen = torch.Generator(device=x.device).manual_seed(0)
+    def rnd(*shape, dtype=torch.float32, shift=0.0):
+        return (torch.randn(shape, generator=gen, device=x.device) + shift).to(dtype)
+    style_shape = {'none': [N, I2], '1': [N, 1, I2], 'O': [N, O2, I2], '>O': [N, O2 + 1, I2]}[rows]
+    inputs = [rnd(N, I2, H, W, dtype=x.dtype), rnd(O2, I2, kh, kw, dtype=weight.dtype),
+              rnd(*style_shape, dtype=styles.dtype, shift=1.0)]
+    static = dict(args)
+    with_noise = static.pop('noise') is not None
+    if with_noise:
+        out = fused_modulated_conv2d(inputs[0].detach(), inputs[1].detach(), inputs[2].detach(), backend=backend,
+                                     **static)
+        inputs.append(rnd(N, 1, out.shape[2], out.shape[3], dtype=x.dtype))
+    def kernel(xx, ww, ss, *noise):
+        return fused_modulated_conv2d(xx, ww, ss, noise=noise[0] if noise else None, backend=backend, **static)
+    def reference(xx, ww, ss, *noise):
+        return modulated_conv2d_ref(x=xx, weight=ww, styles=ss, noise=noise[0] if noise else None,
+                                    fused_modconv=True, **static)
+    tolerance = _SELF_CHECK_TOLERANCE.get((x.dtype, tensor_cores), 1e-2)
+    return self_check.Case(inputs=inputs, kernel=kernel, reference=reference, tolerance=tolerance)
 
 #----------------------------------------------------------------------------
