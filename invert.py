@@ -11,6 +11,10 @@ from dnnlib.util import cli_errors
 from inversion.losses import parse_lpips_spec
 from inversion.runner import run_inversion
 from inversion.spaces import SPACES
+from torch_utils import distributed
+
+# How long a rank of a sharded run (torchrun / SLURM) waits at a barrier for the slowest rank.
+SHARD_TIMEOUT_S = 7 * 24 * 3600
 
 #----------------------------------------------------------------------------
 
@@ -93,7 +97,11 @@ def main(ctx, network, target, outdir, space, steps, lr, batch, truncation, trun
     python invert.py --network=overparam-ffhq256.pkl --target=celebahq-test/ --space=W --outdir=out/W
     python invert.py --network=ffhq.pkl --target=face.jpg --space=w+ --batch=1 --outdir=out/one
     python invert.py --resume=out/W
+
+    Sharded over K GPUs (each rank inverts every K-th batch; rank 0 merges the run files):
+    torchrun --nproc_per_node=K invert.py --network=... --target=... --outdir=out/W
     """
+    distributed.init(timeout_s=SHARD_TIMEOUT_S)
     params = dict(network=network, target=target, space=space, steps=steps, lr=lr, truncation=truncation,
                   truncation_until=truncation_until, crop=crop, lpips=lpips, mse_weight=mse_weight,
                   l1_weight=l1_weight, precision=precision, seed=seed)
@@ -121,6 +129,8 @@ def main(ctx, network, target, outdir, space, steps, lr, batch, truncation, trun
         raise click.BadParameter(str(err), param_hint='--device') from err
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise click.BadParameter('CUDA is not available on this machine', param_hint='--device')
+    if device.type == 'cuda' and device.index is None and distributed.get_world_size() > 1:
+        device = torch.device('cuda', torch.cuda.current_device())          # This rank's GPU (LOCAL_RANK).
 
     args = dict(params, outdir=str(outdir), batch=batch, save_every=save_every, device=str(device),
                 trust_pickle=trust_pickle, save_video=save_video, video_every=video_every)
@@ -132,8 +142,9 @@ def main(ctx, network, target, outdir, space, steps, lr, batch, truncation, trun
                             mse_weight=params['mse_weight'], l1_weight=params['l1_weight'],
                             save_video=save_video, video_every=video_every, args=args)
     lpips_mean = 'n/a' if summary['lpips_mean'] is None else f'{summary["lpips_mean"]:.4f}'
-    click.echo(f'Inverted {summary["images"]} images into {summary["space"]}: mean LPIPS {lpips_mean}, '
-               f'{summary["skipped"]} skipped -> {outdir}')
+    if distributed.get_rank() == 0:
+        click.echo(f'Inverted {summary["images"]} images into {summary["space"]}: mean LPIPS {lpips_mean}, '
+                   f'{summary["skipped"]} skipped -> {outdir}')
 
 #----------------------------------------------------------------------------
 
