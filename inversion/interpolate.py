@@ -24,6 +24,7 @@ from metrics import detectors
 from metrics import interpolation as interp
 from metrics.feature_stats import MetricOptions, compute_feature_stats_for_dataset
 from torch_utils.image_io import make_grid, save_json, save_png, to_uint8
+from torch_utils import distributed
 from training.sampling import class_label, latent_from_seed
 
 from .runner import InversionError, load_generator
@@ -96,6 +97,18 @@ def write_pair_images(G, ws, pairs, outdir, steps=8, midpoints_only=False, grid=
                 save_gif(outdir / f'pair-{i}-{j}.gif', frames)
         if len(rows) < OVERVIEW_MAX_ROWS:
             rows.append(make_grid(frames, cols=len(frames)))
+    return rows
+
+
+def overview_rows(outdir, pairs, midpoints_only=False):
+    """The overview's rows, read back from the pair (or midpoint) PNGs of the first pairs: in a
+    sharded run other ranks wrote some of them."""
+    stem = 'midpoint' if midpoints_only else 'pair'
+    rows = []
+    for i, j in pairs[:OVERVIEW_MAX_ROWS]:
+        with PIL.Image.open(Path(outdir) / f'{stem}-{i}-{j}.png') as img:
+            row = np.asarray(img)
+        rows.append(row[:, :, None] if row.ndim == 2 else row)
     return rows
 
 
@@ -189,9 +202,12 @@ def run_interpolation(network, outdir, *, inversion_run=None, seeds=None, pairs=
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    rows = write_pair_images(G, ws, pair_list, outdir, steps, midpoints_only, grid, gif, batch_size)
-    if grid and rows:
-        save_png(outdir / 'overview.png', stack_rows(rows))
+    # Sharded (torchrun): each rank draws every K-th pair; rank 0 assembles the overview and the JSON.
+    write_pair_images(G, ws, distributed.split_by_rank(pair_list), outdir, steps, midpoints_only, grid, gif,
+                      batch_size)
+    distributed.barrier()
+    if grid and distributed.get_rank() == 0:
+        save_png(outdir / 'overview.png', stack_rows(overview_rows(outdir, pair_list, midpoints_only)))
     record = dict(network=str(network), network_sha256=sha, inversion_run=None if inversion_run is None else str(inversion_run),
                   seeds=None if seeds is None else [int(s) for s in seeds], space=space, names=names,
                   pairs=[list(p) for p in pair_list], steps=int(steps), midpoints_only=bool(midpoints_only),
@@ -207,7 +223,9 @@ def run_interpolation(network, outdir, *, inversion_run=None, seeds=None, pairs=
         record['per_pair'] = [dict(i=i, j=j, a=names[i], b=names[j], path_length=float(v))
                               for (i, j), v in zip(pair_list, lengths)]
         record['summary'] = summary
-    save_json(outdir / 'interpolation.json', record)
+    if distributed.get_rank() == 0:
+        save_json(outdir / 'interpolation.json', record)
+    distributed.barrier()
     return record
 
 #----------------------------------------------------------------------------

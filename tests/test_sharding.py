@@ -168,3 +168,51 @@ def test_lock_refuses_a_second_run_on_every_rank(setup, tmp_path):
     assert text.count('is in use by another invert run') == 2, text          # Rank 1 too, in one line.
     assert 'jobs.py", line' not in text and 'invert.py", line' not in text      # torchrun's own report aside.
     assert not list(out.glob('*.npy'))
+
+#----------------------------------------------------------------------------
+# interpolate.py --pairs=all and calc_metrics.py --inversion-run, 2 ranks vs 1.
+
+def run_script(script, argv, nproc):
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    argv = [str(a) for a in argv]
+    cmd = [sys.executable, script, *argv] if nproc == 1 else [
+        sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={nproc}', script, *argv]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_interpolation_two_ranks_equal_one(setup, tmp_path):
+    net, _target, _ref = setup
+    real = tmp_path / 'real'
+    real.mkdir()
+    rng = np.random.RandomState(1)
+    for k in range(6):
+        PIL.Image.fromarray(rng.randint(0, 256, (16, 16, 3), dtype=np.uint8)).save(real / f'r{k}.png')
+    outs = {}
+    for nproc in (1, 2):
+        outs[nproc] = tmp_path / f'out{nproc}'
+        run_script('interpolate.py', ['--network', net, '--seeds', '0-4', '--pairs', 'all', '--steps', 3, '--batch', 3,
+                                      '--metrics', '--detector-path', 'random:64:0', '--data', real, '--no-cache',
+                                      '--device', 'cpu', '--no-progress', '--outdir', outs[nproc]], nproc)
+    one, two = (json.loads((outs[k] / 'interpolation.json').read_text()) for k in (1, 2))
+    assert len(one['pairs']) == 10 and one['per_pair'] == two['per_pair']       # Bitwise: same floats in JSON.
+    assert one['summary'] == two['summary'] and np.isfinite(one['summary']['fid_midpoints'])
+    for i, j in one['pairs']:
+        assert (outs[1] / f'pair-{i}-{j}.png').read_bytes() == (outs[2] / f'pair-{i}-{j}.png').read_bytes()
+    assert np.array_equal(np.asarray(PIL.Image.open(outs[1] / 'overview.png')),
+                          np.asarray(PIL.Image.open(outs[2] / 'overview.png')))
+
+
+def test_recon_metrics_two_ranks_equal_one(setup, tmp_path):
+    _net, _target, ref = setup
+    results = {}
+    for nproc in (1, 2):
+        out = tmp_path / f'm{nproc}'
+        run_script('calc_metrics.py', ['--inversion-run', ref, '--metrics', 'recon', '--detector-path', 'random:16:0',
+                                       '--batch', 2, '--quiet', '--run-dir', out], nproc)
+        lines = (out / 'metric-recon.jsonl').read_text().splitlines()
+        assert len(lines) == 1                                                 # Rank 0 reports once.
+        results[nproc] = json.loads(lines[0])['results']
+    assert results[1]['recon_num_images'] == 6 and np.isfinite(results[1]['recon_fid'])
+    assert results[1] == results[2]

@@ -99,3 +99,16 @@ def all_gather_objects(obj):
     out = [None] * get_world_size()
     torch.distributed.all_gather_object(out, obj)
     return out
+
+
+def map_in_order(fn, num_items):
+    """[fn(0), ..., fn(num_items - 1)] on every rank, item k computed on rank k mod world size.
+
+    The results (picklable; keep tensors on the CPU) are gathered to all ranks in item order, so
+    whatever is reduced from them afterwards is the same as in a single process computing every item.
+    """
+    mine = {k: fn(k) for k in split_by_rank(range(int(num_items)))}
+    merged = {}
+    for part in all_gather_objects(mine):
+        merged.update(part)
+    return [merged[k] for k in range(int(num_items))]
