@@ -58,9 +58,10 @@ def main(ctx, network_pkl, seeds, truncation_psi, truncation_cutoff, noise_mode,
         raise click.BadParameter(str(err), param_hint='--device') from err
     check_outdir(outdir)
     if latents_path is not None:
-        given = [f'--{k.replace("_psi", "").replace("_idx", "").replace("_", "-")}' for k in
-                 ('seeds', 'truncation_psi', 'truncation_cutoff', 'class_idx', 'noise_mode')
-                 if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT]
+        options = dict(seeds='--seeds', truncation_psi='--trunc', truncation_cutoff='--trunc-cutoff',
+                       class_idx='--class', noise_mode='--noise-mode')
+        given = [flag for key, flag in options.items()
+                 if ctx.get_parameter_source(key) != click.core.ParameterSource.DEFAULT]
         if given:
             raise click.UsageError(f'--latents renders saved latents as inverted (const noise, no truncation): '
                                    f'leave out {", ".join(given)}')

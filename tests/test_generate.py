@@ -129,5 +129,5 @@ def test_generate_latents_refuses_another_network(inverted, tmp_path):
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / 'out').exists()
     result = CliRunner().invoke(generate.main, [*args, '--allow-other-network'])
     assert result.exit_code == 0, result.output
-    result = CliRunner().invoke(generate.main, [*args[:-1], str(tmp_path / 'o3'), '--seeds', '1'])
-    assert result.exit_code != 0 and 'leave out --seeds' in result.output
+    result = CliRunner().invoke(generate.main, [*args[:-1], str(tmp_path / 'o3'), '--seeds', '1', '--trunc', '0.5'])
+    assert result.exit_code != 0 and 'leave out --seeds, --trunc' in result.output
