@@ -216,3 +216,22 @@ def test_recon_metrics_two_ranks_equal_one(setup, tmp_path):
         results[nproc] = json.loads(lines[0])['results']
     assert results[1]['recon_num_images'] == 6 and np.isfinite(results[1]['recon_fid'])
     assert results[1] == results[2]
+
+
+def test_slurm_environment_shards_too(setup, tmp_path):
+    """Two plain processes with SLURM's variables (srun --ntasks=2) form the same 2-rank run."""
+    import socket
+    net, target, ref = setup
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    out = tmp_path / 'out'
+    base = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK')}
+    procs = [subprocess.Popen([sys.executable, 'invert.py', *[str(a) for a in args(net, target, out)]], cwd=ROOT,
+                              env=dict(base, OMP_NUM_THREADS='1', SLURM_PROCID=str(r), SLURM_NTASKS='2',
+                                       SLURM_LOCALID=str(r), MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert '[rank 1/2]' in (out / 'log.txt').read_text()
+    assert_same_run(out, ref)
