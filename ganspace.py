@@ -3,7 +3,8 @@ et al., sec. 5.2): a thin CLI over `inversion.ganspace`. See docs/downstream.md.
 
     python ganspace.py fit  --network net.pkl --num-samples 100000 --components 20 --outdir pca
     python ganspace.py edit --network net.pkl --components pca/components.npz --seeds 0-3 \
-        --component 3 --strength=-2,-1,0,1,2 --layers 0-5 --outdir edits
+        --component 3,5 --strength=-2,-1,0,1,2 --layers 0-5 --outdir edits
+    python generate.py --network net.pkl --latents edits/edits.npz --outdir edits/rendered
 """
 
 import click
@@ -42,17 +43,21 @@ def fit(network, num_samples, components, seed, batch, device, trust_pickle, out
 @click.option('--components', 'components_path', required=True, help='components.npz from `fit`.')
 @click.option('--seeds', default=None, help="Seeds to generate and edit, e.g. '0-3'.")
 @click.option('--latents', default=None, help='latents.npz of an inversion run (invert.py --outdir).')
-@click.option('--component', type=click.IntRange(min=0), required=True, help='Principal component index.')
+@click.option('--component', 'component_specs', multiple=True, required=True, metavar='K[,K...]',
+              help="Principal component index; several: '3,5', '2-4' or the option repeated (each edited separately).")
 @click.option('--strength', default='-2,-1,0,1,2', show_default=True, help='Strengths in std units, comma-separated.')
 @click.option('--layers', default='all', show_default=True, help="Edited layers: 'all', 'a-b' or 'a,b,c'.")
 @click.option('--truncation', type=float, default=1.0, show_default=True, help='Truncation psi for --seeds.')
 @click.option('--device', default=None, help='Device (default: cuda if available).')
 @click.option('--trust-pickle', is_flag=True, help='Allow arbitrary code in the checkpoint (trusted files only).')
+@click.option('--allow-other-network', is_flag=True, help='Use components fitted on another network file.')
 @click.option('--outdir', required=True, help='Output folder.')
 @cli_errors(InversionError)
-def edit(network, components_path, seeds, latents, component, strength, layers, truncation, device, trust_pickle,
-         outdir):
-    """Write edits.png (rows = images, columns = strengths) and edits.json."""
+def edit(network, components_path, seeds, latents, component_specs, strength, layers, truncation, device, trust_pickle,
+         allow_other_network, outdir):
+    """Write edits.png (a titled block per component: rows = images, columns = strengths), a titled
+    images/<name>-c<K>-s<S>.png per image, component and strength, edits.npz (edited latents,
+    latents.npz format) and edits.json."""
     if (seeds is None) == (latents is None):
         raise click.UsageError('give exactly one of --seeds or --latents')
     try:
@@ -65,9 +70,17 @@ def edit(network, components_path, seeds, latents, component, strength, layers, 
         seed_list = None if seeds is None else parse_range(seeds)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint='--seeds') from err
-    info = run_edit(network, outdir, components_path, component=component, strengths=strengths, layers=layers,
-                    seeds=seed_list, latents=latents, truncation=truncation, device=device, trust_pickle=trust_pickle)
-    click.echo(f'{len(info["images"])} images x {len(strengths)} strengths -> {outdir}/edits.png')
+    components = []
+    for spec in component_specs:
+        try:
+            components += [c for c in parse_range(spec) if c not in components]
+        except ValueError as err:
+            raise click.BadParameter(f'{spec!r}: {err}', param_hint='--component') from err
+    info = run_edit(network, outdir, components_path, component=components, strengths=strengths, layers=layers,
+                    seeds=seed_list, latents=latents, truncation=truncation, device=device, trust_pickle=trust_pickle,
+                    allow_other_network=allow_other_network)
+    click.echo(f'{len(info["images"])} images x {len(components)} components x {len(strengths)} strengths -> '
+               f'{outdir}/edits.png, edits.npz')
 
 
 if __name__ == '__main__':

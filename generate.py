@@ -9,6 +9,9 @@ import torch
 from torch_utils import checkpoint
 from torch_utils.image_io import make_grid, save_json, save_png, to_uint8
 from dnnlib.util import check_outdir, cli_errors, make_outdir, parse_range
+from inversion import latents as saved_latents
+from inversion.runner import load_generator
+from inversion.spaces import SPACES
 from training.sampling import generate_images
 
 
@@ -23,6 +26,7 @@ def _seeds(text):
 
 
 @click.command()
+@click.pass_context
 @click.option('--network', 'network_pkl', help='Checkpoint path or URL', required=True)
 @click.option('--seeds', callback=lambda ctx, param, value: _seeds(value), default='0-7', show_default=True, help="Seeds, e.g. '0-3,7'")
 @click.option('--trunc', 'truncation_psi', type=float, default=1.0, show_default=True, help='Truncation psi')
@@ -33,18 +37,36 @@ def _seeds(text):
 @click.option('--batch', 'batch_size', type=click.IntRange(min=1), default=16, show_default=True)
 @click.option('--device', default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
 @click.option('--trust-pickle', is_flag=True, help='Unpickle without restrictions (only for files you trust)')
+@click.option('--latents', 'latents_path', metavar='NPZ|NPY', default=None,
+              help="Render saved latents instead of seeds: an invert.py run's latents.npz or one <name>.npy")
+@click.option('--space', type=click.Choice(SPACES), default=None,
+              help='Latent space of a --latents .npy (default: inferred from its shape)')
+@click.option('--allow-other-network', is_flag=True,
+              help='Render --latents fitted to another network file (its checkpoint_sha256 differs)')
 @cli_errors
-def main(network_pkl, seeds, truncation_psi, truncation_cutoff, noise_mode, class_idx, outdir, batch_size, device, trust_pickle):
-    """Write seed%04d.png per seed, grid.png and generate.json.
+def main(ctx, network_pkl, seeds, truncation_psi, truncation_cutoff, noise_mode, class_idx, outdir, batch_size, device,
+         trust_pickle, latents_path, space, allow_other_network):
+    """Write seed%04d.png per seed (or <name>.png per saved latent), grid.png and generate.json.
 
     \b
     python generate.py --network=run/network-snapshot-000100.pkl --seeds=0-15 --trunc=0.7 --outdir=out
+    python generate.py --network=net.pkl --latents=out/W/latents.npz --outdir=renders
     """
     try:
         device = torch.device(device)
     except RuntimeError as err:
         raise click.BadParameter(str(err), param_hint='--device') from err
     check_outdir(outdir)
+    if latents_path is not None:
+        options = dict(seeds='--seeds', truncation_psi='--trunc', truncation_cutoff='--trunc-cutoff',
+                       class_idx='--class', noise_mode='--noise-mode')
+        given = [flag for key, flag in options.items()
+                 if ctx.get_parameter_source(key) != click.core.ParameterSource.DEFAULT]
+        if given:
+            raise click.UsageError(f'--latents renders saved latents as inverted (const noise, no truncation): '
+                                   f'leave out {", ".join(given)}')
+        render_saved(network_pkl, latents_path, space, outdir, batch_size, device, trust_pickle, allow_other_network)
+        return
     G = checkpoint.load_network(network_pkl, key='G_ema', trust=trust_pickle, device=device)
     start = time.time()
     images = generate_images(G, seeds, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
@@ -61,6 +83,29 @@ def main(network_pkl, seeds, truncation_psi, truncation_cutoff, noise_mode, clas
                                              z_shape=list(G.z_shape), images=files, grid='grid.png',
                                              seconds=round(time.time() - start, 3)))
     click.echo(f'Wrote {len(files)} images and grid.png to {outdir}')
+
+
+def render_saved(network_pkl, latents_path, space, outdir, batch_size, device, trust_pickle, allow_other_network):
+    """--latents: <name>.png per latent (the run's <name>-recon.png), grid.png, generate.json."""
+    G, sha256 = load_generator(network_pkl, trust_pickle=trust_pickle, device=device)
+    names, latent_space, latents, recorded = saved_latents.read_latents(latents_path, G, space)
+    if recorded is not None and recorded != sha256 and not allow_other_network:
+        raise click.ClickException(f'--latents {latents_path} was fitted to a network with sha256 {recorded[:12]}..., '
+                                   f'--network {network_pkl} is {sha256[:12]}...; pass that network, or '
+                                   f'--allow-other-network')
+    start = time.time()
+    images = saved_latents.render(G, latent_space, latents, batch_size=batch_size, device=device)
+    outdir = Path(make_outdir(outdir))
+    files = []
+    for name, image in zip(names, images):
+        save_png(outdir / f'{name}.png', image)
+        files.append(f'{name}.png')
+    save_png(outdir / 'grid.png', make_grid(images))
+    save_json(outdir / 'generate.json', dict(network=str(network_pkl), network_sha256=sha256, latents=str(latents_path),
+                                             latents_sha256=recorded, space=latent_space.name, names=names,
+                                             noise_mode='const', images=files, grid='grid.png',
+                                             seconds=round(time.time() - start, 3)))
+    click.echo(f'Rendered {len(files)} {latent_space.name} latents and grid.png to {outdir}')
 
 
 if __name__ == '__main__':

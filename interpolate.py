@@ -5,9 +5,10 @@
 import click
 import torch
 
-from dnnlib.util import parse_range
+from dnnlib.util import cli_errors, parse_range
 from inversion.interpolate import run_interpolation
 from inversion.runner import InversionError
+from torch_utils import distributed
 
 #----------------------------------------------------------------------------
 
@@ -33,6 +34,7 @@ from inversion.runner import InversionError
 @click.option('--device', default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
 @click.option('--trust-pickle', is_flag=True, help='Allow arbitrary code in the checkpoint pickle (trusted files only)')
 @click.option('--progress/--no-progress', default=True, show_default=True)
+@cli_errors
 def main(network, outdir, **options):
     """Interpolate linearly between latents (in the space they were inverted in) and measure it.
 
@@ -41,10 +43,13 @@ def main(network, outdir, **options):
         --detector-path=~/detectors --data=celebahq256.zip --outdir=out/interp-W --no-grid
     python interpolate.py --network=G.pkl --seeds=0-3 --pairs=0-1,2-3 --gif --outdir=out/interp-seeds
     """
+    distributed.init()
     try:
         out = run_interpolation(network, outdir, log=lambda msg: click.echo(msg, err=True), **options)
     except InversionError as err:
         raise click.ClickException(str(err)) from None
+    if distributed.get_rank() != 0:
+        return
     s = out.get('summary')
     if s is not None:
         fid = f"  FID(midpoints) {s['fid_midpoints']:.2f}" if 'fid_midpoints' in s else ''

@@ -13,6 +13,10 @@ from inversion.runner import run_inversion
 from inversion.spaces import SPACES
 from inversion.targets import CROP_MODES
 from preprocess.align_folder import MULTIPLE_MODES, AlignFolderError, align_folder, paste_back_folder
+from torch_utils import distributed
+
+# How long a rank of a sharded run (torchrun / SLURM) waits at a barrier for the slowest rank.
+SHARD_TIMEOUT_S = 7 * 24 * 3600
 
 #----------------------------------------------------------------------------
 
@@ -111,7 +115,11 @@ def main(ctx, network, target, outdir, space, steps, lr, batch, truncation, trun
     python invert.py --resume=out/W
     python invert.py --network=ffhq.pkl --target=photos/ --align --paste-back --outdir=out/photos
     python invert.py --network=ffhq.pkl --target=occluded/ --mask=occluded-masks/ --outdir=out/occluded
+
+    Sharded over K GPUs (each rank inverts every K-th batch; rank 0 merges the run files):
+    torchrun --nproc_per_node=K invert.py --network=... --target=... --outdir=out/W
     """
+    distributed.init(timeout_s=SHARD_TIMEOUT_S)
     params = dict(network=network, target=target, space=space, steps=steps, lr=lr, truncation=truncation,
                   truncation_until=truncation_until, crop=crop, lpips=lpips, mse_weight=mse_weight,
                   l1_weight=l1_weight, precision=precision, seed=seed, mask=mask)
@@ -139,12 +147,19 @@ def main(ctx, network, target, outdir, space, steps, lr, batch, truncation, trun
         raise click.BadParameter(str(err), param_hint='--device') from err
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise click.BadParameter('CUDA is not available on this machine', param_hint='--device')
+    if device.type == 'cuda' and device.index is None and distributed.get_world_size() > 1:
+        device = torch.device('cuda', torch.cuda.current_device())          # This rank's GPU (LOCAL_RANK).
 
     if paste_back and not align:
         raise click.UsageError('--paste-back needs --align (it undoes the alignment)')
     inversion_target, align_skipped = params['target'], []
-    if align:
-        inversion_target, align_skipped = _align_targets(params['target'], outdir, align_resolution, align_multiple)
+    if align:                                   # Rank 0 aligns; the other ranks of a sharded run read its result.
+        if distributed.get_rank() == 0:
+            inversion_target, align_skipped = _align_targets(params['target'], outdir, align_resolution,
+                                                             align_multiple)
+        distributed.barrier()
+        if distributed.get_rank() != 0:
+            inversion_target, align_skipped = _aligned_result(params['target'], outdir)
     args = dict(params, outdir=str(outdir), batch=batch, save_every=save_every, device=str(device),
                 trust_pickle=trust_pickle, save_video=save_video, video_every=video_every, align=align,
                 align_resolution=align_resolution, align_multiple=align_multiple, paste_back=paste_back)
@@ -157,6 +172,8 @@ def main(ctx, network, target, outdir, space, steps, lr, batch, truncation, trun
                             save_video=save_video, video_every=video_every, mask=params['mask'], skipped=align_skipped,
                             args=args)
     lpips_mean = 'n/a' if summary['lpips_mean'] is None else f'{summary["lpips_mean"]:.4f}'
+    if distributed.get_rank() != 0:
+        return
     click.echo(f'Inverted {summary["images"]} images into {summary["space"]}: mean LPIPS {lpips_mean}, '
                f'{summary["skipped"]} skipped -> {outdir}')
     if paste_back:
@@ -176,13 +193,20 @@ def _align_targets(target, outdir, resolution, multiple):
                                overview=Path(outdir) / 'aligned-overview.png')
     except AlignFolderError as err:
         raise click.ClickException(str(err)) from None
-    skipped = [(str(Path(target) / r['source']) if Path(target).is_dir() else str(target), f'--align: {r["reason"]}')
-               for r in json.loads((aligned_dir / 'skipped.json').read_text())]
+    _, skipped = _aligned_result(target, outdir)
     for source, reason in skipped:
         click.echo(f'{source}: {reason} (not inverted)')
     if summary['crops'] + summary['resumed'] == 0:
         raise click.ClickException(f'--align: no face found in --target {target} (reasons in '
                                    f'{aligned_dir / "skipped.json"})')
+    return str(aligned_dir), skipped
+
+
+def _aligned_result(target, outdir):
+    """(OUTDIR/aligned, [(photo, reason)] of the photos that alignment left out) from its skipped.json."""
+    aligned_dir = Path(outdir) / 'aligned'
+    skipped = [(str(Path(target) / r['source']) if Path(target).is_dir() else str(target), f'--align: {r["reason"]}')
+               for r in json.loads((aligned_dir / 'skipped.json').read_text())]
     return str(aligned_dir), skipped
 
 #----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ The mathematics (lerp of synthesis inputs, path length over 5 segments, FID of m
 in `metrics.interpolation`; this module reads and writes files:
 
     interpolation.json       settings, pairs, per-pair path lengths, summary (with the LPIPS network)
-    pair-<i>-<j>.png         the frames of one path side by side (grid)
+    pair-<i>-<j>.png         the frames of one path side by side, upscaled, titled (grid)
     pair-<i>-<j>.gif         the same frames, forward then back (gif)
     midpoint-<i>-<j>.png     only the t = 1/2 image (midpoints_only)
     overview.png             one row per pair, at most OVERVIEW_MAX_ROWS rows (grid)
@@ -23,13 +23,16 @@ from tqdm import tqdm
 from metrics import detectors
 from metrics import interpolation as interp
 from metrics.feature_stats import MetricOptions, compute_feature_stats_for_dataset
-from torch_utils.image_io import make_grid, save_json, save_png, to_uint8
+from torch_utils.image_io import save_json, save_png, to_uint8
+from torch_utils import distributed
+from torch_utils.annotate import labelled_grid, upscale_nearest
 from training.sampling import class_label, latent_from_seed
 
 from .runner import InversionError, load_generator
 from .spaces import LatentSpace
 
 OVERVIEW_MAX_ROWS = 64
+MIN_FRAME_PX = 128                   # Frames of the PNG strips are upscaled (nearest) to at least this.
 
 #----------------------------------------------------------------------------
 # Where the latents come from.
@@ -80,29 +83,50 @@ def save_gif(path, frames, duration_ms=80):
     os.replace(partial, path)
 
 
-def write_pair_images(G, ws, pairs, outdir, steps=8, midpoints_only=False, grid=True, gif=False, batch_size=8):
-    """Write the images of every pair; returns the rows of the overview (uint8 `[H, W_row, C]`)."""
+def pair_strip(frames, title):
+    """uint8 frames `[T, H, W, C]` of one path -> one titled strip: every frame upscaled (nearest) to
+    >= `MIN_FRAME_PX`, its t = k / (T - 1) above it."""
+    big = np.stack([upscale_nearest(f, MIN_FRAME_PX) for f in frames])
+    ts = [f't = {k / (len(frames) - 1):.3g}' for k in range(len(frames))] if len(frames) > 1 else None
+    return labelled_grid(big[None], col_labels=ts, title=title)
+
+
+def write_pair_images(G, ws, pairs, outdir, steps=8, midpoints_only=False, grid=True, gif=False, batch_size=8,
+                      names=None):
+    """Write the images of every pair: titled, upscaled `pair-<i>-<j>.png` strips (grid) or
+    `midpoint-<i>-<j>.png`, and GIFs (gif, at the generator's resolution). names: of the latents."""
     outdir = Path(outdir)
-    rows = []
     for i, j in pairs:
+        a, b = (str(k) if names is None else names[k] for k in (i, j))
         if midpoints_only:
             frames = to_uint8(interp.midpoints(G, ws[i:i + 1], ws[j:j + 1], batch_size))      # [1, H, W, C]
-            save_png(outdir / f'midpoint-{i}-{j}.png', frames[0])
+            save_png(outdir / f'midpoint-{i}-{j}.png', pair_strip(frames, ['midpoint (t = 0.5) of', a, b]))
         else:
             frames = to_uint8(interp.interpolation_frames(G, ws[i], ws[j], steps, batch_size))  # [T, H, W, C]
             if grid:
-                save_png(outdir / f'pair-{i}-{j}.png', make_grid(frames, cols=len(frames)))
+                save_png(outdir / f'pair-{i}-{j}.png', pair_strip(frames, f'{a} -> {b} (pair {i}-{j})'))
             if gif:
                 save_gif(outdir / f'pair-{i}-{j}.gif', frames)
-        if len(rows) < OVERVIEW_MAX_ROWS:
-            rows.append(make_grid(frames, cols=len(frames)))
+
+
+def overview_rows(outdir, pairs, midpoints_only=False):
+    """The overview's rows, read back from the pair (or midpoint) PNGs of the first pairs: in a
+    sharded run other ranks wrote some of them."""
+    stem = 'midpoint' if midpoints_only else 'pair'
+    rows = []
+    for i, j in pairs[:OVERVIEW_MAX_ROWS]:
+        with PIL.Image.open(Path(outdir) / f'{stem}-{i}-{j}.png') as img:
+            row = np.asarray(img)
+        rows.append(row[:, :, None] if row.ndim == 2 else row)
     return rows
 
 
 def stack_rows(rows):
-    """Rows of different widths -> one image, each row padded with black on the right."""
+    """Rows of different widths -> one image, each row padded with white on the right."""
     width = max(r.shape[1] for r in rows)
-    return np.concatenate([np.pad(r, [(0, 0), (0, width - r.shape[1]), (0, 0)]) for r in rows], axis=0)
+    rows = [np.repeat(r, 3, axis=2) if r.shape[2] == 1 else r for r in rows]
+    return np.concatenate([np.pad(r, [(0, 0), (0, width - r.shape[1]), (0, 0)], constant_values=255) for r in rows],
+                          axis=0)
 
 #----------------------------------------------------------------------------
 # Metrics.
@@ -189,9 +213,12 @@ def run_interpolation(network, outdir, *, inversion_run=None, seeds=None, pairs=
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    rows = write_pair_images(G, ws, pair_list, outdir, steps, midpoints_only, grid, gif, batch_size)
-    if grid and rows:
-        save_png(outdir / 'overview.png', stack_rows(rows))
+    # Sharded (torchrun): each rank draws every K-th pair; rank 0 assembles the overview and the JSON.
+    write_pair_images(G, ws, distributed.split_by_rank(pair_list), outdir, steps, midpoints_only, grid, gif,
+                      batch_size, names=names)
+    distributed.barrier()
+    if grid and distributed.get_rank() == 0:
+        save_png(outdir / 'overview.png', stack_rows(overview_rows(outdir, pair_list, midpoints_only)))
     record = dict(network=str(network), network_sha256=sha, inversion_run=None if inversion_run is None else str(inversion_run),
                   seeds=None if seeds is None else [int(s) for s in seeds], space=space, names=names,
                   pairs=[list(p) for p in pair_list], steps=int(steps), midpoints_only=bool(midpoints_only),
@@ -207,7 +234,9 @@ def run_interpolation(network, outdir, *, inversion_run=None, seeds=None, pairs=
         record['per_pair'] = [dict(i=i, j=j, a=names[i], b=names[j], path_length=float(v))
                               for (i, j), v in zip(pair_list, lengths)]
         record['summary'] = summary
-    save_json(outdir / 'interpolation.json', record)
+    if distributed.get_rank() == 0:
+        save_json(outdir / 'interpolation.json', record)
+    distributed.barrier()
     return record
 
 #----------------------------------------------------------------------------

@@ -32,6 +32,7 @@ latent files are reported and their images redone. Since the loop has no randomn
 image's trajectory does not depend on its batch, the result equals the uninterrupted run.
 """
 
+import contextlib
 import hashlib
 import json
 import time
@@ -42,9 +43,10 @@ import torch
 from tqdm import tqdm
 
 from dnnlib.util import check_outdir, make_outdir, one_line, outdir_lock, remove_stale_temporaries
+from torch_utils import distributed
 from torch_utils.image_io import IMAGE_EXTENSIONS, save_json
 
-from . import outputs
+from . import outputs, sharding
 from .optimize import truncation_steps
 from .targets import TargetError, decode_target, list_targets
 
@@ -99,6 +101,15 @@ class _Runner:
         self.curves = {}
         self.skipped = {}                                                   # {source: record}
         self.skipped_path = self.outdir / 'skipped.json'
+        self.curves_path = self.outdir / 'lpips_curves.npz'
+        self.shard = False                                                  # True: a rank of a sharded run.
+
+    def use_shard_files(self, rank):
+        """Write this rank's results, curves and skipped list to `shards/` (see `inversion.sharding`)."""
+        paths = sharding.shard_paths(self.outdir, rank)
+        paths['results'].parent.mkdir(exist_ok=True)
+        self.results_path, self.curves_path, self.skipped_path = paths['results'], paths['curves'], paths['skipped']
+        self.shard = True
 
     # -- skipped.json ------------------------------------------------------
 
@@ -167,12 +178,12 @@ class _Runner:
                 names = list(state['names'])
             except Exception as err:  # noqa: BLE001 - any damage means: start this batch again.
                 self.log(f'Resume state {path.name} is damaged ({type(err).__name__}); redoing its images')
-                path.unlink()
+                path.unlink(missing_ok=True)
                 continue
             if state.get('settings') != self.job.settings or any(n not in by_name for n in names):
                 raise InversionError(f'Resume state {path} does not fit this run (other settings or targets); remove it')
             if all(n in self.results for n in names):
-                path.unlink()
+                path.unlink(missing_ok=True)
                 continue
             groups.append((names, state))
         return groups
@@ -227,7 +238,7 @@ class _Runner:
         for i in todo:
             final = metrics[i].get(self.job.curve_key, np.nan)
             self.curves[names[i]] = np.append(history[:, i], final).astype(np.float32)
-        outputs.write_curves(self.outdir / 'lpips_curves.npz', self.curves)
+        outputs.write_curves(self.curves_path, self.curves)
         for i in todo:
             record = dict(name=names[i], source=sources[i], **metrics[i], steps=inverter.steps, seconds=seconds / n,
                           batch_seconds=seconds, batch_size=n)
@@ -239,7 +250,8 @@ class _Runner:
         key = self.job.curve_key
         mean = float(np.mean([m[key] for m in metrics])) if all(key in m for m in metrics) else float('nan')
         self.log(f'Batch of {n} done in {seconds:.1f}s: mean {key} {mean:.4f} ({len(self.results)} images finished)')
-        self.write_run_files(latents=False)
+        if not self.shard:                                                  # Rank 0 writes them after the merge.
+            self.write_run_files(latents=False)
 
     def write_run_files(self, latents=True):
         """summary.json and lpips_curve.png (cheap: after every batch); latents.npz (at the end)."""
@@ -268,41 +280,72 @@ def run_job(job, sources, ignored, outdir, *, batch, device, save_every=100, pro
     batch: images per batch, or a function (number of images to do) -> batch size. run_info: extra
     JSON for run.json. Returns the summary dict. Raises InversionError for bad inputs (nothing is
     written before they are found) and when another process works in `outdir`.
+
+    Sharded (a `torch_utils.distributed` process group of K > 1 ranks, e.g. torchrun): the images
+    still to do are cut into the batches a single process would form, and batch j goes to rank
+    j mod K (`distributed.split_by_rank`), so every batch holds the same images as in a 1-process
+    run. Rank 0 holds the outdir lock for all K ranks, prepares the folder, and merges the ranks'
+    bookkeeping (`inversion.sharding`) into results.jsonl, lpips_curves.npz, skipped.json,
+    summary.json and latents.npz when all are done; every rank returns the merged summary.
     """
     outdir, device = Path(outdir), torch.device(device)
-    check_job_outdir(outdir)
-    run_json = outdir / 'run.json'
-    if run_json.is_file():
-        old = _read_json(run_json, 'the run').get('settings', {})
-        diff = [f'{k} ({old.get(k)!r} -> {v!r})' for k, v in job.settings.items() if old.get(k) != v]
-        if diff:
-            raise InversionError(f'{outdir} holds a run with other settings: {"; ".join(diff)}. '
-                                 f'Use another --outdir, or the same settings to resume it')
-    make_outdir(outdir)
-    with outdir_lock(outdir, f'{job.kind} run'):
-        remove_stale_temporaries(outdir)
-        save_json(run_json, dict(settings=job.settings, kind=job.kind, **(run_info or {})))
-        log = outputs.RunLog(outdir / 'log.txt', echo=progress)
-        if header:
+    rank, world = distributed.get_rank(), distributed.get_world_size()
+    with contextlib.ExitStack() as stack:
+        error = None
+        if rank == 0:
+            try:
+                _prepare_outdir(job, outdir, run_info, stack)
+            except (ValueError, OSError) as err:
+                error = err
+        message = distributed.broadcast_object(None if error is None else one_line(error))
+        if error is not None:
+            raise error
+        if message is not None:
+            raise InversionError(message)
+        base_log = outputs.RunLog(outdir / 'log.txt', echo=progress and rank == 0)
+        log = base_log if world == 1 else (lambda msg, echo=True: base_log(f'[rank {rank}/{world}] {msg}', echo))
+        if header and rank == 0:
             log(header)
-        runner = _Runner(job, outdir, opt=dict(save_every=int(save_every), progress=progress,
-                                               progress_every=max(1, int(progress_every))), log=log, device=device)
-        runner.load_skipped(ignored)
-        runner.check_finished()
+        opt = dict(save_every=int(save_every), progress=progress and rank == 0,
+                   progress_every=max(1, int(progress_every)))
+        if rank == 0:
+            merged = sharding.merge_shards(outdir, log)                    # What a killed sharded run left.
+            if merged:
+                log(f'Merged {merged} finished images from the shards of an earlier sharded run')
+            runner = _Runner(job, outdir, opt=opt, log=log, device=device)
+            runner.load_skipped(ignored)
+            runner.check_finished()
+        distributed.barrier()                                              # results.jsonl etc. are final.
+        if rank != 0:
+            runner = _Runner(job, outdir, opt=opt, log=log, device=device)
+            runner.skipped = sharding._read_skipped(runner.skipped_path) or {}
+            runner.curves = {}
+            with contextlib.suppress(OSError, ValueError, KeyError, EOFError):
+                runner.curves = outputs.read_curves(runner.curves_path)
         by_name = {s.name: s for s in sources}
         groups = runner.saved_groups(by_name)
+        distributed.barrier()                                              # Every rank has listed state/.
+        if world > 1:
+            runner.use_shard_files(rank)
         in_groups = {n for names, _ in groups for n in names}
         pending = [s for s in sources if s.name not in runner.results and s.name not in in_groups]
         todo = len(pending) + sum(sum(n not in runner.results for n in names) for names, _ in groups)
         log(f'{len(sources)} targets: {len(runner.results)} finished, {len(in_groups)} in saved batches, '
             f'{len(pending)} to do; {len(ignored)} other files left out')
-        batch_size = int(batch(len(pending)) if callable(batch) else batch)
+        batch_size = distributed.broadcast_object(int(batch(len(pending)) if callable(batch) else batch) if rank == 0
+                                                  else None)
         if batch_size < 1:
             raise InversionError(f'--batch {batch_size}: must be a positive integer')
         if callable(batch):
             log(f'{batch_size} images per batch')
+        chunks = _plan_batches(sources, {s.name for s in pending}, batch_size)
+        if world > 1:
+            groups = distributed.split_by_rank(groups)
+            chunks = distributed.split_by_rank(chunks)
+            todo = sum(map(len, chunks)) + sum(sum(n not in runner.results for n in names) for names, _ in groups)
+            log(f'This rank: {len(groups)} saved batches and {len(chunks)} new batches ({todo} images)')
 
-        images_bar = tqdm(total=todo, desc='images', unit='img', disable=not progress, dynamic_ncols=True)
+        images_bar = tqdm(total=todo, desc='images', unit='img', disable=not opt['progress'], dynamic_ncols=True)
         try:
             for names, state in groups:
                 images = [runner.decode(by_name[n]) for n in names]
@@ -312,32 +355,69 @@ def run_job(job, sources, ignored, outdir, *, batch, device, save_every=100, pro
                                          f'{runner.state_path(names)} to redo the batch without it')
                 runner.run_group(names, [by_name[n].source for n in names], np.stack(images), state=state,
                                  images_bar=images_bar)
-            queue = iter(pending)
-            exhausted = False
-            while not exhausted:
-                names, srcs, images = [], [], []
-                while len(names) < batch_size:
-                    src = next(queue, None)
-                    if src is None:
-                        exhausted = True
-                        break
-                    img = runner.decode(src)
-                    if img is None:
-                        images_bar.update(1)
-                        continue
-                    names.append(src.name)
-                    srcs.append(src.source)
-                    images.append(img)
-                if names:
-                    runner.run_group(names, srcs, np.stack(images), images_bar=images_bar)
+            for chunk in chunks:
+                _run_chunk(runner, chunk, images_bar)
         finally:
             images_bar.close()
-        summary = runner.write_run_files(latents=True)
-        log(f'Done: {summary["images"]} images, {len(runner.skipped)} skipped -> {outdir}', echo=False)
-    if not runner.results:
+        if world > 1:
+            distributed.barrier()                                          # All shares are done.
+            if rank == 0:
+                sharding.merge_shards(outdir, log)
+                runner = _Runner(job, outdir, opt=opt, log=log, device=device)
+                runner.skipped = sharding._read_skipped(runner.skipped_path) or {}
+                runner.curves = outputs.read_curves(runner.curves_path)
+        if rank == 0:
+            summary = runner.write_run_files(latents=True)
+            log(f'Done: {summary["images"]} images, {len(runner.skipped)} skipped -> {outdir}', echo=False)
+        distributed.barrier()                                              # summary.json is written.
+        if rank != 0:
+            summary = json.loads((outdir / 'summary.json').read_text())
+    if not summary['images']:
         raise InversionError(f'None of the files in {job.settings.get("target")} could be used: all '
-                             f'{len(runner.skipped)} are listed with their reasons in {outdir / "skipped.json"}')
+                             f'{summary["skipped"]} are listed with their reasons in {outdir / "skipped.json"}')
     return summary
+
+
+def _prepare_outdir(job, outdir, run_info, stack):
+    """Check `outdir` against job's settings, create it, take its lock (held until `stack` closes),
+    remove a killed run's temporaries and write run.json. Raises InversionError/OutdirError."""
+    check_job_outdir(outdir)
+    run_json = outdir / 'run.json'
+    if run_json.is_file():
+        old = _read_json(run_json, 'the run').get('settings', {})
+        diff = [f'{k} ({old.get(k)!r} -> {v!r})' for k, v in job.settings.items() if old.get(k) != v]
+        if diff:
+            raise InversionError(f'{outdir} holds a run with other settings: {"; ".join(diff)}. '
+                                 f'Use another --outdir, or the same settings to resume it')
+    make_outdir(outdir)
+    stack.enter_context(outdir_lock(outdir, f'{job.kind} run'))
+    remove_stale_temporaries(outdir)
+    save_json(run_json, dict(settings=job.settings, kind=job.kind, **(run_info or {})))
+
+
+def _run_chunk(runner, chunk, images_bar):
+    """Decode one planned batch of sources and optimise it (unreadable files are skipped)."""
+    names, srcs, images = [], [], []
+    for src in chunk:
+        img = runner.decode(src)
+        if img is None:
+            images_bar.update(1)
+            continue
+        names.append(src.name)
+        srcs.append(src.source)
+        images.append(img)
+    if names:
+        runner.run_group(names, srcs, np.stack(images), images_bar=images_bar)
+
+
+def _plan_batches(sources, pending, batch_size):
+    """The batches of a run: `sources` cut into consecutive runs of `batch_size`, each reduced to its
+    `pending` names (empty ones dropped). Positions come from the whole listing, not from what is
+    left, so a resumed or sharded run forms the same batches as an uninterrupted 1-process run, and
+    an unreadable file only makes its batch smaller: per-image results are bitwise equal only for
+    equal batches (Adam's first steps turn rounding-level gradient differences into lr-sized ones)."""
+    chunks = ([s for s in sources[i:i + batch_size] if s.name in pending] for i in range(0, len(sources), batch_size))
+    return [c for c in chunks if c]
 
 
 def default_summary(results, skipped, job, args, **extra):

@@ -27,6 +27,8 @@ import re
 import numpy as np
 import torch
 
+from torch_utils import distributed
+
 from .feature_stats import FeatureStats
 from .frechet import frechet_distance
 from .ppl import to_lpips_range
@@ -169,17 +171,27 @@ def interpolation_metrics(G, ws, pairs, distance_fn, feature_fn=None, real_featu
     want_fid = feature_fn is not None and real_features is not None
     if want_fid:
         mid_stats = FeatureStats(capture_mean_cov=True)
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
+    starts = list(range(0, len(pairs), batch_size))
+
+    def one_chunk(k):                                                     # -> (lengths [n], features [n, D] or None)
+        chunk = pairs[starts[k]:starts[k] + batch_size]
         idx0 = torch.tensor([p[0] for p in chunk], device=ws.device)
         idx1 = torch.tensor([p[1] for p in chunk], device=ws.device)
         ws0, ws1 = ws[idx0], ws[idx1]
-        lengths.append(interpolation_path_length(G, ws0, ws1, distance_fn, num_segments, batch_size))
+        length = interpolation_path_length(G, ws0, ws1, distance_fn, num_segments, batch_size).cpu()
+        feats = None
         if want_fid:
-            feats = feature_fn(to_uint8_nchw(midpoints(G, ws0, ws1, batch_size)))
-            mid_stats.append(torch.as_tensor(feats).to(torch.float32).cpu().numpy())
+            feats = torch.as_tensor(feature_fn(to_uint8_nchw(midpoints(G, ws0, ws1, batch_size)))).to(torch.float32).cpu()
         if progress is not None:
             progress(len(chunk))
+        return length, feats
+
+    # Sharded (torchrun): chunk k on rank k mod K, gathered in chunk order, so the lengths and the
+    # midpoint statistics (appended in the same order) equal a 1-process run's.
+    for length, feats in distributed.map_in_order(one_chunk, len(starts)):
+        lengths.append(length)
+        if want_fid:
+            mid_stats.append(feats.numpy())
     lengths = torch.cat(lengths).numpy()
     result = dict(num_pairs=len(pairs), num_segments=int(num_segments), path_lengths=lengths.tolist(),
                   ppl_mean=float(lengths.mean()), ppl_median=float(np.median(lengths)))

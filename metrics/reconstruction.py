@@ -26,6 +26,8 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 
+from torch_utils import distributed
+
 from . import detectors
 from .frechet import frechet_distance
 
@@ -249,12 +251,6 @@ def read_inversion_run(run_dir):
 
 #----------------------------------------------------------------------------
 
-def _batches(arr, batch_size, device):
-    """uint8 `[N, H, W, C]` numpy -> tensors `[n, C, H, W]` (uint8) on device."""
-    for i in range(0, arr.shape[0], batch_size):
-        yield torch.from_numpy(arr[i:i + batch_size]).permute(0, 3, 1, 2).contiguous().to(device)
-
-
 @torch.no_grad()
 def reconstruction_metrics(recon, target, distance_fn=None, feature_fn=None, batch_size=16, device=None):
     """Aggregates over a set of pairs: dict(num_images, mse, psnr, ssim [, lpips] [, fid]) (means).
@@ -266,17 +262,29 @@ def reconstruction_metrics(recon, target, distance_fn=None, feature_fn=None, bat
     device = torch.device('cpu') if device is None else torch.device(device)
     per = dict(mse=[], psnr=[], ssim=[], lpips=[])
     feats_r, feats_t = [], []
-    for r, t in zip(_batches(recon, batch_size, device), _batches(target, batch_size, device)):
-        for key, value in pixel_metrics(r, t).items():
-            per[key].append(value.cpu())
+
+    def one_batch(k):                                                     # -> {key: CPU tensor} of batch k
+        sl = slice(k * batch_size, (k + 1) * batch_size)
+        r, t = (torch.from_numpy(a[sl]).permute(0, 3, 1, 2).contiguous().to(device) for a in (recon, target))
+        out = {key: value.cpu() for key, value in pixel_metrics(r, t).items()}
         r3 = r.repeat([1, 3, 1, 1]) if r.shape[1] == 1 else r
         t3 = t.repeat([1, 3, 1, 1]) if t.shape[1] == 1 else t
         if distance_fn is not None:
-            per['lpips'].append(distance_fn(to_lpips_resolution(t3.to(torch.float32)),
-                                            to_lpips_resolution(r3.to(torch.float32))).to(torch.float64).cpu())
+            out['lpips'] = distance_fn(to_lpips_resolution(t3.to(torch.float32)),
+                                       to_lpips_resolution(r3.to(torch.float32))).to(torch.float64).cpu()
         if feature_fn is not None:
-            feats_r.append(feature_fn(r3).to(torch.float64).cpu())
-            feats_t.append(feature_fn(t3).to(torch.float64).cpu())
+            out['feats_r'] = feature_fn(r3).to(torch.float64).cpu()
+            out['feats_t'] = feature_fn(t3).to(torch.float64).cpu()
+        return out
+
+    # Sharded (torchrun): batch k on rank k mod K, gathered in batch order (same aggregates as 1 process).
+    for part in distributed.map_in_order(one_batch, (recon.shape[0] + batch_size - 1) // batch_size):
+        for key in per:
+            if key in part:
+                per[key].append(part[key])
+        if feature_fn is not None:
+            feats_r.append(part['feats_r'])
+            feats_t.append(part['feats_t'])
     out = dict(num_images=int(recon.shape[0]))
     for key, values in per.items():
         if values:
@@ -299,9 +307,7 @@ def compute_recon(opts, with_detectors=True):
     pixel metrics only. Results are prefixed 'recon_'; rank > 0 returns {}."""
     if not opts.inversion_run:
         raise ValueError('the recon metrics need an inversion run folder (calc_metrics.py --inversion-run)')
-    if opts.rank != 0:
-        return {}
-    run = read_inversion_run(opts.inversion_run)
+    run = read_inversion_run(opts.inversion_run)                          # Every rank: it measures a share.
     distance_fn = feature_fn = None
     if with_detectors:
         distance_fn = opts.lpips_distance()
@@ -311,6 +317,8 @@ def compute_recon(opts, with_detectors=True):
             return inception(images, return_features=True)
     stats = reconstruction_metrics(run['recon'], run['target'], distance_fn=distance_fn, feature_fn=feature_fn,
                                    batch_size=max(1, min(opts.batch_size, 16)), device=opts.device)
+    if opts.rank != 0:
+        return {}
     results = {f'recon_{k}': v for k, v in stats.items()}
     results['recon_missing'] = len(run['missing'])
     if run['recorded_lpips'] is not None:

@@ -105,7 +105,9 @@ def test_cli_fit_and_edit(tmp_path, nets, key):
                                            '--component', '1', '--strength=-2,0,2', '--layers', '0-3',
                                            '--device', 'cpu', '--outdir', str(tmp_path / 'ed')])
     assert res.exit_code == 0, res.output
-    assert PIL.Image.open(tmp_path / 'ed' / 'edits.png').size == (3 * 32, 3 * 32)
+    w, h = PIL.Image.open(tmp_path / 'ed' / 'edits.png').size
+    assert w >= 3 * 128 and h >= 3 * 128                                  # Upscaled cells, titles, labels.
+    assert len(list((tmp_path / 'ed' / 'images').glob('*.png'))) == 3 * 3
     edits = json.loads((tmp_path / 'ed' / 'edits.json').read_text())
     assert edits['layers'] == [0, 1, 2, 3] and edits['images'] == ['seed0000', 'seed0001', 'seed0002']
     # An inversion run's latents.npz (invert.py's format) as input.
@@ -117,7 +119,9 @@ def test_cli_fit_and_edit(tmp_path, nets, key):
                                            str(tmp_path / 'latents.npz'), '--component', '0', '--strength', '0,1',
                                            '--device', 'cpu', '--outdir', str(tmp_path / 'ed2')])
     assert res.exit_code == 0, res.output
-    assert PIL.Image.open(tmp_path / 'ed2' / 'edits.png').size == (2 * 32, 2 * 32)
+    with np.load(tmp_path / 'ed2' / 'edits.npz') as edited:
+        assert list(edited['names']) == ['a-c0-s0', 'b-c0-s0', 'a-c0-s+1', 'b-c0-s+1'] and str(edited['space']) == space
+        assert np.array_equal(edited['latents'][:2], lat)                     # Strength 0: the input latents.
     res = runner.invoke(ganspace_cli.cli, ['edit', '--network', str(pkl), '--components', str(npz), '--seeds', '0',
                                            '--component', '9', '--device', 'cpu', '--outdir', str(tmp_path / 'e3')])
     assert res.exit_code != 0 and 'component 9' in res.output
@@ -133,3 +137,74 @@ def test_sample_latents_refuses_a_zero_batch(nets):
         ganspace.run_fit('unused.pkl', 'unused', num_samples=1)
     with pytest.raises(ValueError, match='--components'):
         ganspace.run_fit('unused.pkl', 'unused', num_samples=10, num_components=0)
+
+
+def test_streaming_pca_equals_one_shot(nets):
+    G, _pkl = nets['overparam']
+    x = ganspace.sample_latents(G, 300, seed=3, batch=7)
+    one = ganspace.fit_pca(x, 6)
+    seen = []
+    streamed = ganspace.fit_pca_streaming(ganspace.iter_latents(G, 300, seed=3, batch=7), 6, progress=seen.append)
+    assert streamed['num_vectors'] == 300 * R and sum(seen) == 300 * R and max(seen) == 7 * R
+    for key in ('mean', 'explained_variance', 'explained_variance_ratio'):
+        assert torch.allclose(streamed[key], one[key], rtol=1e-5, atol=1e-7), key
+    assert torch.allclose(streamed['components'], one['components'], atol=1e-5)
+
+
+def test_covariance_accumulator_far_from_origin():
+    """Sums of x - shift keep the covariance exact when the mean is large (1e4) and the spread small."""
+    q, evals, cov = _known_covariance()
+    g = torch.Generator().manual_seed(5)
+    x = 1e4 + torch.randn(4000, 6, generator=g, dtype=torch.float64) @ (q @ torch.diag(evals.sqrt()))
+    acc = ganspace.CovarianceAccumulator()
+    for k in range(0, 4000, 333):
+        acc.add(x[k:k + 333])
+    mean, got = acc.mean_cov()
+    xc = x - x.mean(0)
+    assert torch.allclose(mean, x.mean(0), rtol=0, atol=1e-9)
+    assert torch.allclose(got, xc.T @ xc / 3999, rtol=1e-9, atol=1e-9)
+
+
+def test_edit_several_components_latents_and_titles(tmp_path, nets):
+    G, pkl = nets['overparam']
+    runner = CliRunner()
+    res = runner.invoke(ganspace_cli.cli, ['fit', '--network', str(pkl), '--num-samples', '100', '--components', '4',
+                                           '--device', 'cpu', '--outdir', str(tmp_path / 'pca')])
+    assert res.exit_code == 0, res.output
+    npz = tmp_path / 'pca' / 'components.npz'
+    res = runner.invoke(ganspace_cli.cli, ['edit', '--network', str(pkl), '--components', str(npz), '--seeds', '0-1',
+                                           '--component', '0,2', '--component', '3', '--strength=-1,2',
+                                           '--device', 'cpu', '--outdir', str(tmp_path / 'ed')])
+    assert res.exit_code == 0, res.output
+    info = json.loads((tmp_path / 'ed' / 'edits.json').read_text())
+    assert info['components_edited'] == [0, 2, 3] and info['edited_space'] == 'W'
+    pca = ganspace.load_pca(npz)
+    z = torch.cat([G.sample_z(1, generator=np.random.RandomState(s)) for s in (0, 1)])
+    base = G.mapping(z, None)[:, 0].detach().numpy()                       # [2, R, w_dim]
+    with np.load(tmp_path / 'ed' / 'edits.npz') as data:
+        names, lat = list(data['names']), data['latents']
+    assert len(names) == 2 * 3 * 2 and lat.shape == (12, R, G.w_dim)
+    for comp in (0, 2, 3):
+        for s in (-1.0, 2.0):
+            shift = s * float(pca['explained_variance'][comp].sqrt()) * pca['components'][comp].numpy()
+            for i, name in enumerate(('seed0000', 'seed0001')):
+                got = lat[names.index(f'{name}-c{comp}-s{s:+g}')]
+                np.testing.assert_allclose(got - base[i], np.broadcast_to(shift, got.shape), atol=1e-5)
+            with PIL.Image.open(tmp_path / 'ed' / 'images' / f'seed0001-c{comp}-s{s:+g}.png') as im:
+                assert im.size[0] >= 128 and im.size[1] > im.size[0]             # Upscaled, title strip on top.
+
+
+def test_edit_refuses_components_of_another_network(tmp_path, nets):
+    _G, pkl = nets['overparam']
+    _Gb, other = nets['baseline']
+    runner = CliRunner()
+    res = runner.invoke(ganspace_cli.cli, ['fit', '--network', str(pkl), '--num-samples', '50', '--components', '2',
+                                           '--device', 'cpu', '--outdir', str(tmp_path / 'pca')])
+    assert res.exit_code == 0, res.output
+    args = ['edit', '--network', str(other), '--components', str(tmp_path / 'pca' / 'components.npz'), '--seeds', '0',
+            '--component', '0', '--device', 'cpu', '--outdir', str(tmp_path / 'ed')]
+    res = runner.invoke(ganspace_cli.cli, args)
+    assert res.exit_code != 0 and 'was fitted on another network' in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / 'ed').exists()
+    res = runner.invoke(ganspace_cli.cli, [*args, '--allow-other-network'])
+    assert res.exit_code == 0, res.output                                  # Same w_dim: the override works.

@@ -61,3 +61,73 @@ def test_quickstart_runs(tmp_path):
     for r in summary['inversions'].values():
         assert r['num_images'] == 2 and np.isfinite(r['lpips']) and r['psnr'] > 0
     assert 'LPIPS' in result.output and 'PSNR' in result.output
+
+
+#----------------------------------------------------------------------------
+# --latents: render an inversion run's saved latents.
+
+import pytest  # noqa: E402
+
+import invert  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def inverted(tmp_path_factory):
+    """(network, other network, run folder) of a 3-image W inversion on a tiny 16 px generator."""
+    import torch
+    root = tmp_path_factory.mktemp('inv')
+    nets = []
+    for seed in (2, 3):
+        torch.manual_seed(seed)
+        G = networks.Generator(**tiny_generator_kwargs(latent_rows=16, resolution=16, dim=16)).eval()
+        G.mapping.w_avg.copy_(torch.randn(G.w_dim) * 0.3)
+        nets.append(root / f'net{seed}.pkl')
+        checkpoint.save_network_pkl(nets[-1], dict(G_ema=G))
+    (root / 'img').mkdir()
+    rng = np.random.RandomState(0)
+    for name in 'abc':
+        PIL.Image.fromarray(rng.randint(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / 'img' / f'{name}.png')
+    run = root / 'run'
+    result = CliRunner().invoke(invert.main, ['--network', str(nets[0]), '--target', str(root / 'img'), '--outdir',
+                                              str(run), '--lpips', 'vgg-random', '--steps', '3', '--batch', '2',
+                                              '--device', 'cpu'])
+    assert result.exit_code == 0, result.output
+    return nets[0], nets[1], run
+
+
+@pytest.mark.parametrize('batch', ['1', '16'])
+def test_generate_latents_reproduces_recon_bitwise(inverted, tmp_path, batch):
+    net, _other, run = inverted
+    out = tmp_path / 'out'
+    result = CliRunner().invoke(generate.main, ['--network', str(net), '--latents', str(run / 'latents.npz'),
+                                                '--batch', batch, '--outdir', str(out)])
+    assert result.exit_code == 0, result.output
+    for name in 'abc':
+        got, want = (np.asarray(PIL.Image.open(p)) for p in (out / f'{name}.png', run / f'{name}-recon.png'))
+        assert np.array_equal(got, want), name
+    meta = json.loads((out / 'generate.json').read_text())
+    assert meta['names'] == ['a', 'b', 'c'] and meta['space'] == 'W' and meta['images'] == ['a.png', 'b.png', 'c.png']
+
+
+def test_generate_one_npy_infers_space(inverted, tmp_path):
+    net, _other, run = inverted
+    result = CliRunner().invoke(generate.main, ['--network', str(net), '--latents', str(run / 'b.npy'),
+                                                '--outdir', str(tmp_path / 'out')])
+    assert result.exit_code == 0, result.output
+    assert np.array_equal(np.asarray(PIL.Image.open(tmp_path / 'out' / 'b.png')),
+                          np.asarray(PIL.Image.open(run / 'b-recon.png')))
+    result = CliRunner().invoke(generate.main, ['--network', str(net), '--latents', str(run / 'b.npy'), '--space',
+                                                'W+', '--outdir', str(tmp_path / 'out2')])
+    assert result.exit_code != 0 and 'W+ latents of this generator are [6, 16, 16]' in result.output
+
+
+def test_generate_latents_refuses_another_network(inverted, tmp_path):
+    _net, other, run = inverted
+    args = ['--network', str(other), '--latents', str(run / 'latents.npz'), '--outdir', str(tmp_path / 'out')]
+    result = CliRunner().invoke(generate.main, args)
+    assert result.exit_code != 0 and 'was fitted to a network with sha256' in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / 'out').exists()
+    result = CliRunner().invoke(generate.main, [*args, '--allow-other-network'])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(generate.main, [*args[:-1], str(tmp_path / 'o3'), '--seeds', '1', '--trunc', '0.5'])
+    assert result.exit_code != 0 and 'leave out --seeds, --trunc' in result.output

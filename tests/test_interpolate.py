@@ -13,7 +13,7 @@ from conftest import tiny_generator_kwargs
 from inversion.runner import run_inversion
 from metrics import interpolation as interp
 from metrics.ppl import l2_distance
-from torch_utils import checkpoint
+from torch_utils import annotate, checkpoint
 from training import networks
 from training.tiny_data import write_tiny_images
 
@@ -125,10 +125,10 @@ def test_cli_end_to_end(tiny_run, tmp_path):
     assert s['num_pairs'] == 3 and s['ppl_mean'] == pytest.approx(np.mean([p['path_length'] for p in data['per_pair']]))
     assert np.isfinite(s['fid_midpoints'])
     assert s['lpips_network'] == 'random:64:0'                  # which LPIPS the path lengths come from
-    with PIL.Image.open(out / 'pair-0-2.png') as im:
-        assert im.size == (4 * 32, 32)
+    strip = np.asarray(PIL.Image.open(out / 'pair-0-2.png'))
+    assert strip.shape == (2 * annotate.LINE_PX + 8 + 128 + 2, 4 * (128 + 2), 3)  # Title, t labels, 4 frames.
     with PIL.Image.open(out / 'overview.png') as im:
-        assert im.size == (4 * 32, 3 * 32)
+        assert im.size == (strip.shape[1], 3 * strip.shape[0])
     with PIL.Image.open(out / 'pair-1-2.gif') as im:
         assert im.n_frames == 6
 
@@ -183,12 +183,18 @@ def test_cli_seed_endpoints_equal_generate_images(tmp_path, rows):
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(generate.main, common + ['--outdir', str(tmp_path / 'g')])
     assert result.exit_code == 0, result.output
-    frames = np.asarray(PIL.Image.open(tmp_path / 'i' / 'pair-0-1.png'))
+    strip = np.asarray(PIL.Image.open(tmp_path / 'i' / 'pair-0-1.png'))
     for k, seed in enumerate((5, 9)):
         expect = np.asarray(PIL.Image.open(tmp_path / 'g' / f'seed{seed:04d}.png'))
-        np.testing.assert_array_equal(frames[:, 32 * k:32 * (k + 1)], expect)
+        np.testing.assert_array_equal(strip_frame(strip, k), expect.repeat(4, axis=0).repeat(4, axis=1))
     data = json.loads((tmp_path / 'i' / 'interpolation.json').read_text())
     assert data['seeds'] == [5, 9] and data['names'] == ['seed0005', 'seed0009']
+
+
+def strip_frame(strip, k, px=128, gap=2):
+    """Frame k (upscaled) of a pair-<i>-<j>.png strip: below the title line and the t labels."""
+    top = 2 * annotate.LINE_PX + 8
+    return strip[top:top + px, k * (px + gap):k * (px + gap) + px]
 
 
 def test_cli_bad_seeds_one_line(tiny_run, tmp_path):
