@@ -142,7 +142,7 @@ def test_upsample_resume_after_kill_matches_uninterrupted(setup, tmp_path, monke
     assert len(list((killed / 'state').glob('*.pt'))) == 1
     monkeypatch.setattr(optimize.Inverter, 'run', original)
     assert CliRunner().invoke(upsample_cli.main, args(killed)).exit_code == 0
-    assert 'Resuming a batch of 3 at step 2/4' in (killed / 'log.txt').read_text()
+    assert 'Resuming a batch of 2 at step 2/4: a, b' in (killed / 'log.txt').read_text()
     for n in ('a', 'b', 'c'):
         np.testing.assert_array_equal(np.load(killed / f'{n}.npy'), np.load(full / f'{n}.npy'))
 
