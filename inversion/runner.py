@@ -19,7 +19,7 @@ from torch_utils.image_io import to_uint8
 
 from . import outputs
 from .jobs import InversionError, check_job_outdir, list_job_targets, run_job
-from .losses import MaskedLoss, MaskUnsupportedError, build_loss, pixel_metrics
+from .losses import DEFAULT_LPIPS, MaskedLoss, MaskUnsupportedError, build_loss, lpips_network_name, pixel_metrics
 from .optimize import Inverter
 from .spaces import LatentSpace
 from .targets import TargetError, decode_target_with_mask, to_tensor
@@ -127,6 +127,7 @@ class InversionJob:
 
     def __init__(self, G, loss, space, settings, opt, device, sources=()):
         self.G, self.loss, self.space, self.settings, self.opt = G, loss, space, settings, opt
+        self.lpips_network = getattr(loss, 'lpips_network', None) or lpips_network_name(settings['lpips'])
         self.device = torch.device(device)
         self.decode_resolution, self.channels, self.crop = G.img_resolution, G.img_channels, settings['crop']
         self.mask_dir = settings.get('mask')
@@ -208,7 +209,7 @@ class InversionJob:
                                         lpips=metrics['lpips'][i])
             if self.opt['save_video']:
                 outputs.write_frame(outdir, name, inverter.steps, images[i], recon[i])
-            records.append(dict({k: metrics[k][i] for k in metrics}, masked=masked,
+            records.append(dict({k: metrics[k][i] for k in metrics}, lpips_network=self.lpips_network, masked=masked,
                                 mask_coverage=round(float(masks[i].mean()) / 255, 6)))
             if len(self.shown) < outputs.OVERVIEW_MAX or name < max(self.shown):
                 self.shown[name] = (name, images[i], recon[i], metrics['lpips'][i], shown)
@@ -220,14 +221,14 @@ class InversionJob:
         return outputs.summarize(
             results, self.space.name, s['steps'], self.opt['args'],
             extra=dict(checkpoint_sha256=s['network_sha256'], precision=s['precision'], lpips=s['lpips'],
-                       device=str(self.device), skipped=len(skipped), mask=s.get('mask'),
+                       lpips_network=self.lpips_network, device=str(self.device), skipped=len(skipped), mask=s.get('mask'),
                        masked_images=sum(bool(r.get('masked')) for r in results.values())))
 
 #----------------------------------------------------------------------------
 
 def run_inversion(network, target, outdir, *, space=None, steps=1000, lr=0.05, betas=(0.9, 0.999), batch='auto',
                   truncation=0.9, truncation_until=0.5, seed=0, save_every=100, device='cpu', precision='fp32',
-                  crop='center', lpips='vgg', trust_pickle=False, mse_weight=0.0, l1_weight=0.0, save_video=False,
+                  crop='center', lpips=DEFAULT_LPIPS, trust_pickle=False, mse_weight=0.0, l1_weight=0.0, save_video=False,
                   video_every=10, progress=True, progress_every=10, lpips_resolution=256, mask=None, skipped=(),
                   args=None):
     """Invert every image of `target` into `network`'s latent `space`; returns the summary dict.

@@ -34,7 +34,7 @@ from torch_utils.image_io import save_png, to_uint8
 
 from . import outputs
 from .jobs import InversionError, check_job_outdir, default_summary, list_job_targets, run_job
-from .losses import build_loss, pixel_metrics
+from .losses import DEFAULT_LPIPS, build_loss, lpips_network_name, pixel_metrics
 from .optimize import Inverter
 from .runner import check_generator, load_generator, resolve_space
 from .targets import to_tensor
@@ -155,7 +155,7 @@ class LowResLoss(torch.nn.Module):
         return dict(loss=loss, lpips=lpips, mse=mse)
 
 
-def build_lowres_loss(kind='lpips-lowres', factor=16, mode='nearest', lpips='vgg', device=None, seed=0):
+def build_lowres_loss(kind='lpips-lowres', factor=16, mode='nearest', lpips=DEFAULT_LPIPS, device=None, seed=0):
     """`LowResLoss` with an LPIPS model from the `--lpips` spec when `kind` needs one."""
     perceptual = None if kind == 'mse' else build_loss(lpips, device=device, resolution=None, seed=seed)
     loss = LowResLoss(kind, factor, mode, perceptual)
@@ -164,7 +164,7 @@ def build_lowres_loss(kind='lpips-lowres', factor=16, mode='nearest', lpips='vgg
 #----------------------------------------------------------------------------
 
 def upsample_invert(G, lowres, space, *, factor=16, steps=100, truncation=0.9, loss='lpips-lowres', mode='nearest',
-                    lpips='vgg', lr=0.05, loss_module=None, callback=None):
+                    lpips=DEFAULT_LPIPS, lr=0.05, loss_module=None, callback=None):
     """Super-resolve a batch of low-res images by latent optimisation (PULSE-style).
 
     Args:
@@ -274,12 +274,13 @@ class UpsampleJob:
         s = self.settings
         return default_summary(results, skipped, self, self.args, num_images=len(results),
                                input='target' if self.from_highres else 'lowres',
+                               lpips_network=lpips_network_name(s['lpips']),
                                **{k: s[k] for k in ('network_sha256', 'factor', 'mode', 'loss', 'lpips', 'lr',
                                                     'truncation', 'truncation_until')})
 
 
 def run_upsample(network, outdir, *, target=None, lowres=None, factor=16, space=None, steps=100, truncation=0.9,
-                 loss='lpips-lowres', mode='nearest', lpips='vgg', lr=0.05, batch=8, device=None, trust_pickle=False,
+                 loss='lpips-lowres', mode='nearest', lpips=DEFAULT_LPIPS, lr=0.05, batch=8, device=None, trust_pickle=False,
                  save_every=100, progress=True, seed=0, args=None):
     """The job behind upsample.py: super-resolve every image of `target` (high-res, downsampled here
     by `factor`) or of `lowres` (already low-res) into `outdir`, with the runner of invert.py

@@ -122,7 +122,18 @@ def test_upsample_records_lpips(tiny_pkl, tmp_path, fake_vgg16):
                                                 '--outdir', str(tmp_path / 'out'), '--steps', '1', '--factor', '4',
                                                 '--device', 'cpu', '--lpips', f'vgg16-nvlabs:{fake_vgg16}'])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / 'out' / 'summary.json').read_text())['lpips'] == f'vgg16-nvlabs:{fake_vgg16}'
+    summary = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+    assert summary['lpips'] == summary['lpips_network'] == f'vgg16-nvlabs:{fake_vgg16}'
+
+
+def test_invert_records_the_lpips_network_per_image_and_run(tiny_pkl, tmp_path):
+    result = CliRunner().invoke(invert.main, ['--network', str(tiny_pkl), '--target', str(tmp_path / 'targets'),
+                                              '--outdir', str(tmp_path / 'out'), '--steps', '1', '--device', 'cpu',
+                                              '--lpips', 'vgg-random'])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (tmp_path / 'out' / 'results.jsonl').read_text().splitlines()]
+    assert records and all(r['lpips_network'] == 'vgg-random' for r in records)
+    assert json.loads((tmp_path / 'out' / 'summary.json').read_text())['lpips_network'] == 'vgg-random'
 
 
 def test_quickstart_picks_the_random_stand_in_offline(fake_vgg16):
