@@ -7,6 +7,7 @@ import torch
 
 import dnnlib
 from metrics import detectors, metric_main
+from dnnlib.util import check_outdir, cli_errors
 from torch_utils import checkpoint, distributed
 
 #----------------------------------------------------------------------------
@@ -37,6 +38,7 @@ def _parse_metrics(value):
 @click.option('--no-cache', is_flag=True, help='Recompute dataset features instead of reading the cache')
 @click.option('--trust-pickle', is_flag=True, help='Unpickle without restrictions (only for files you trust)')
 @click.option('--verbose/--quiet', default=True, show_default=True, help='Progress bars')
+@cli_errors
 def main(network_pkl, metric_list, data, mirror, gpus, detector_path, inversion_run, run_dir, num_images, seed, batch_size,
          num_workers, truncation_psi, device, no_cache, trust_pickle, verbose):
     """Compute metrics and append each to <run-dir>/metric-<name>.jsonl.
@@ -75,6 +77,11 @@ def main(network_pkl, metric_list, data, mirror, gpus, detector_path, inversion_
         raise click.UsageError('--inversion-run is required for the recon metrics')
 
     dataset_kwargs = {}
+    if data is None and recorded_data is not None and not os.path.exists(recorded_data):
+        if any(metric_main.needs_dataset(m) for m in names):
+            raise click.UsageError(f'{network_pkl} records the dataset {recorded_data}, which is not found from '
+                                   f'{os.getcwd()}: pass --data PATH')
+        recorded_data = None
     data = data or recorded_data
     if data is not None:
         dataset_kwargs = dict(class_name='training.dataset.ImageFolderDataset', path=data, max_size=None, xflip=mirror,
@@ -88,6 +95,8 @@ def main(network_pkl, metric_list, data, mirror, gpus, detector_path, inversion_
             run_dir = os.path.dirname(os.path.abspath(network_pkl))
         elif inversion_run:
             run_dir = inversion_run
+    if run_dir is not None:
+        check_outdir(run_dir, '--run-dir')
 
     for name in names:
         try:

@@ -117,3 +117,19 @@ def test_recon_metrics_of_an_inversion_run(tmp_path):
     assert pixel['recon_num_images'] == 3 and 0 < pixel['recon_ssim'] < 1 and pixel['recon_psnr'] > 0
     assert full['recon_mse'] == pytest.approx(pixel['recon_mse']) and full['recon_lpips'] > 0
     assert full['recon_recorded_lpips'] == pytest.approx(0.2) and np.isfinite(full['recon_fid'])
+
+
+def test_recorded_dataset_not_found_names_data_option(tmp_path, tiny_run, monkeypatch):
+    """A checkpoint that records a relative dataset path, run from another folder: one line naming --data."""
+    pkl, data = tiny_run
+    G = checkpoint.load_network(pkl)
+    rel = tmp_path / 'rel.pkl'
+    checkpoint.save_network_pkl(rel, dict(G_ema=G, training_set_kwargs=dict(path='data/tiny32.zip')))
+    monkeypatch.chdir(tmp_path)
+    result = _invoke('--network', rel, '--metrics', 'fid50k_full', '--detector-path', 'random:8:0', '--quiet')
+    errors = [line for line in result.output.splitlines() if line.startswith('Error')]
+    assert result.exit_code != 0 and len(errors) == 1 and 'Traceback' not in result.output
+    assert 'data/tiny32.zip' in errors[0] and '--data' in errors[0]
+    ok = _invoke('--network', rel, '--data', data, '--metrics', 'fid50k_full', '--detector-path', 'random:8:0',
+                 '--num-images', 8, '--workers', 0, '--quiet')
+    assert ok.exit_code == 0, ok.output
