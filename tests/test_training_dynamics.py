@@ -196,5 +196,5 @@ def test_nonfinite_ada_statistic_keeps_p(tiny_run):
     training_stats.report('Loss/signs/real', torch.tensor([1.0, float('nan')]))
     run._ada_update()
     assert float(run.augment_pipe.p) == 0.25 and run.progress.skipped['augment_p'] == 1
-    assert not phase_lib.adjust_augment_p(run.augment_pipe, float('inf'), 0.6, 4, 4, 500)
+    assert not phase_lib.adjust_augment_p(run.augment_pipe, float('nan'), 0.6, 4, 4, 500)
     assert float(run.augment_pipe.p) == 0.25
