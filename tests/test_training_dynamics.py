@@ -198,3 +198,20 @@ def test_nonfinite_ada_statistic_keeps_p(tiny_run):
     assert float(run.augment_pipe.p) == 0.25 and run.progress.skipped['augment_p'] == 1
     assert not phase_lib.adjust_augment_p(run.augment_pipe, float('nan'), 0.6, 4, 4, 500)
     assert float(run.augment_pipe.p) == 0.25
+
+
+def test_a_nan_stat_shows_in_its_interval_only():
+    """One NaN loss must not turn every later stats.jsonl value of that name into null."""
+    collector = training_stats.Collector(regex='dyn/.*', keep_previous=False)
+    other = training_stats.Collector(regex='dyn/.*')
+    training_stats.report('dyn/x', [float('nan'), 1.0])
+    collector.update()
+    assert np.isnan(collector.mean('dyn/x')) and collector.num('dyn/x') == 2
+    training_stats.report('dyn/x', [1.0, 3.0])
+    collector.update()
+    assert collector.mean('dyn/x') == 2.0 and collector.std('dyn/x') == 1.0
+    other.update()                                                        # saw both intervals at once
+    assert other.num('dyn/x') == 4 and np.isnan(other.mean('dyn/x'))
+    training_stats.report('dyn/x', 5.0)
+    other.update()
+    assert other.mean('dyn/x') == 5.0
