@@ -200,6 +200,8 @@ def save_training_state(path, state):
 
 def load_training_state(path):
     """Read a training state safely (weights_only: tensors and builtins only); StateError when unreadable."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise StateError(f'{path} is not a readable training state (empty file)')
     try:
         state = torch.load(os.fspath(path), map_location='cpu', weights_only=True)
     except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as err:
