@@ -169,6 +169,7 @@ def build_training_kwargs(o):
         c.augment_kwargs = dict(class_name='training.augment.AugmentPipe', **AUGPIPE_SPECS[o.augpipe])
     c.augment_p = 0.0
     c.ada_target = o.target if o.aug == 'ada' else None
+    c.ada_interval, c.ada_kimg = 4, 500                # stylegan2-ada-pytorch's loop defaults, shown in -n
     c.metrics = list(o.metrics)
     c.metric_fn = METRIC_FN
     c.random_seed = o.seed

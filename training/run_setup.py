@@ -1,7 +1,7 @@
 """Building what a training run needs from `training_loop`'s arguments: backend flags, networks, data stream."""
 
-import contextlib
 import copy
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -105,7 +105,7 @@ def log_setup(log, training_set, G, D, phases):
         f'{num_params(D) / 1e6:.2f} M; phases {[p.name for p in phases]}')
 
 
-@contextlib.contextmanager
+@contextmanager
 def side_rng(device):
     """Work outside the training step (grids, summaries, metrics) draws from a fork of the RNG of the CPU and of
     `device`: the training stream is left exactly where it was, so a resumed run stays exact."""

@@ -173,11 +173,14 @@ def save_snapshot_pair(run_dir, cur_nimg, data, state):
     dnnlib.util.atomic_write(pkl_path, write_both, fsync=True)
     return pkl_path, state_path
 
+_PER_RANK_BUFFERS = r'.*\.w_avg'    # running mean of each rank's own latents: allowed to differ
+
+
 def capture_run_state(run):
     """The training state of a TrainingRun (a collective call: every rank's RNG state is gathered)."""
     if run.world_size > 1:   # All ranks must hold the same weights (w_avg follows each rank's own latents).
         for module in (m for m in run.networks.values() if m is not None):
-            misc.check_ddp_consistency(module, ignore_regex=r'.*\.w_avg')
+            misc.check_ddp_consistency(module, ignore_regex=_PER_RANK_BUFFERS)
     return capture_training_state(run.progress, run.networks, run.phases, run.loss, run.device, run.world_size)
 
 
