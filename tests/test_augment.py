@@ -163,17 +163,18 @@ def test_general_transform_moves_a_blob_where_the_formula_says(key, value, where
 def test_composed_geometry_applies_transforms_in_adas_order():
     # Flip, quarter turn, integer shift, scale, rotate, stretch, rotate, fractional shift: in that order.
     x0, y0 = 2.0, 1.0
-    d = dict(xflip=one(1), rotate90=one(1), xint=torch.tensor([[1.0, 2.0]]), scale=one(1.2), rotate_pre=one(0.3),
+    d = dict(xflip=one(1), rotate90=one(1), xint=torch.tensor([[3.0, 1.0]]), scale=one(1.2), rotate_pre=one(0.3),
              aniso=one(1.25), rotate_post=one(-0.5), xfrac=torch.tensor([[0.4, -0.7]]))
     px, py = -x0, y0
     px, py = rotate(math.pi / 2, px, py)
-    px, py = px + 1, py + 2
+    px, py = px + 3, py + 1
     px, py = 1.2 * px, 1.2 * py
     px, py = rotate(0.3, px, py)
     px, py = 1.25 * px, py / 1.25
     px, py = rotate(-0.5, px, py)
     px, py = px + 0.4, py - 0.7
-    cx, cy = centroid(pipe().apply(blob(32, x0, y0), d))
+    assert math.hypot(px, py) > 2                                     # far from the pivot of the later ops
+    cx, cy = centroid(pipe().apply(blob(40, x0, y0, sigma=2.0), d))
     assert cx == pytest.approx(px, abs=0.03) and cy == pytest.approx(py, abs=0.03)
 
 
