@@ -102,7 +102,8 @@ def _reflect_pad(images, left, right, top, bottom):
 def _filter_pass(images, taps, axis, transposed):
     """2x up (`transposed`) or down filtering along `axis` (2 = rows, 3 = cols) with `taps` `[L]`, L even.
     Down keeps sample m = sum_j taps[j] x[2m + j - (L/2 - 1)]; up is its exact adjoint (times 2 per axis,
-    the gain that makes down(up(x)) = x for an orthonormal filter). `[N, C, H, W]` in and out."""
+    the gain that makes down(up(x)) = x for an orthonormal filter). `[N, C, H, W]` in and out.
+    Reference path: strided (transposed) convolution."""
     n, channels, height, width = images.shape
     length = taps.numel()
     shape = [1, 1, length, 1] if axis == 2 else [1, 1, 1, length]
@@ -116,13 +117,69 @@ def _filter_pass(images, taps, axis, transposed):
     return out.reshape(n, channels, out.shape[2], out.shape[3])
 
 
-def resample_affine(images, inverse, taps):
+def _shifted(x, axis, start, length, step):
+    """`x` sliced along `axis`: elements start, start + step, ... (`length` of them)."""
+    index = [slice(None)] * x.ndim
+    index[axis] = slice(start, start + (length - 1) * step + 1, step)
+    return x[tuple(index)]
+
+
+def _filter_pass_sliced(images, taps, axis, transposed):
+    """Same as `_filter_pass` as weighted sums of shifted slices (polyphase for the up pass): on CPUs much
+    faster than convolutions with one-channel 1D kernels; equal to them up to rounding."""
+    weights = taps.tolist()
+    length, pad = len(weights), len(weights) // 2 - 1
+    size = images.shape[axis]
+    widths = [(0, 0)] * 2
+    if not transposed:                       # y[m] = sum_j w[j] x[2m + j - pad], zeros outside.
+        widths[axis - 2] = (pad, pad)
+        x = torch.nn.functional.pad(images, [v for w in reversed(widths) for v in w])
+        out = weights[0] * _shifted(x, axis, 0, size // 2, 2)
+        for j in range(1, length):
+            out = out.add(_shifted(x, axis, j, size // 2, 2), alpha=weights[j])
+        return out
+    phases = []                              # u[2r + phase] = 2 sum_t w[2t + phase + pad] x[r - t].
+    lo, hi = -((pad + 1) // 2), (length - 1 - pad) // 2       # t over both phases: [lo, hi]
+    widths[axis - 2] = (hi, -lo)
+    x = torch.nn.functional.pad(images, [v for w in reversed(widths) for v in w])
+    for phase in (0, 1):
+        out = None
+        for t in range(lo, hi + 1):
+            if 0 <= 2 * t + phase + pad < length:
+                term, w = _shifted(x, axis, hi - t, size, 1), 2 * weights[2 * t + phase + pad]
+                out = term * w if out is None else out.add(term, alpha=w)
+        phases.append(out)
+    return torch.stack(phases, dim=axis + 1).flatten(axis, axis + 1)
+
+
+def _filter_pass_dense(images, taps, axis, transposed):
+    """Same as `_filter_pass` as a product with the banded filter matrix (one GEMM per pass): fastest on CPUs
+    while the axis is short (a few hundred samples), since the band is only L wide."""
+    size_in = images.shape[axis]
+    size_down = size_in if transposed else size_in // 2
+    size_up = 2 * size_down
+    rows = torch.arange(size_down, device=images.device).unsqueeze(1)
+    cols = torch.arange(size_up, device=images.device).unsqueeze(0)
+    tap = cols - 2 * rows + (taps.numel() // 2 - 1)                  # down[m] = sum_n taps[n - 2m + pad] x[n]
+    inside = (tap >= 0) & (tap < taps.numel())
+    matrix = torch.where(inside, taps.to(images.dtype)[tap.clamp(0, taps.numel() - 1)], 0)   # [size_down, size_up]
+    if transposed:
+        matrix = 2 * matrix.t()                                      # The adjoint, with the gain 2.
+    return matrix @ images if axis == 2 else images @ matrix.t()
+
+
+def resample_affine(images, inverse, taps, impl='auto'):
     """Warp images by per-image affine maps, band-limited: out(q) = images(inverse @ q).
 
     images: `[N, C, H, W]`. inverse: `[N, 3, 3]`, maps an output pixel to its source pixel, both in centred
     pixel coordinates (x = column - (W - 1) / 2, y = row - (H - 1) / 2, homogeneous). taps: `[L]` orthonormal
     low-pass filter normalised to sum 1 (`Hz_geom`). Pixels outside the image mirror it. Returns `[N, C, H, W]`.
+    impl: how the 2x filters run: 'conv' (reference: strided convolutions), 'dense' (banded-matrix products),
+    'sliced' (shifted slices); 'auto' = conv on CUDA, else dense up to 512 px and sliced above.
     """
+    if impl == 'auto':
+        impl = 'conv' if images.device.type == 'cuda' else 'dense' if max(images.shape[2:]) <= 512 else 'sliced'
+    filter_pass = {'conv': _filter_pass, 'dense': _filter_pass_dense, 'sliced': _filter_pass_sliced}[impl]
     n, channels, height, width = images.shape
     taps = taps.to(images.dtype)
     margin_out = taps.numel() // 4                    # Output pixels beyond the crop that the down filter reads.
@@ -151,7 +208,7 @@ def resample_affine(images, inverse, taps):
     padded = _reflect_pad(images, left, right, top, bottom)
 
     # Upsample: sample i of the result sits at padded pixel (i - 0.5) / 2 + delay.
-    up = _filter_pass(_filter_pass(padded, taps, 2, True), taps, 3, True)
+    up = filter_pass(filter_pass(padded, taps, 2, True), taps, 3, True)
 
     # Bilinear lookup in the upsampled image (grid_sample's normalised coordinates, align_corners=False).
     col_up = 2 * (source[..., 0] + (width - 1) / 2 + left - delay) + 0.5
@@ -161,7 +218,7 @@ def resample_affine(images, inverse, taps):
     warped = torch.nn.functional.grid_sample(up, grid, mode='bilinear', padding_mode='zeros', align_corners=False)
 
     # Downsample with the adjoint filter and drop the margin.
-    down = _filter_pass(_filter_pass(warped, taps, 2, False), taps, 3, False)
+    down = filter_pass(filter_pass(warped, taps, 2, False), taps, 3, False)
     return down[:, :, margin_out:margin_out + height, margin_out:margin_out + width]
 
 
