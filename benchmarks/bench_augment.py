@@ -67,4 +67,4 @@ def main(device, sizes, specs, ps, iters, warmup):
 #----------------------------------------------------------------------------
 
 if __name__ == '__main__':
-    main()   # pylint: disable=no-value-for-parameter
+    main()
