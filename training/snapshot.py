@@ -1,11 +1,13 @@
 """What a training run writes besides logs: image grids, network snapshots in the stylegan2-ada-pytorch
-layout (`network-snapshot-{kimg:06d}.pkl`), and resumable training states (`training-state-{kimg:06d}.pt`).
+layout (`network-snapshot-{kimg:06d}.pkl`), and resumable training states (`training-state-{kimg:06d}.pt`); below
+a whole kimg the tag gets the remaining images (`000012.345`), so frequent snapshots never overwrite each other.
 
 Export pickles and resumable state are kept apart (as NVlabs/edm2's CheckpointIO): a training state holds the
-weights of G, D, G_ema and the augment pipe plus both Adam states, the counters, every rank's RNG states and the
-loss's state (the path-length mean), so it resumes alone; it is a plain `torch.save` of tensors and builtins, read back with
-`torch.load(weights_only=True)`. Every file is written to a temporary name and renamed, so an interrupted
-write never leaves a partial file or damages the previous one.
+weights of G, D, G_ema and the augment pipe plus both Adam states, the counters (with the ADA accumulators), every
+rank's RNG states and the loss's state (the path-length mean), so it resumes alone and exactly; it is a plain
+`torch.save` of tensors and builtins, read back with `torch.load(weights_only=True)`. A snapshot's pickle and state
+are written as one unit (`save_snapshot_pair`), each through a temporary name and a rename, so an interrupted write
+never leaves a partial file, damages the previous one, or pairs files of different kimg.
 """
 
 import copy
