@@ -126,6 +126,14 @@ def test_bad_outdir_and_data(data16, tmp_path, monkeypatch):
 
     result = CliRunner().invoke(train_cli.main, cli_args(tmp_path / 'runs', tmp_path / 'missing.zip'))
     assert_one_line_error(result, 'missing.zip', 'dataset_tool.py')
+    broken = tmp_path / 'broken.zip'
+    broken.write_bytes(b'PK\x03\x04' + os.urandom(200))
+    result = CliRunner().invoke(train_cli.main, cli_args(tmp_path / 'runs', broken))
+    assert_one_line_error(result, 'broken.zip', 'dataset_tool.py')
+    with zipfile.ZipFile(tmp_path / 'badimg.zip', 'w') as zf:
+        zf.writestr('img0.png', b'not a png')
+    result = CliRunner().invoke(train_cli.main, cli_args(tmp_path / 'runs', tmp_path / 'badimg.zip'))
+    assert_one_line_error(result)
     result = CliRunner().invoke(train_cli.main, [a for a in cli_args(tmp_path / 'runs', data16)
                                                  if a not in ('--data', data16)])
     assert result.exit_code == 2 and "Missing option '--data'" in result.stderr
