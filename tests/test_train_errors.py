@@ -133,7 +133,7 @@ def test_bad_outdir_and_data(data16, tmp_path, monkeypatch):
     with zipfile.ZipFile(tmp_path / 'badimg.zip', 'w') as zf:
         zf.writestr('img0.png', b'not a png')
     result = CliRunner().invoke(train_cli.main, cli_args(tmp_path / 'runs', tmp_path / 'badimg.zip'))
-    assert_one_line_error(result)
+    assert_one_line_error(result, 'badimg.zip', "cannot read image 'img0.png'", 'dataset_tool.py')
     result = CliRunner().invoke(train_cli.main, [a for a in cli_args(tmp_path / 'runs', data16)
                                                  if a not in ('--data', data16)])
     assert result.exit_code == 2 and "Missing option '--data'" in result.stderr
