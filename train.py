@@ -1,6 +1,7 @@
 """Train StyleGAN2 or the overparameterized generator of "Overparameterization Improves StyleGAN Inversion"."""
 
 import json
+import zipfile
 
 import click
 
@@ -85,7 +86,7 @@ def main(outdir, desc, dry_run, device, **opts):
     try:
         o = presets.resolve_options(**opts)
         c = presets.build_training_kwargs(o)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError, zipfile.BadZipFile) as err:   # --data and option values
         raise click.ClickException(str(err))
     desc = presets.run_description(o) + (f'-{desc}' if desc else '')
 

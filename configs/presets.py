@@ -15,8 +15,7 @@ from training.loss import PL_ROW_REDUCTIONS
 
 AUTO = 'auto'
 
-# NVIDIA's default pipe. (Transitional: 'bc' = 'bgc' without the geometric group, until training.augment has 'bgc'.)
-DEFAULT_AUGPIPE = 'bgc' if 'bgc' in AUGPIPE_SPECS else 'bc'
+DEFAULT_AUGPIPE = 'bgc'    # stylegan2-ada-pytorch's default pipe (training.augment.AUGPIPE_SPECS)
 
 # Shared by every preset: stylegan2-ada-pytorch's defaults (ADA with the 'bgc' pipe at target 0.6, no x-flips)
 # plus the paper's choices (2 mapping layers, no noise inputs) and the authors' path length on latent matrices
@@ -169,6 +168,7 @@ def build_training_kwargs(o):
         c.augment_kwargs = dict(class_name='training.augment.AugmentPipe', **AUGPIPE_SPECS[o.augpipe])
     c.augment_p = 0.0
     c.ada_target = o.target if o.aug == 'ada' else None
+    c.ada_interval, c.ada_kimg = 4, 500                # stylegan2-ada-pytorch's loop defaults, shown in -n
     c.metrics = list(o.metrics)
     c.metric_fn = METRIC_FN
     c.random_seed = o.seed

@@ -267,3 +267,65 @@ def test_gradients_flow_through_augment_pipe():
     assert G.synthesis.b32.torgb.weight.grad.abs().sum() > 0
     loss.accumulate_gradients('Dreg', real, real_c, z, c, gain=1, cur_nimg=0)
     assert all(torch.isfinite(p.grad).all() for p in D.parameters() if p.grad is not None)
+
+# ---------------------------------------------------------------------------- bitwise reference of the four terms
+
+
+def reference_phase_grads(G, D, phase, real, z, gain, r1_gamma, pl_mean, pl_decay=0.01, pl_weight=2.0):
+    """The four terms written out directly (no style mixing, no augmentation), for torch.equal comparisons.
+
+    Gmain: mean(softplus(-D(G(z)))) * gain. Greg: lengths of the first half of the batch, target lerped toward their
+    mean, mean((len - target)^2 * w + 0 * img) * gain. Dmain: mean(softplus(D(G(z)))) * gain, then mean(0 * f(x) +
+    softplus(-f(x))) * gain. Dreg: mean(0 * f(x) + r1 * gamma / 2) * gain.
+    """
+    sp = torch.nn.functional.softplus
+    if phase in ('Gmain', 'Gboth'):
+        sp(-D(G.synthesis(G.mapping(z, None)), None)).mean().mul(gain).backward()
+    if phase in ('Greg', 'Gboth'):
+        n = z.shape[0] // 2
+        ws = G.mapping(z[:n], None)
+        img = G.synthesis(ws)
+        y = torch.randn_like(img) / np.sqrt(img.shape[2] * img.shape[3])
+        g, = torch.autograd.grad([(img * y).sum()], [ws], create_graph=True)
+        sq = g.square().sum(-1)
+        lengths = (sq.sum(2) if sq.ndim == 3 else sq).flatten(1).mean(1).sqrt()
+        target = pl_mean.lerp(lengths.mean(), pl_decay)
+        (img[:, 0, 0, 0] * 0 + (lengths - target).square() * pl_weight).mean().mul(gain).backward()
+    if phase in ('Dmain', 'Dboth'):
+        with torch.no_grad():
+            fake = G.synthesis(G.mapping(z, None))
+        sp(D(fake, None)).mean().mul(gain).backward()
+    if phase[0] == 'D':
+        x = real.detach().requires_grad_(phase != 'Dmain')
+        f = D(x, None)
+        total = f * 0
+        if phase != 'Dreg':
+            total = total + sp(-f)
+        if phase != 'Dmain':
+            gx, = torch.autograd.grad([f.sum()], [x], create_graph=True)
+            total = total + (gx.square().sum([1, 2, 3]) * (r1_gamma / 2)).unsqueeze(1)
+        total.mean().mul(gain).backward()
+
+
+@pytest.mark.parametrize('latent_rows', ROWS)
+@pytest.mark.parametrize('phase', PHASES)
+def test_phase_gradients_bitwise_equal_to_reference(latent_rows, phase):
+    grads = []
+    for use_reference in (False, True):
+        G, D = make_nets(latent_rows)
+        real, _, z, _ = make_batch(G)
+        G.requires_grad_(phase[0] == 'G')
+        D.requires_grad_(phase[0] == 'D')
+        pl_mean = torch.tensor(0.3)
+        torch.manual_seed(11)
+        if use_reference:
+            reference_phase_grads(G, D, phase, real, z, gain=3.0, r1_gamma=1.5, pl_mean=pl_mean)
+        else:
+            loss = StyleGAN2Loss('cpu', G, D, r1_gamma=1.5, style_mixing_prob=0)
+            loss.pl_mean.copy_(pl_mean)
+            loss.accumulate_gradients(phase, real, None, z, None, gain=3.0, cur_nimg=0)
+        grads.append([None if p.grad is None else p.grad.clone() for p in [*G.parameters(), *D.parameters()]])
+    assert any(g is not None for g in grads[0])
+    for ours, ref in zip(*grads):
+        assert (ours is None) == (ref is None)
+        assert ours is None or torch.equal(ours, ref)

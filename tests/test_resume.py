@@ -33,7 +33,7 @@ def config(data, workers, **overrides):
     steps), R1 (every 4), ADA with a fast p (0.16 per adjustment, every 4 steps), latent matrices."""
     opts = dict(cfg='auto', data=data, rows=32, dim=32, cbase=256, cmax=32, batch=4, mbstd=2, precision='fp32',
                 kimg=0.032, tick=0.008, snap=1, workers=workers, grid=2, metrics=[], gamma=0.05, G_reg=2, D_reg=4,
-                aug='ada', augpipe='bc')
+                aug='ada', augpipe='bgc')
     opts.update(overrides)
     c = presets.setup_training_config(**opts)
     c.ada_kimg, c.ada_target = 0.1, -1.0          # p rises by 0.16 at every adjustment

@@ -193,7 +193,7 @@ def test_interrupted_snapshot_keeps_previous(data16, tmp_path, monkeypatch):
 def test_nan_gradient_skips_step(data16, tmp_path, monkeypatch):
     run = TrainingRun.from_kwargs(run_dir=str(tmp_path / 'unit'), verbose=False, **tiny_config(data16))
     try:
-        real_img, real_c, gen_z, gen_c = run._fetch_batch()
+        real_img, real_c, gen_z, gen_c = run.fetch_batch()
         phase = next(p for p in run.phases if p.name == 'Dmain')
         original = run.loss.accumulate_gradients
 

@@ -1,12 +1,14 @@
 """Named scalar statistics: cheap `report()` calls anywhere, summed over devices and ranks by a `Collector`.
 
 For each name the module keeps three running sums per device, `[count, sum(x), sum(x^2)]` in float64, with no host
-synchronisation at report time. A `Collector` periodically moves them to the CPU (one all_reduce over ranks once
-`init_multiprocessing` was called) and gives the count, mean and standard deviation of what arrived since its
-previous `update()`. The names are stylegan2-ada-pytorch's ('Loss/G/loss', 'Progress/kimg', ...).
+synchronisation at report time. A `Collector.update()` moves them to the CPU (one all_reduce over ranks once
+`init_multiprocessing` was called) and hands them to every live Collector whose regex matches; each gives the count,
+mean and standard deviation of what arrived since its previous `update()`. Intervals are kept apart (no cumulative
+totals), so a NaN reported once shows in that interval only. The names are stylegan2-ada-pytorch's ('Loss/G/loss', 'Progress/kimg', ...).
 """
 
 import re
+import weakref
 
 import numpy as np
 import torch
@@ -21,7 +23,7 @@ _state = EasyDict(
     synced=False,       # A Collector has synchronised (init_multiprocessing is too late after that).
 )
 _pending = {}           # name -> {device: float64 [3]} reported but not yet collected
-_collected = {}         # name -> CPU float64 [3], everything collected so far (summed over ranks)
+_collectors = weakref.WeakSet()   # live Collectors: each receives every collected sum its regex matches
 
 # ----------------------------------------------------------------------------
 
@@ -63,7 +65,7 @@ def report0(name, value):
 
 
 def _collect(names):
-    """Add what was reported under `names` since the last call (all ranks together) to `_collected`."""
+    """Move what was reported under `names` (all ranks together) into the inbox of every matching Collector."""
     if not names:
         return
     _state.synced = True
@@ -77,11 +79,10 @@ def _collect(names):
     if _state.sync_device is not None and distributed:
         torch.distributed.all_reduce(fresh)
     fresh = fresh.cpu()
-    for row, name in enumerate(names):
-        if name in _collected:
-            _collected[name] += fresh[row]
-        else:
-            _collected[name] = fresh[row].clone()
+    for collector in list(_collectors):
+        for row, name in enumerate(names):
+            collector._receive(name, fresh[row])
+
 
 # ----------------------------------------------------------------------------
 
@@ -96,10 +97,14 @@ class Collector:
                  keep_previous=True):
         self._pattern = re.compile(regex)
         self.keep_previous = bool(keep_previous)
-        self._baseline = {}   # name -> _collected[name] at the previous update
+        self._inbox = {}      # name -> sums received since the last update
         self._interval = {}   # name -> sums of the last interval
-        self.update()
-        self._interval = {}
+        _collect(self.names())   # What was reported before this Collector existed is not its business.
+        _collectors.add(self)
+
+    def _receive(self, name, sums):
+        if self._pattern.fullmatch(name):
+            self._inbox[name] = self._inbox[name] + sums if name in self._inbox else sums.clone()
 
     def names(self):
         """Names of all reported stats that match the regex (sorted, identical on every rank)."""
@@ -107,18 +112,11 @@ class Collector:
 
     def update(self):
         """Collect everything reported since the previous update (a collective call when distributed)."""
-        names = self.names()
-        _collect(names)
+        _collect(self.names())
         if not self.keep_previous:
             self._interval = {}
-        for name in names:
-            total = _collected.get(name)
-            if total is None:
-                continue
-            delta = total - self._baseline.get(name, torch.zeros_like(total))
-            self._baseline[name] = total.clone()
-            if delta[0] != 0:
-                self._interval[name] = delta
+        self._interval.update({name: sums for name, sums in self._inbox.items() if sums[0] != 0})
+        self._inbox = {}
 
     def sums(self, name):
         """(count, sum, sum of squares) of the last interval, as floats ((0, 0, 0) when nothing was reported)."""

@@ -231,9 +231,14 @@ class ImageFolderDataset(Dataset):  # a zip or a folder of images
         return repr(self._image_names[raw_idx])
 
     def read_image(self, raw_idx):
-        with self._open(self._image_names[raw_idx]) as f, PIL.Image.open(f) as img:
-            img.load()
-            pixels = np.array(img if img.mode in ('L', 'RGB') else img.convert('RGB'), dtype=np.uint8)
+        name = self._image_names[raw_idx]
+        try:
+            with self._open(name) as f, PIL.Image.open(f) as img:
+                img.load()
+                pixels = np.array(img if img.mode in ('L', 'RGB') else img.convert('RGB'), dtype=np.uint8)
+        except (OSError, ValueError, zipfile.BadZipFile) as err:   # PIL's errors name a file object, not the file.
+            raise ValueError(f"{self._path}: cannot read image '{name}' ({type(err).__name__}); "
+                             'rebuild the data with dataset_tool.py') from None
         if pixels.ndim == 2:
             pixels = pixels[:, :, None]
         return pixels.transpose(2, 0, 1)                                  # HWC -> CHW

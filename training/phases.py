@@ -167,9 +167,7 @@ def ada_step(rt, ada_target, batch_size, ada_interval, ada_kimg):
 
 @torch.no_grad()
 def adjust_augment_p(augment_pipe, rt, ada_target, batch_size, ada_interval, ada_kimg):
-    """p <- max(p + ada_step(...), 0). Returns False (p unchanged) when rt or the new p is not finite."""
-    if not np.isfinite(rt):
-        return False
+    """p <- max(p + ada_step(...), 0). Returns False (p unchanged) when the new p is not finite (rt NaN or Inf)."""
     new_p = (augment_pipe.p + ada_step(rt, ada_target, batch_size, ada_interval, ada_kimg)).clamp(min=0)
     if not bool(torch.isfinite(new_p)):
         return False

@@ -27,6 +27,13 @@ def _first_line(err):
     return (text.splitlines()[0] if text else type(err).__name__)[:200]
 
 
+def _pickle_message(path, err):
+    detail = _first_line(err)
+    if path in detail:   # The loader's own one-line refusal already names the file.
+        return f'--resume: {detail}; {_FIX}'
+    return f'--resume: {path} is not a usable network pickle ({detail}); {_FIX}'
+
+
 def check_resume_file(path):
     """Raise ResumeError unless `path` is a readable training state or network pickle (read once, safely)."""
     path = os.fspath(path)
@@ -42,7 +49,7 @@ def check_resume_file(path):
         with open(path, 'rb') as f:
             data = checkpoint.load_network_pkl(f)
     except Exception as err:   # The loader's refusals and every way a pickle can be broken: one line, no traceback.
-        raise ResumeError(f'--resume: {path} is not a usable network pickle ({_first_line(err)}); {_FIX}') from None
+        raise ResumeError(_pickle_message(path, err)) from None
     if not isinstance(data, dict) or not any(data.get(key) is not None for key in ('G', 'D', 'G_ema')):
         raise ResumeError(f'--resume: {path} holds no G, D or G_ema network; {_FIX}')
 
@@ -107,7 +114,7 @@ def _resume_weights(run, path, resume_kimg):
     try:
         _, missing = snapshot.load_snapshot_weights(path, run.networks)
     except Exception as err:   # Same one-line report as check_resume_file.
-        raise ResumeError(f'--resume: {path} is not a usable network pickle ({_first_line(err)}); {_FIX}') from None
+        raise ResumeError(_pickle_message(path, err)) from None
     run.progress.cur_nimg = int(round(resume_kimg * 1000))
     run.log(f'Resumed weights from {path} (no training state: fresh optimizers, kimg {resume_kimg})'
             + (f'; not in the pickle: {", ".join(missing)}' if missing else ''))

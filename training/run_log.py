@@ -1,6 +1,8 @@
 """Rank 0's run logs: `log.txt` (every progress line, also printed), `stats.jsonl` (one line of training_stats
 per tick, as stylegan2-ada-pytorch) and TensorBoard events when `torch.utils.tensorboard` can be imported."""
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -8,7 +10,7 @@ import os
 import torch
 
 import dnnlib
-from torch_utils import training_stats
+from torch_utils import misc, training_stats
 from torch_utils.ops import self_check
 
 #----------------------------------------------------------------------------
@@ -123,5 +125,15 @@ def report_tick(log, collector, progress, timing, augment_p, device):
         fields.append(('skipped', progress.skipped_steps, 'd'))
     log(format_tick(fields))
     log.write_stats(stats, progress.cur_nimg, timing['tick_end'])
+
+
+def log_module_summaries(log, G, D, batch_gpu, device):
+    """The layer tables of G and D (one forward pass of `batch_gpu` random latents) into the log."""
+    z = G.sample_z(batch_gpu, device=device)
+    c = torch.zeros([batch_gpu, G.c_dim], device=device)
+    out = io.StringIO()
+    with torch.no_grad(), contextlib.redirect_stdout(out):
+        misc.print_module_summary(D, [misc.print_module_summary(G, [z, c]), c])
+    log(out.getvalue().rstrip())
 
 #----------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Building what a training run needs from `training_loop`'s arguments: backend flags, networks, data stream."""
 
 import copy
+from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 import dnnlib
@@ -78,5 +80,43 @@ def data_iterator(training_set, cfg, rank, world_size, batch_per_rank, start_nim
     loader = torch.utils.data.DataLoader(training_set, sampler=sampler, batch_size=batch_per_rank,
                                          generator=generator, **loader_kwargs)
     return iter(loader)
+
+
+def fetch_batch(data_iter, G, training_set, num_phases, batch_rank, batch_gpu, device):
+    """One step's inputs: reals split in rounds, and fresh latents and labels for each of the `num_phases` phases.
+
+    Returns (real_img, real_c, gen_z, gen_c): real_img is a tuple of rounds `[batch_gpu, C, H, W]` in [-1, 1] and
+    real_c of `[batch_gpu, c_dim]`; gen_z and gen_c hold one `[batch_rank, ...]` chunk per phase. Latents (G.sample_z)
+    and the labels' dataset indices come from the global RNG of `device`/the CPU, in this order.
+    """
+    images, labels = next(data_iter)
+    real_img = (images.to(device).to(torch.float32) / 127.5 - 1).split(batch_gpu)
+    real_c = labels.to(device).split(batch_gpu)
+    n = num_phases * batch_rank
+    gen_z = G.sample_z(n, device=device).split(batch_rank)
+    picks = torch.randint(len(training_set), [n]).tolist()
+    gen_c = torch.from_numpy(np.stack([training_set.get_label(i) for i in picks])).to(device).split(batch_rank)
+    return real_img, real_c, gen_z, gen_c
+
+
+def log_setup(log, training_set, G, D, phases):
+    log(f'Dataset: {len(training_set)} images, shape {training_set.image_shape}, label dim {training_set.label_dim}')
+    log(f'Generator: latent {tuple(G.z_shape)}, {num_params(G) / 1e6:.2f} M parameters; discriminator '
+        f'{num_params(D) / 1e6:.2f} M; phases {[p.name for p in phases]}')
+
+
+@contextmanager
+def side_rng(device):
+    """Work outside the training step (grids, summaries, metrics) draws from a fork of the RNG of the CPU and of
+    `device`: the training stream is left exactly where it was, so a resumed run stays exact."""
+    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):
+        yield
+
+
+def broadcast_flag(flag, device):
+    """Rank 0's boolean on every rank."""
+    value = torch.tensor(float(flag), device=device)
+    torch.distributed.broadcast(value, src=0)
+    return bool(value)
 
 #----------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """What a training run writes besides logs: image grids, network snapshots in the stylegan2-ada-pytorch
-layout (`network-snapshot-{kimg:06d}.pkl`), and resumable training states (`training-state-{kimg:06d}.pt`).
+layout (`network-snapshot-{kimg:06d}.pkl`), and resumable training states (`training-state-{kimg:06d}.pt`); below
+a whole kimg the tag gets the remaining images (`000012.345`), so frequent snapshots never overwrite each other.
 
 Export pickles and resumable state are kept apart (as NVlabs/edm2's CheckpointIO): a training state holds the
-weights of G, D, G_ema and the augment pipe plus both Adam states, the counters, every rank's RNG states and the
-loss's state (the path-length mean), so it resumes alone; it is a plain `torch.save` of tensors and builtins, read back with
-`torch.load(weights_only=True)`. Every file is written to a temporary name and renamed, so an interrupted
-write never leaves a partial file or damages the previous one.
+weights of G, D, G_ema and the augment pipe plus both Adam states, the counters (with the ADA accumulators), every
+rank's RNG states and the loss's state (the path-length mean), so it resumes alone and exactly; it is a plain
+`torch.save` of tensors and builtins, read back with `torch.load(weights_only=True)`. A snapshot's pickle and state
+are written as one unit (`save_snapshot_pair`), each through a temporary name and a rename, so an interrupted write
+never leaves a partial file, damages the previous one, or pairs files of different kimg.
 """
 
 import copy
@@ -76,7 +78,7 @@ def list_states(run_dir):
     return [path for _, path in sorted(found)]
 
 
-def remove_stale_temporaries(run_dir):
+def remove_stale_temporaries(run_dir, log=None):
     """Delete the `.NAME.XXXX.tmp` files that `atomic_write` leaves when a process is killed mid-write."""
     removed = []
     for path in glob.glob(os.path.join(glob.escape(run_dir), '.*.tmp')):
@@ -85,6 +87,8 @@ def remove_stale_temporaries(run_dir):
             removed.append(os.path.basename(path))
         except OSError:
             pass
+    if removed and log is not None:
+        log(f'Removed {len(removed)} temporary file(s) of an interrupted write: {", ".join(removed)}')
     return removed
 
 #----------------------------------------------------------------------------
@@ -115,6 +119,27 @@ def fake_grid(G, grid_z, grid_c, batch_gpu):
 
 def save_grid(path, images, columns):
     save_png(path, make_grid(images, cols=columns))
+
+
+class GridWriter:
+    """A run's image grids: seeded real images and fixed latents (`random_seed`), written by rank 0 only."""
+
+    def __init__(self, run_dir, training_set, G, image_grid, random_seed, batch_gpu, device, rank=0):
+        self.run_dir, self.batch_gpu, self.enabled = run_dir, batch_gpu, rank == 0
+        if not self.enabled:
+            return
+        self.columns, rows = grid_shape(training_set.resolution, image_grid)
+        self.reals, labels = real_grid(training_set, self.columns * rows, random_seed)
+        self.z = G.sample_z(self.columns * rows, generator=torch.Generator().manual_seed(random_seed)).to(device)
+        self.c = torch.from_numpy(labels).to(device)
+
+    def save_reals(self):
+        if self.enabled:
+            save_grid(os.path.join(self.run_dir, 'reals.png'), self.reals, self.columns)
+
+    def save_fakes(self, G, name):
+        if self.enabled:
+            save_grid(os.path.join(self.run_dir, name), fake_grid(G, self.z, self.c, self.batch_gpu), self.columns)
 
 #----------------------------------------------------------------------------
 # Network snapshots (export pickles): the keys of stylegan2-ada-pytorch plus ours.
@@ -149,6 +174,26 @@ def save_snapshot_pair(run_dir, cur_nimg, data, state):
         save_training_state(state_path, state)
     dnnlib.util.atomic_write(pkl_path, write_both, fsync=True)
     return pkl_path, state_path
+
+_PER_RANK_BUFFERS = r'.*\.w_avg'    # running mean of each rank's own latents: allowed to differ
+
+
+def capture_run_state(run):
+    """The training state of a TrainingRun (a collective call: every rank's RNG state is gathered)."""
+    if run.world_size > 1:   # All ranks must hold the same weights (w_avg follows each rank's own latents).
+        for module in (m for m in run.networks.values() if m is not None):
+            misc.check_ddp_consistency(module, ignore_regex=_PER_RANK_BUFFERS)
+    return capture_training_state(run.progress, run.networks, run.phases, run.loss, run.device, run.world_size)
+
+
+def save_run_snapshot(run, state):
+    """Rank 0 of a TrainingRun: the snapshot pair at its image count, then prune old states; returns both paths."""
+    c, cur_nimg = run.cfg, int(run.progress.cur_nimg)
+    data = snapshot_data(run.networks, c.training_set_kwargs, cur_nimg=cur_nimg, latent_rows=run.G.latent_rows)
+    paths = save_snapshot_pair(c.run_dir, cur_nimg, data, state)
+    prune_states(c.run_dir, c.keep_states)
+    run.log(f'Saved {os.path.basename(paths[0])} and {os.path.basename(paths[1])}')
+    return paths
 
 #----------------------------------------------------------------------------
 # Training state.
@@ -200,6 +245,8 @@ def save_training_state(path, state):
 
 def load_training_state(path):
     """Read a training state safely (weights_only: tensors and builtins only); StateError when unreadable."""
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise StateError(f'{path} is not a readable training state (empty file)')
     try:
         state = torch.load(os.fspath(path), map_location='cpu', weights_only=True)
     except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as err:

@@ -8,23 +8,19 @@ in each with its rank; only rank 0 writes files. Every random draw of a training
 RNG of the rank's device; grids, summaries and metrics run on a forked RNG, so a resumed run is exact.
 """
 
-import contextlib
 import inspect
-import io
-import os
 import time
 
-import numpy as np
 import torch
 
 import dnnlib
-from torch_utils import misc, training_stats
+from torch_utils import training_stats
 from training import phases as phase_lib
 from training import resume as resume_lib
 from training import run_setup, snapshot
 from training.guards import RunningStatGuard
 from training.metrics_hook import evaluate_metrics, load_metric_fn
-from training.run_log import RunLog, report_tick
+from training.run_log import RunLog, log_module_summaries, report_tick
 
 #----------------------------------------------------------------------------
 
@@ -108,20 +104,15 @@ class TrainingRun:
     def _setup(self):
         c = self.cfg
         if self.rank == 0:
-            stale = snapshot.remove_stale_temporaries(c.run_dir)
-            if stale:
-                self.log(f'Removed {len(stale)} temporary file(s) of an interrupted write: {", ".join(stale)}')
+            snapshot.remove_stale_temporaries(c.run_dir, self.log)
         self.training_set = dnnlib.util.construct_class_by_name(**c.training_set_kwargs)
-        self.log(f'Dataset: {len(self.training_set)} images, shape {self.training_set.image_shape}, '
-                 f'label dim {self.training_set.label_dim}')
         self.networks = run_setup.build_networks(c, self.training_set, self.device)
         self.G, self.D, self.G_ema, self.augment_pipe = (self.networks[k] for k in ('G', 'D', 'G_ema', 'augment_pipe'))
         self.loss = dnnlib.util.construct_class_by_name(device=self.device, G=self.G, D=self.D,
                                                         augment_pipe=self.augment_pipe, **c.loss_kwargs)
         self.phases = phase_lib.setup_phases(self.G, self.D, c.G_opt_kwargs, c.D_opt_kwargs, c.G_reg_interval,
                                              c.D_reg_interval)
-        self.log(f'Generator: latent {tuple(self.G.z_shape)}, {run_setup.num_params(self.G) / 1e6:.2f} M parameters; '
-                 f'discriminator {run_setup.num_params(self.D) / 1e6:.2f} M; phases {[p.name for p in self.phases]}')
+        run_setup.log_setup(self.log, self.training_set, self.G, self.D, self.phases)
         torch.manual_seed(c.random_seed * self.world_size + self.rank)   # Per-rank stream of the training steps.
         self.fresh = c.resume_pkl is None or not resume_lib.resume(self, c.resume_pkl, c.resume_fallbacks,
                                                                     c.resume_kimg)
@@ -134,25 +125,12 @@ class TrainingRun:
         self.ada_stats = training_stats.Collector(regex='Loss/signs/real', keep_previous=False)
         self.w_avg_guard = RunningStatGuard(self.G)
 
-    @contextlib.contextmanager
-    def _side_rng(self):
-        """Grids, summaries and metrics draw from a fork of the RNG: the training stream stays untouched."""
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == 'cuda' else []):
-            yield
-
     #------------------------------------------------------------------------
     # One training step: every due phase on one global batch, then the running averages.
 
-    def _fetch_batch(self):
-        c, device = self.cfg, self.device
-        real_img, real_c = next(self.data_iter)
-        real_img = (real_img.to(device).to(torch.float32) / 127.5 - 1).split(c.batch_gpu)
-        real_c = real_c.to(device).split(c.batch_gpu)
-        n = len(self.phases) * self.batch_rank
-        gen_z = self.G.sample_z(n, device=device).split(self.batch_rank)
-        idx = torch.randint(len(self.training_set), [n]).tolist()
-        gen_c = torch.from_numpy(np.stack([self.training_set.get_label(i) for i in idx])).to(device).split(self.batch_rank)
-        return real_img, real_c, gen_z, gen_c
+    def fetch_batch(self):
+        return run_setup.fetch_batch(self.data_iter, self.G, self.training_set, len(self.phases), self.batch_rank,
+                                     self.cfg.batch_gpu, self.device)
 
     def _skip(self, what, detail):
         """Count one non-finite event (a gradient, or a running statistic's update) and say so."""
@@ -163,7 +141,7 @@ class TrainingRun:
 
     def step(self):
         c, p = self.cfg, self.progress
-        real_img, real_c, gen_z, gen_c = self._fetch_batch()
+        real_img, real_c, gen_z, gen_c = self.fetch_batch()
         self.w_avg_guard.remember()
         pl_skips = getattr(self.loss, 'pl_mean_skips', 0)
         for phase, phase_z, phase_c in zip(self.phases, gen_z, gen_c):
@@ -205,8 +183,13 @@ class TrainingRun:
         if p.cur_nimg >= total_nimg:
             self.log(f'Nothing to do: kimg {p.cur_nimg / 1000:.3f} >= total_kimg {c.total_kimg}')
             return self._summary(0.0, aborted=False)
-        with self._side_rng():
-            self._start_grids()
+        with run_setup.side_rng(self.device):
+            self.grids = snapshot.GridWriter(self.cfg.run_dir, self.training_set, self.G, self.cfg.image_grid,
+                                             self.cfg.random_seed, self.cfg.batch_gpu, self.device, self.rank)
+            if self.fresh:
+                log_module_summaries(self.log, self.G, self.D, self.cfg.batch_gpu, self.device)
+                self.grids.save_reals()
+                self.grids.save_fakes(self.G_ema, 'fakes_init.png')
         now = time.time()
         self.timing = dict(start=now, tick_start=now, tick_start_nimg=p.cur_nimg, maintenance=0.0)
         self.log(f'Training for {c.total_kimg} kimg from kimg {p.cur_nimg / 1000:.3f}...')
@@ -231,70 +214,24 @@ class TrainingRun:
         report_tick(self.log, self.stats, p, self.timing, augment, self.device)
         abort = c.abort_fn is not None and bool(c.abort_fn())
         if self.world_size > 1:   # Rank 0 decides, so that every rank leaves the loop together.
-            flag = torch.tensor(float(abort), device=self.device)
-            torch.distributed.broadcast(flag, src=0)
-            abort = bool(flag)
+            abort = run_setup.broadcast_flag(abort, self.device)
         if abort:
             self.log('Aborting...')
         last = done or abort
         grids_due = c.image_snapshot_ticks is not None and (last or p.cur_tick % c.image_snapshot_ticks == 0)
         snapshot_due = c.network_snapshot_ticks is not None and (last or p.cur_tick % c.network_snapshot_ticks == 0)
-        state = self._capture_state() if snapshot_due else None   # Before anything else touches the RNG.
-        with self._side_rng():
+        state = snapshot.capture_run_state(self) if snapshot_due else None   # Before anything touches the RNG.
+        with run_setup.side_rng(self.device):
             if grids_due:
-                self._save_fakes(snapshot.fakes_name(p.cur_nimg))
+                self.grids.save_fakes(self.G_ema, snapshot.fakes_name(p.cur_nimg))
             if snapshot_due:
-                self._save_snapshot(state)
+                if self.rank == 0:
+                    self.last_snapshot, self.last_state = snapshot.save_run_snapshot(self, state)
                 evaluate_metrics(self)
         p.cur_tick += 1
         self.timing.update(tick_start_nimg=p.cur_nimg, tick_start=time.time())
         self.timing['maintenance'] = self.timing['tick_start'] - self.timing['tick_end']
         return abort
-
-    #------------------------------------------------------------------------
-    # Files.
-
-    def _start_grids(self):
-        if self.rank != 0:
-            return
-        columns, rows = snapshot.grid_shape(self.training_set.resolution, self.cfg.image_grid)
-        self.grid_columns = columns
-        images, labels = snapshot.real_grid(self.training_set, columns * rows, self.cfg.random_seed)
-        self.grid_z = self.G.sample_z(columns * rows, generator=torch.Generator().manual_seed(self.cfg.random_seed))
-        self.grid_z, self.grid_c = self.grid_z.to(self.device), torch.from_numpy(labels).to(self.device)
-        if self.fresh:
-            z = self.G.sample_z(self.cfg.batch_gpu, device=self.device)
-            c = torch.zeros([self.cfg.batch_gpu, self.G.c_dim], device=self.device)
-            out = io.StringIO()
-            with torch.no_grad(), contextlib.redirect_stdout(out):
-                misc.print_module_summary(self.D, [misc.print_module_summary(self.G, [z, c]), c])
-            self.log(out.getvalue().rstrip())
-            snapshot.save_grid(os.path.join(self.cfg.run_dir, 'reals.png'), images, columns)
-            self._save_fakes('fakes_init.png')
-
-    def _save_fakes(self, name):
-        if self.rank == 0:
-            images = snapshot.fake_grid(self.G_ema, self.grid_z, self.grid_c, self.cfg.batch_gpu)
-            snapshot.save_grid(os.path.join(self.cfg.run_dir, name), images, self.grid_columns)
-
-    def _capture_state(self):
-        """The training state (a collective call: every rank's RNG state is gathered)."""
-        if self.world_size > 1:   # All ranks must hold the same weights (w_avg follows each rank's own latents).
-            for module in (m for m in self.networks.values() if m is not None):
-                misc.check_ddp_consistency(module, ignore_regex=r'.*\.w_avg')
-        return snapshot.capture_training_state(self.progress, self.networks, self.phases, self.loss, self.device,
-                                               self.world_size)
-
-    def _save_snapshot(self, state):
-        """network-snapshot-K.pkl + training-state-K.pt as one unit, on rank 0."""
-        c, p = self.cfg, self.progress
-        if self.rank != 0:
-            return
-        data = snapshot.snapshot_data(self.networks, c.training_set_kwargs, cur_nimg=int(p.cur_nimg),
-                                      latent_rows=self.G.latent_rows)
-        self.last_snapshot, self.last_state = snapshot.save_snapshot_pair(c.run_dir, p.cur_nimg, data, state)
-        snapshot.prune_states(c.run_dir, c.keep_states)
-        self.log(f'Saved {os.path.basename(self.last_snapshot)} and {os.path.basename(self.last_state)}')
 
     def _summary(self, seconds, aborted):
         p = self.progress
