@@ -20,6 +20,7 @@ import PIL.Image
 import torch
 from tqdm import tqdm
 
+from dnnlib.util import check_outdir, make_outdir
 from metrics import detectors
 from metrics import interpolation as interp
 from metrics.feature_stats import MetricOptions, compute_feature_stats_for_dataset
@@ -186,6 +187,7 @@ def run_interpolation(network, outdir, *, inversion_run=None, seeds=None, pairs=
     returns the dict written to interpolation.json. Latents: `inversion_run` (a folder) or
     `seeds` (a list of ints), exactly one. Bad inputs raise InversionError (one line) before
     anything is written."""
+    check_outdir(outdir)                            # Before loading anything: a bad --outdir costs nothing.
     if (inversion_run is None) == (seeds is None):
         raise InversionError('pass exactly one of --inversion-run DIR or --seeds RANGE')
     if inversion_run is not None and not Path(inversion_run).is_dir():
@@ -211,8 +213,7 @@ def run_interpolation(network, outdir, *, inversion_run=None, seeds=None, pairs=
     if not pair_list:
         raise InversionError('--pairs: no pairs (need at least 2 latents)')
 
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
+    outdir = Path(make_outdir(outdir))
     # Sharded (torchrun): each rank draws every K-th pair; rank 0 assembles the overview and the JSON.
     write_pair_images(G, ws, distributed.split_by_rank(pair_list), outdir, steps, midpoints_only, grid, gif,
                       batch_size, names=names)
