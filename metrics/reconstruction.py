@@ -27,11 +27,11 @@ import PIL.ImageOps
 import torch
 
 from torch_utils import distributed
+from torch_utils.image_io import IMAGE_EXTENSIONS
 
 from . import detectors
 from .frechet import frechet_distance
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
 
 #----------------------------------------------------------------------------
 # Per-image metrics on uint8 images.

@@ -27,13 +27,13 @@ import PIL.ImageOps
 from tqdm import tqdm
 
 from dnnlib.util import atomic_write
+from torch_utils.image_io import IMAGE_EXTENSIONS
 
 from .ffhq_align import TRANSFORM_SIZE, AlignmentError, align_face, face_keypoints
 from .paste_back import DEFAULT_FEATHER, paste_back
 
 #----------------------------------------------------------------------------
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.webp', '.tif', '.tiff')
 MULTIPLE_MODES = ('largest', 'all', 'skip')
 SETTINGS = ('resolution', 'multiple', 'transform_size', 'padding', 'detector')
 
