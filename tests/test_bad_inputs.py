@@ -123,7 +123,7 @@ def _check(result, names, *, untouched=None, absent=None):
 
 
 # Failing on h-errors, fixed on the branches of the helpers who own these CLIs.
-KNOWN_FAILING = {'train-unwritable'}
+KNOWN_FAILING = set()
 
 
 def _xfail_for(case_id):

@@ -6,12 +6,14 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 import zipfile
 
 import pytest
 import torch
 from click.testing import CliRunner
 
+import dnnlib
 import train as train_cli
 from conftest import REPO, shared_fixture
 from torch_utils import checkpoint
@@ -117,10 +119,15 @@ def test_bad_outdir_and_data(data16, tmp_path, monkeypatch):
     assert_one_line_error(result, str(afile), '--outdir')
     locked = tmp_path / 'locked'
     locked.mkdir()
-    real_access = os.access
-    monkeypatch.setattr(launch.os, 'access', lambda p, mode: False if str(p) == str(locked) else real_access(p, mode))
+    real_mkdtemp = tempfile.mkdtemp                     # Root writes anywhere: the write probe is refused instead.
+
+    def refuse(*args, dir=None, **kwargs):
+        if str(dir) == str(locked):
+            raise PermissionError(13, 'Permission denied')
+        return real_mkdtemp(*args, dir=dir, **kwargs)
+    monkeypatch.setattr(dnnlib.util.tempfile, 'mkdtemp', refuse)
     result = CliRunner().invoke(train_cli.main, cli_args(locked / 'runs', data16))
-    assert_one_line_error(result, str(locked), 'not writable')
+    assert_one_line_error(result, str(locked), 'cannot write', 'permission denied')
     monkeypatch.undo()
     assert os.listdir(locked) == []
 

@@ -14,6 +14,7 @@ import socket
 
 import torch
 
+from dnnlib.util import OutdirError, check_outdir  # noqa: F401 (train.py reports them)
 from torch_utils import distributed
 from training import snapshot
 from training.training_loop import training_loop
@@ -22,24 +23,6 @@ _RUN_RE = re.compile(r'^(\d+)-(.*)$')
 
 #----------------------------------------------------------------------------
 # Run directories.
-
-class OutdirError(ValueError):
-    """--outdir cannot hold run directories; the message says why and what to do."""
-
-
-def check_outdir(outdir):
-    """Raise OutdirError unless `outdir` is (or can be created as) a writable folder."""
-    path = os.path.abspath(outdir)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise OutdirError(f'--outdir: {outdir} is a file, not a folder; pass a folder for the run directories')
-    existing = path
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise OutdirError(f'--outdir: {existing} is a file, so {outdir} cannot be created; pass a folder')
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutdirError(f'--outdir: {existing} is not writable; pass a folder you can write to')
-
 
 def next_run_dir(outdir, desc):
     """'{outdir}/{index:05d}-{desc}' with the next free index."""
