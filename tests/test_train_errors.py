@@ -17,7 +17,7 @@ import dnnlib
 import train as train_cli
 from conftest import REPO, shared_fixture
 from torch_utils import checkpoint
-from training import launch, snapshot
+from training import snapshot
 from training.tiny_data import write_tiny_dataset
 
 
