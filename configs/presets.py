@@ -6,6 +6,8 @@ that is not None (EDM2 style), validates the result and returns the keyword argu
 `training.training_loop.training_loop`. It works without click; `train.py` is a thin wrapper over it.
 """
 
+import os
+
 import dnnlib
 from training.augment import AUGPIPE_SPECS
 from training.loss import PL_ROW_REDUCTIONS
@@ -92,7 +94,7 @@ def resolve_options(cfg='auto', **opts):
         raise ValueError('--data is required: a dataset zip or folder made by dataset_tool.py')
 
     # The dataset decides resolution, channels and labels.
-    o.data = str(overrides['data'])
+    o.data = os.path.abspath(os.path.expanduser(str(overrides['data'])))   # Recorded in snapshots: valid from anywhere.
     dataset = dnnlib.util.construct_class_by_name(class_name='training.dataset.ImageFolderDataset', path=o.data,
                                                   use_labels=bool(overrides.get('cond', o.cond)))
     o.dataset_name, o.resolution = dataset.name, dataset.resolution
@@ -108,7 +110,7 @@ def resolve_options(cfg='auto', **opts):
     o.res = o.resolution
     if 'batch' in overrides and 'batch_gpu' not in overrides and cfg == 'auto':
         o.batch_gpu = overrides['batch'] // gpus
-    o.update(overrides)
+    o.update(overrides, data=o.data)
     o.rows = o.rows or None
     o.metrics = list(o.metrics or [])
     if o.batch_gpu is None:

@@ -332,3 +332,11 @@ def test_committed_help_is_current():
     assert result.exit_code == 0 and result.output == open(path).read()
 
 #----------------------------------------------------------------------------
+
+
+def test_dataset_path_is_recorded_absolute(tmp_path, monkeypatch):
+    """Snapshots record the dataset so that calc_metrics.py finds it from any folder."""
+    write_tiny_dataset(str(tmp_path / 'd16.zip'), num_images=2, resolution=32, seed=0)
+    monkeypatch.chdir(tmp_path)
+    c = presets.setup_training_config(cfg='tiny', data='d16.zip')
+    assert c.training_set_kwargs['path'] == str(tmp_path / 'd16.zip')
