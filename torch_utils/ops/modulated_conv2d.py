@@ -100,12 +100,10 @@ def modulated_conv2d_ref(x, weight, styles, noise=None, up=1, down=1, padding=0,
     """
     batch_size = x.shape[0]
     out_channels, in_channels = weight.shape[:2]
-    misc.assert_shape(x, [batch_size, in_channels, None, None])
+    misc.assert_shape(styles, [batch_size] + [None] * (styles.ndim - 2) + [in_channels])
+    misc.assert_shape(x, [styles.shape[0], weight.shape[1], None, None])
     if styles.ndim == 3:
-        misc.assert_shape(styles, [batch_size, None, in_channels])
         styles = _row_styles(styles, out_channels)                       # [NOI]
-    else:
-        misc.assert_shape(styles, [batch_size, in_channels])             # [NI]
     if demodulate and x.dtype == torch.float16:
         weight, styles = _rescale_for_fp16(weight, styles)
     d = demodulation_coefficients(weight, styles) if demodulate else None  # [NO]
