@@ -12,10 +12,16 @@ iteration runs all four, and the per-phase figure is the median over the timed i
 Every round starts one worker process per model (`--worker baseline|overparam`), in alternating
 order (AB, BA, AB, ...), so that slow drift of a shared machine hits both alike; the ratios are
 taken per round (overparam / baseline of the same round) and the table shows their median and
-range. Peak memory:
+range. `--parallel` starts the two workers of a round together instead (use it with CPU time).
+
+Time: on the CPU the default clock is the worker's own CPU time (`time.process_time`, one thread),
+which a machine shared with other jobs inflates far less than the wall clock does; `--clock wall`
+measures wall time (the default with CUDA, after a synchronize).
+
+Peak memory:
   CPU   peak resident set size (Linux `VmHWM`, reset through /proc/self/clear_refs before the
-        timed iterations) minus the RSS after the imports (before any network exists), i.e. what the networks, the optimizer
-        states and the activations hold. Workers run with
+        timed iterations) minus the RSS after the imports (before any network exists), i.e. what
+        the networks, the optimizer states and the activations hold. Workers run with
         `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=65536:glibc.malloc.trim_threshold=0:glibc.malloc.arena_max=1`
         so that glibc returns freed blocks to the system at once (large blocks are their own mmap)
         and the RSS follows what is allocated rather than what the allocator caches.
@@ -60,7 +66,7 @@ def _reset_peak_rss():
         return False
 
 
-def run_worker(model, res, cmax, cbase, batch, rows, dim, iters, warmup, device_name, seed):
+def run_worker(model, res, cmax, cbase, batch, rows, dim, iters, warmup, device_name, seed, clock):
     import torch                                              # Imported here: the driver needs no torch.
     from training import networks, phases as phase_lib
     from training.loss import StyleGAN2Loss
@@ -71,6 +77,7 @@ def run_worker(model, res, cmax, cbase, batch, rows, dim, iters, warmup, device_
     if cuda:
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False   # strict FP32
     sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    now = time.process_time if clock == 'cpu' else time.perf_counter
 
     torch.manual_seed(seed)
     G = networks.Generator(z_dim=dim, c_dim=0, w_dim=dim, img_resolution=res, img_channels=3,
@@ -96,14 +103,14 @@ def run_worker(model, res, cmax, cbase, batch, rows, dim, iters, warmup, device_
         z = G.sample_z(batch, generator=torch.Generator().manual_seed(seed + 100 + it)).to(device)
         for name in PHASES:
             sync()
-            start = time.perf_counter()
+            start = now()
             phase_lib.run_phase(phases[name], loss, [real], [None], [z], [None], cur_nimg=it * batch)
             sync()
-            times[name] = time.perf_counter() - start
-        start = time.perf_counter()
+            times[name] = now() - start
+        start = now()
         phase_lib.update_ema(G_ema, G, phase_lib.ema_beta(it * batch, batch, 10, 0.05))
         sync()
-        times['EMA'] = time.perf_counter() - start
+        times['EMA'] = now() - start
         return times
 
     for it in range(warmup):
@@ -125,7 +132,7 @@ def run_worker(model, res, cmax, cbase, batch, rows, dim, iters, warmup, device_
         hardware = f'{platform.machine()} x{torch.get_num_threads()} threads'
     return dict(model=model, ms={k: round(v, 1) for k, v in ms.items()}, peak_mb=None if peak_mb is None else round(peak_mb, 1),
                 rss_after_import_mb=round(rss_torch, 1), rss_before_timed_mb=round(rss_before, 1), hardware=hardware,
-                torch=torch.__version__, iters=iters, warmup=warmup)
+                torch=torch.__version__, iters=iters, warmup=warmup, clock=clock)
 
 #----------------------------------------------------------------------------
 # Driver: alternate the workers, take per-round ratios.
@@ -181,38 +188,48 @@ def _print_table(summary):
 @click.option('--warmup', type=int, default=1, show_default=True, help='Untimed iterations per worker')
 @click.option('--device', default='cpu', show_default=True, help='cpu or cuda')
 @click.option('--seed', type=int, default=0, show_default=True)
+@click.option('--clock', type=click.Choice(['cpu', 'wall']), default=None,
+              help='cpu = process CPU time (default on the CPU: robust on a shared machine), wall = wall clock (CUDA)')
+@click.option('--parallel', is_flag=True, help='Run the two workers of a round at the same time (with --clock cpu)')
 @click.option('--json', 'json_path', type=click.Path(dir_okay=False), default=None, help='Write all records here')
 @click.option('--worker', type=click.Choice(MODELS), default=None, hidden=True)
-def main(res, cmax, cbase, batch, rows, dim, threads, rounds, iters, warmup, device, seed, json_path, worker):
+def main(res, cmax, cbase, batch, rows, dim, threads, rounds, iters, warmup, device, seed, clock, parallel, json_path,
+         worker):
+    clock = clock or ('cpu' if device == 'cpu' else 'wall')
     if worker is not None:
         import torch
         torch.set_num_threads(threads)
-        print(json.dumps(run_worker(worker, res, cmax, cbase, batch, rows, dim, iters, warmup, device, seed)))
+        print(json.dumps(run_worker(worker, res, cmax, cbase, batch, rows, dim, iters, warmup, device, seed, clock)))
         return
     if batch < 2 or rounds < 1 or iters < 1:
         raise click.BadParameter('need --batch >= 2, --rounds >= 1 and --iters >= 1')
 
     env = {**os.environ, **ALLOCATOR_ENV, 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
     args = ['--res', res, '--cmax', cmax, '--cbase', cbase, '--batch', batch, '--rows', rows, '--dim', dim,
-            '--threads', threads, '--iters', iters, '--warmup', warmup, '--device', device, '--seed', seed]
+            '--threads', threads, '--iters', iters, '--warmup', warmup, '--device', device, '--clock', clock,
+            '--seed', seed]
     records = []
     for rnd in range(rounds):
         order = MODELS if rnd % 2 == 0 else MODELS[::-1]
         record = {}
-        for model in order:
-            cmd = [sys.executable, '-m', 'benchmarks.bench_training_step', '--worker', model, *map(str, args)]
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                sys.stderr.write(proc.stderr)
-                raise click.ClickException(f'worker {model} (round {rnd + 1}) failed with exit code {proc.returncode}')
-            record[model] = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(json.dumps(dict(round=rnd + 1, **record[model])), flush=True)
+        batches = [order] if parallel else [[model] for model in order]
+        for models in batches:
+            procs = {model: subprocess.Popen([sys.executable, '-m', 'benchmarks.bench_training_step', '--worker', model,
+                                              *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                             text=True) for model in models}
+            for model, proc in procs.items():
+                out, err = proc.communicate()
+                if proc.returncode != 0:
+                    sys.stderr.write(err)
+                    raise click.ClickException(f'worker {model} (round {rnd + 1}) failed with exit code {proc.returncode}')
+                record[model] = json.loads(out.strip().splitlines()[-1])
+                print(json.dumps(dict(round=rnd + 1, **record[model])), flush=True)
         records.append(record)
 
     summary = _summary(records)
     _print_table(summary)
-    result = dict(bench='training_step', command=' '.join(['python -m benchmarks.bench_training_step', *map(str, args[:-4])]),
-                  res=res, cmax=cmax, cbase=cbase, batch=batch, rows=rows, dim=dim, threads=threads, rounds=rounds,
+    result = dict(bench='training_step', command=' '.join(['python -m benchmarks.bench_training_step', *sys.argv[1:]]),
+                  clock=clock, parallel=parallel, res=res, cmax=cmax, cbase=cbase, batch=batch, rows=rows, dim=dim, threads=threads, rounds=rounds,
                   device=device, allocator=ALLOCATOR_ENV if device == 'cpu' else None,
                   date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), machine=platform.platform(),
                   summary=summary, records=records)
