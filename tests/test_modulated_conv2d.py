@@ -4,7 +4,7 @@ folded demodulation, and the CUDA path against the reference (skipped without a 
 import pytest
 import torch
 
-from torch_utils.ops import upfirdn2d
+from torch_utils.ops import conv2d_resample, upfirdn2d
 from torch_utils.ops.modulated_conv2d import demodulation_coefficients, modulated_conv2d
 
 
@@ -181,3 +181,19 @@ def test_cuda_matches_reference(up, dtype, monkeypatch):
     grads_ref = torch.autograd.grad((ref * g).sum(), [x, weight, styles])
     for a, b in zip(grads, grads_ref):
         torch.testing.assert_close(a.float(), b.float(), rtol=10 * tol, atol=10 * tol)
+
+
+@pytest.mark.parametrize('up,down,k', [(1, 1, 3), (2, 1, 3), (2, 1, 1), (1, 2, 3), (2, 2, 3)])
+def test_conv2d_resample_per_sample_equals_one_call_per_sample(up, down, k):
+    """The per-sample-weight convolution (grouped, or transposed convs sample by sample with one filter
+    pass over the batch) against `conv2d_resample` called once per sample, forward and gradients."""
+    torch.manual_seed(10)
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
+    x, weights = rand(3, 4, 6, 6), rand(3, 5, 4, k, k)
+    kw = dict(f=f, up=up, down=down, padding=k // 2, flip_weight=(up == 1))
+    out = conv2d_resample.conv2d_resample_per_sample(x, weights, **kw)
+    ref = torch.cat([conv2d_resample.conv2d_resample(x[n:n + 1], weights[n], **kw) for n in range(3)])
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad((out * g).sum(), [x, weights]), torch.autograd.grad((ref * g).sum(), [x, weights])):
+        torch.testing.assert_close(a, b)

@@ -73,22 +73,38 @@ def _group_transposed_weight(w, groups):
     return per_group.transpose(1, 2).reshape(groups * in_per_group, num_out // groups, kh, kw)
 
 
-def _transposed_then_filter(x, w, f, up, down, pad, groups, flip_weight, flip_filter):
-    """Upsampling with a k x k kernel: the strided transposed conv inserts the zeros; the
-    padding left over (after undoing what the transposed conv itself adds) goes to the filter."""
-    kh, kw = w.shape[2:]
+def _split_transposed_padding(pad, kh, kw, up):
+    """Upsampling with a k x k kernel: the strided transposed conv inserts the zeros. Returns the
+    padding it can apply itself ([y, x]: what both sides of an axis crop) and the padding left
+    for the filter after it (x0, x1, y0, y1), having undone what the transposed conv adds."""
     left, right = pad[0] - (kw - 1), pad[1] - (kw - up)
     top, bottom = pad[2] - (kh - 1), pad[3] - (kh - up)
-    # What both sides of an axis crop, the transposed conv can crop for free.
     crop_x = max(0, -max(left, right))
     crop_y = max(0, -max(top, bottom))
-    y = _conv(x, _group_transposed_weight(w, groups), stride=up, padding=[crop_y, crop_x], groups=groups,
-              transpose=True, flip_weight=not flip_weight)
-    y = upfirdn2d.upfirdn2d(y, f, padding=[left + crop_x, right + crop_x, top + crop_y, bottom + crop_y],
-                            gain=up ** 2, flip_filter=flip_filter)
+    return [crop_y, crop_x], [left + crop_x, right + crop_x, top + crop_y, bottom + crop_y]
+
+
+def _filter_after_transposed(y, f, up, down, filter_pad, flip_filter):
+    y = upfirdn2d.upfirdn2d(y, f, padding=filter_pad, gain=up ** 2, flip_filter=flip_filter)
     if down > 1:
         y = upfirdn2d.upfirdn2d(y, f, down=down, flip_filter=flip_filter)
     return y
+
+
+def _transposed_then_filter(x, w, f, up, down, pad, groups, flip_weight, flip_filter):
+    conv_pad, filter_pad = _split_transposed_padding(pad, w.shape[2], w.shape[3], up)
+    y = _conv(x, _group_transposed_weight(w, groups), stride=up, padding=conv_pad, groups=groups,
+              transpose=True, flip_weight=not flip_weight)
+    return _filter_after_transposed(y, f, up, down, filter_pad, flip_filter)
+
+
+def _full_padding(f, up, down, padding):
+    """User padding plus the padding that centres the filter: [x0, x1, y0, y1]."""
+    taps_x, taps_y = _get_filter_size(f)
+    pad_x = _centring_padding(taps_x, up, down)
+    pad_y = _centring_padding(taps_y, up, down)
+    given = _parse_padding(padding)                                       # x0, x1, y0, y1
+    return [given[0] + pad_x[0], given[1] + pad_x[1], given[2] + pad_y[0], given[3] + pad_y[1]]
 
 #----------------------------------------------------------------------------
 
@@ -112,11 +128,7 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0,
     assert x.ndim == 4 and w.ndim == 4 and x.dtype == w.dtype, 'x and w: 4-D, one dtype'
     assert f is None or (isinstance(f, torch.Tensor) and f.ndim in (1, 2) and f.dtype == torch.float32)
     assert all(isinstance(v, int) and v >= 1 for v in (up, down, groups)), 'up, down, groups: positive ints'
-    taps_x, taps_y = _get_filter_size(f)
-    pad_x = _centring_padding(taps_x, up, down)
-    pad_y = _centring_padding(taps_y, up, down)
-    given = _parse_padding(padding)                                       # x0, x1, y0, y1
-    pad = [given[0] + pad_x[0], given[1] + pad_x[1], given[2] + pad_y[0], given[3] + pad_y[1]]
+    pad = _full_padding(f, up, down, padding)
     pointwise = tuple(w.shape[2:]) == (1, 1)
     resample_kw = dict(flip_filter=flip_filter)
 
@@ -138,5 +150,28 @@ def conv2d_resample(x, w, f=None, up=1, down=1, padding=0,
         return _conv(x, w, padding=[pad[2], pad[0]], groups=groups, flip_weight=flip_weight)
     padded = upfirdn2d.upfirdn2d(x, None, padding=pad, **resample_kw)
     return _conv(padded, w, groups=groups, flip_weight=flip_weight)
+
+#----------------------------------------------------------------------------
+
+def conv2d_resample_per_sample(x, weights, f=None, up=1, down=1, padding=0, flip_weight=True, flip_filter=False):
+    """`conv2d_resample` of each sample with its own weight: x `[N, I, H, W]`, weights
+    `[N, O, I, kh, kw]` (same dtype) -> `[N, O, H', W']`.
+
+    Without upsampling this is one convolution with N groups. With upsampling (k x k kernel) the
+    transposed convolutions run sample by sample and the filter once on the whole `[N, O]` batch:
+    on the CPU a grouped transposed convolution is slower than N plain ones and copies its output
+    once more, its per-group weight layout is one more copy of all the weights, and the filter
+    (a depthwise convolution) costs per channel group, so N*O groups would cost twice O.
+    """
+    n, o, i, kh, kw = weights.shape
+    if up == 1 or (kh, kw) == (1, 1):
+        y = conv2d_resample(x.reshape(1, n * i, *x.shape[2:]), weights.reshape(n * o, i, kh, kw), f=f, up=up,
+                            down=down, padding=padding, groups=n, flip_weight=flip_weight, flip_filter=flip_filter)
+        return y.reshape(n, o, *y.shape[2:])
+    conv_pad, filter_pad = _split_transposed_padding(_full_padding(f, up, down, padding), kh, kw, up)
+    per_sample = [_conv(x[k:k + 1], weights[k].transpose(0, 1), stride=up, padding=conv_pad, transpose=True,
+                        flip_weight=not flip_weight) for k in range(n)]
+    y = torch.cat(per_sample) if n > 1 else per_sample[0]
+    return _filter_after_transposed(y, f, up, down, filter_pad, flip_filter)
 
 #----------------------------------------------------------------------------

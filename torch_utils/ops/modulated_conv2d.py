@@ -73,23 +73,6 @@ def _finish(y, d, noise):
     return y if noise is None else y.add_(noise.to(y.dtype))
 
 
-def _conv_per_sample(x, weights, **resample_kwargs):
-    """Convolve sample n of x `[N, I, H, W]` with its own weight `weights[n]` `[O, I, kh, kw]`.
-
-    Plain convolutions use one convolution with N groups. Upsampling (transposed) ones run sample
-    by sample: on the CPU a grouped transposed convolution is slower than N plain ones and copies
-    its whole output once more, and the per-group weight transpose it needs is a copy of all
-    per-sample weights.
-    """
-    n, o, i, kh, kw = weights.shape
-    if resample_kwargs.get('up', 1) > 1:
-        outs = [conv2d_resample.conv2d_resample(x=x[k:k + 1], w=weights[k], **resample_kwargs) for k in range(n)]
-        return torch.cat(outs) if n > 1 else outs[0]
-    y = conv2d_resample.conv2d_resample(x=x.reshape(1, n * i, *x.shape[2:]), w=weights.reshape(n * o, i, kh, kw),
-                                        groups=n, **resample_kwargs)
-    return y.reshape(n, o, *y.shape[2:])
-
-
 def modulated_conv2d_ref(x, weight, styles, noise=None, up=1, down=1, padding=0, resample_filter=None,
                          demodulate=True, flip_weight=True, fused_modconv=True):
     """Pure-PyTorch modulated convolution; see `modulated_conv2d` for the arguments.
@@ -116,7 +99,7 @@ def modulated_conv2d_ref(x, weight, styles, noise=None, up=1, down=1, padding=0,
 
     per_input = styles.unsqueeze(1) if styles.ndim == 2 else styles       # [N1I] or [NOI]
     weights = weight.unsqueeze(0) * per_input.unsqueeze(-1).unsqueeze(-1)  # [NOIkk]
-    y = _conv_per_sample(x, weights.to(x.dtype), **resample)
+    y = conv2d_resample.conv2d_resample_per_sample(x, weights.to(x.dtype), **resample)
     return _finish(y, d, noise)
 
 #----------------------------------------------------------------------------
