@@ -243,4 +243,4 @@ def main(res, cmax, cbase, batch, rows, dim, threads, rounds, iters, warmup, dev
 #----------------------------------------------------------------------------
 
 if __name__ == '__main__':
-    main()  # pylint: disable=no-value-for-parameter
+    main()  # click supplies the arguments
