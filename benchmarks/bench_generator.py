@@ -144,4 +144,4 @@ def main(res, batch, rows, channel_base, channel_max, device, impl, iters, warmu
 #----------------------------------------------------------------------------
 
 if __name__ == '__main__':
-    main()  # pylint: disable=no-value-for-parameter
+    main()  # click supplies the arguments

@@ -109,4 +109,4 @@ def main(device, batch, channels, rows, resolutions, with_up, dtype, iters, warm
 #----------------------------------------------------------------------------
 
 if __name__ == '__main__':
-    main()  # pylint: disable=no-value-for-parameter
+    main()  # click supplies the arguments

@@ -4,7 +4,7 @@ folded demodulation, and the CUDA path against the reference (skipped without a 
 import pytest
 import torch
 
-from torch_utils.ops import upfirdn2d
+from torch_utils.ops import conv2d_resample, upfirdn2d
 from torch_utils.ops.modulated_conv2d import demodulation_coefficients, modulated_conv2d
 
 
@@ -88,15 +88,75 @@ def test_folded_demodulation_equals_direct():
         torch.testing.assert_close(demodulation_coefficients(weight, styles), direct)
 
 
-def test_fp16_prenormalization_keeps_result():
-    """The FP16 overflow guard rescales weight and styles; demodulation must cancel it."""
+def row_by_row(x, weight, styles, **kw):
+    """Independent eq. 2 for any resampling: output channel o of the per-row layer is output channel o
+    of the shared-weight (eq. 1) layer modulated with that row's style vector S[:, o]."""
+    O = weight.shape[0]
+    return torch.cat([modulated_conv2d(x, weight, styles[:, o], fused_modconv=False, **kw)[:, o:o + 1]
+                      for o in range(O)], dim=1)
+
+
+@pytest.mark.parametrize('up', [1, 2])
+def test_per_row_matches_row_by_row_with_noise(up):
+    """Per-row styles with resampling and noise (the per-sample loop of the up path) against eq. 1 per row."""
+    torch.manual_seed(7)
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
+    x, weight, styles = rand(3, 4, 5, 5), rand(6, 4, 3, 3), rand(3, 8, 4)
+    noise = torch.randn(3, 1, 5 * up, 5 * up, dtype=torch.float64)
+    kw = dict(padding=1, up=up, resample_filter=f, flip_weight=(up == 1))
+    out = modulated_conv2d(x, weight, styles, noise=noise, impl='ref', **kw)
+    ref = row_by_row(x, weight, styles[:, :6], **kw) + noise
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad((out * g).sum(), [x, weight, styles]),
+                    torch.autograd.grad((ref * g).sum(), [x, weight, styles])):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize('case', ['rows-up-noise', 'rows-1x1-nodemod', 'vector-fused-up', 'vector-shared-noise'])
+def test_second_order_float64(case):
+    """Path length (Greg) differentiates the gradients w.r.t. x and styles once more: gradgradcheck
+    every path of the reference implementation (folded demodulation included) on tiny shapes."""
+    torch.manual_seed(8)
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
+    up = 2 if 'up' in case else 1
+    k = 1 if '1x1' in case else 3
+    x, weight = rand(2, 3, 3, 3), rand(4, 3, k, k)
+    styles = rand(2, 5, 3) if case.startswith('rows') else rand(2, 3)
+    noise = torch.randn(2, 1, 3 * up, 3 * up, dtype=torch.float64) if 'noise' in case else None
+    kw = dict(padding=k // 2, up=up, resample_filter=f if up > 1 else None, flip_weight=(up == 1),
+              demodulate='nodemod' not in case, fused_modconv='shared' not in case, noise=noise)
+    fn = lambda x, w, s: modulated_conv2d(x, w, s, impl='ref', **kw)
+    assert torch.autograd.gradcheck(fn, (x, weight, styles))
+    assert torch.autograd.gradgradcheck(fn, (x, weight, styles))
+
+
+@pytest.mark.parametrize('up', [1, 2])
+def test_fp16_prenormalization_on_cpu(up):
+    """FP16 inputs on the CPU (PyTorch runs FP16 convolutions there): the overflow guard rescales weight
+    and styles, demodulation cancels it, and the result matches eq. 2 in float64 to FP16 precision.
+    Magnitudes are chosen so that the unguarded FP16 convolution overflows (checked below)."""
     torch.manual_seed(5)
-    x, weight, styles = torch.randn(2, 4, 6, 6), torch.randn(5, 4, 3, 3), torch.randn(2, 5, 4) * 30
-    ref = modulated_conv2d(x, weight, styles, padding=1)
-    if not torch.cuda.is_available():
-        pytest.skip('FP16 convolution needs CUDA here; the rescaling is checked through float32 on CPU')
-    out = modulated_conv2d(x.cuda().half(), weight.cuda(), styles.cuda(), padding=1, impl='ref').float().cpu()
-    torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
+    x = torch.randn(2, 4, 6, 6) * 4
+    weight = torch.randn(5, 4, 3, 3) * 100
+    styles = torch.randn(2, 5, 4) * 300
+    kw = dict(padding=1, up=up, resample_filter=f if up > 1 else None, flip_weight=(up == 1))
+    unguarded = torch.nn.functional.conv2d(x.half(), (weight[None] * styles[..., None, None]).half()[0], padding=1)
+    assert not torch.isfinite(unguarded).all(), 'test magnitudes too small to overflow FP16'
+    out = modulated_conv2d(x.half(), weight, styles, impl='ref', **kw)
+    assert out.dtype == torch.float16
+    ref = row_by_row(x.double(), weight.double(), styles.double(), **kw)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-2, atol=1e-2 * ref.abs().max().item())
+
+
+def test_fp16_prenormalization_vector_styles_on_cpu():
+    torch.manual_seed(9)
+    x, weight, styles = torch.randn(2, 4, 6, 6) * 4, torch.randn(5, 4, 3, 3) * 100, torch.randn(2, 4) * 300
+    ref = einsum_modconv(x.double(), weight.double(), styles.double())
+    for fused in (True, False):
+        out = modulated_conv2d(x.half(), weight, styles, padding=1, fused_modconv=fused, impl='ref')
+        torch.testing.assert_close(out.double(), ref, rtol=1e-2, atol=1e-2 * ref.abs().max().item())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA path needs a GPU')
@@ -121,3 +181,19 @@ def test_cuda_matches_reference(up, dtype, monkeypatch):
     grads_ref = torch.autograd.grad((ref * g).sum(), [x, weight, styles])
     for a, b in zip(grads, grads_ref):
         torch.testing.assert_close(a.float(), b.float(), rtol=10 * tol, atol=10 * tol)
+
+
+@pytest.mark.parametrize('up,down,k', [(1, 1, 3), (2, 1, 3), (2, 1, 1), (1, 2, 3), (2, 2, 3)])
+def test_conv2d_resample_per_sample_equals_one_call_per_sample(up, down, k):
+    """The per-sample-weight convolution (grouped, or transposed convs sample by sample with one filter
+    pass over the batch) against `conv2d_resample` called once per sample, forward and gradients."""
+    torch.manual_seed(10)
+    f = upfirdn2d.setup_filter([1, 3, 3, 1])
+    x, weights = rand(3, 4, 6, 6), rand(3, 5, 4, k, k)
+    kw = dict(f=f, up=up, down=down, padding=k // 2, flip_weight=(up == 1))
+    out = conv2d_resample.conv2d_resample_per_sample(x, weights, **kw)
+    ref = torch.cat([conv2d_resample.conv2d_resample(x[n:n + 1], weights[n], **kw) for n in range(3)])
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad((out * g).sum(), [x, weights]), torch.autograd.grad((ref * g).sum(), [x, weights])):
+        torch.testing.assert_close(a, b)

@@ -6,9 +6,13 @@ styles of shape `[N, R, I]` (R >= O, or R == 1) give output row `i` its own
 style vector `S[n, i, :]` (eq. 2): `weight'[n, i, j] = weight[i, j] * S[n, i, j]`,
 followed by demodulation over `(j, kh, kw)` for each `(n, i)`.
 
-`impl='ref'` is the pure-PyTorch path (grouped convolution, runs anywhere and is
-the oracle of the tests); `impl='cuda'` is the fused kernel of
-`modulated_conv2d_cuda` (built with ninja at first use).
+Demodulation is folded everywhere: the coefficient `d[n, o]` (`demodulation_coefficients`,
+O(N*O*I)) scales the convolution's *output*, which equals demodulating the weight because
+`d` is constant over the input channels and taps of output `o`. No second
+`[N, O, I, kh, kw]` tensor is formed, in the forward pass or in any backward pass.
+
+`impl='ref'` is the pure-PyTorch path (runs anywhere and is the oracle of the tests);
+`impl='cuda'` is the fused kernel of `modulated_conv2d_cuda` (built with ninja at first use).
 """
 
 import warnings
@@ -17,7 +21,7 @@ import numpy as np
 import torch
 
 from .. import misc
-from . import conv2d_resample, fma
+from . import conv2d_resample
 
 #----------------------------------------------------------------------------
 
@@ -41,66 +45,62 @@ def demodulation_coefficients(weight: torch.Tensor, styles: torch.Tensor, eps: f
     weight `[O, I, kh, kw]`, styles `[N, I]` or `[N, O, I]` -> `[N, O]`. Equals the
     direct form `rsqrt(sum_{i,k} (weight * S)^2)` without forming `[N, O, I, k, k]`.
     """
-    q = weight.square().sum(dim=[2, 3])                                  # [OI]
+    energy = weight.square().sum(dim=[2, 3])                             # [OI]
     if styles.ndim == 2:
-        return (styles.square() @ q.t() + eps).rsqrt()                   # [NO]
-    return ((styles.square() * q.unsqueeze(0)).sum(dim=2) + eps).rsqrt() # [NO]
+        styles = styles.unsqueeze(1)                                     # [N1I]
+    # One elementwise reduction for both shapes (not a matmul for vectors), so that vector
+    # styles and R == 1 broadcast rows give bitwise the same coefficients.
+    return ((styles.square() * energy).sum(dim=2) + eps).rsqrt()         # [NO]
 
 #----------------------------------------------------------------------------
 
+def _rescale_for_fp16(weight, styles):
+    """Divide weight and styles by their largest magnitudes (per output channel of the weight,
+    per style vector), the weight also by sqrt(fan-in), so that an FP16 convolution of them
+    cannot overflow. Demodulation divides every such per-(n, o) factor out again.
+    """
+    fan_in = weight[0].numel()
+    weight_peak = weight.abs().amax(dim=[1, 2, 3], keepdim=True)         # [O111]
+    style_peak = styles.abs().amax(dim=-1, keepdim=True)                 # [N1] or [NO1]
+    return weight * (1 / np.sqrt(fan_in) / weight_peak), styles / style_peak
+
+
+def _finish(y, d, noise):
+    """Apply the folded demodulation `d [N, O]` (None = none) and add the noise to the conv output `y`."""
+    if d is not None:
+        d = d.to(y.dtype).reshape(*d.shape, 1, 1)
+        return y * d if noise is None else torch.addcmul(noise.to(y.dtype), y, d)
+    return y if noise is None else y.add_(noise.to(y.dtype))
+
+
 def modulated_conv2d_ref(x, weight, styles, noise=None, up=1, down=1, padding=0, resample_filter=None,
                          demodulate=True, flip_weight=True, fused_modconv=True):
-    """Pure-PyTorch modulated convolution; see `modulated_conv2d` for the arguments."""
+    """Pure-PyTorch modulated convolution; see `modulated_conv2d` for the arguments.
+
+    Both paths modulate once and scale the output by `d` (folded demodulation):
+      shared weight  (vector styles, `fused_modconv=False`): conv(x * s, weight) * d  (eq. 1 only)
+      per-sample     (per-row styles, or `fused_modconv=True`): conv_n(x_n, weight * S_n) * d
+    """
     batch_size = x.shape[0]
-    out_channels, in_channels, kh, kw = weight.shape
-    per_row = (styles.ndim == 3)
-    misc.assert_shape(x, [batch_size, in_channels, None, None])
-    if per_row:
-        misc.assert_shape(styles, [batch_size, None, in_channels])
+    out_channels, in_channels = weight.shape[:2]
+    misc.assert_shape(styles, [batch_size] + [None] * (styles.ndim - 2) + [in_channels])
+    misc.assert_shape(x, [styles.shape[0], weight.shape[1], None, None])
+    if styles.ndim == 3:
         styles = _row_styles(styles, out_channels)                       # [NOI]
-    else:
-        misc.assert_shape(styles, [batch_size, in_channels])             # [NI]
+    if demodulate and x.dtype == torch.float16:
+        weight, styles = _rescale_for_fp16(weight, styles)
+    d = demodulation_coefficients(weight, styles) if demodulate else None  # [NO]
+    resample = dict(f=resample_filter, up=up, down=down, padding=padding, flip_weight=flip_weight)
 
-    # Pre-normalize to avoid FP16 overflow; demodulation cancels any per-(n, o) scale.
-    if x.dtype == torch.float16 and demodulate:
-        weight = weight * (1 / np.sqrt(in_channels * kh * kw) / weight.norm(float('inf'), dim=[1, 2, 3], keepdim=True))
-        styles = styles / styles.norm(float('inf'), dim=-1, keepdim=True)
+    if styles.ndim == 2 and not fused_modconv:
+        x = x * styles.to(x.dtype).reshape(batch_size, in_channels, 1, 1)
+        y = conv2d_resample.conv2d_resample(x=x, w=weight.to(x.dtype), **resample)
+        return _finish(y, d, noise)
 
-    # Shared-weight path: scale activations before and after the convolution (eq. 1 only).
-    if not fused_modconv and not per_row:
-        dcoefs = None
-        if demodulate:
-            w = weight.unsqueeze(0) * styles.reshape(batch_size, 1, -1, 1, 1)   # [NOIkk]
-            dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()             # [NO]
-        x = x * styles.to(x.dtype).reshape(batch_size, -1, 1, 1)
-        x = conv2d_resample.conv2d_resample(x=x, w=weight.to(x.dtype), f=resample_filter, up=up, down=down,
-                                            padding=padding, flip_weight=flip_weight)
-        if demodulate and noise is not None:
-            return fma.fma(x, dcoefs.to(x.dtype).reshape(batch_size, -1, 1, 1), noise.to(x.dtype))
-        if demodulate:
-            return x * dcoefs.to(x.dtype).reshape(batch_size, -1, 1, 1)
-        if noise is not None:
-            return x.add_(noise.to(x.dtype))
-        return x
-
-    # Per-sample weights, one grouped convolution (required for per-row styles).
-    if per_row:
-        w = weight.unsqueeze(0) * styles.unsqueeze(-1).unsqueeze(-1)          # [NOIkk]
-    else:
-        w = weight.unsqueeze(0) * styles.reshape(batch_size, 1, -1, 1, 1)     # [NOIkk]
-    if demodulate:
-        dcoefs = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()               # [NO]
-        w = w * dcoefs.reshape(batch_size, -1, 1, 1, 1)                       # [NOIkk]
-    with misc.suppress_tracer_warnings():
-        batch_size = int(batch_size)
-    x = x.reshape(1, -1, *x.shape[2:])
-    w = w.reshape(-1, in_channels, kh, kw)
-    x = conv2d_resample.conv2d_resample(x=x, w=w.to(x.dtype), f=resample_filter, up=up, down=down,
-                                        padding=padding, groups=batch_size, flip_weight=flip_weight)
-    x = x.reshape(batch_size, -1, *x.shape[2:])
-    if noise is not None:
-        x = x.add_(noise.to(x.dtype))
-    return x
+    per_input = styles.unsqueeze(1) if styles.ndim == 2 else styles       # [N1I] or [NOI]
+    weights = weight.unsqueeze(0) * per_input.unsqueeze(-1).unsqueeze(-1)  # [NOIkk]
+    y = conv2d_resample.conv2d_resample_per_sample(x, weights.to(x.dtype), **resample)
+    return _finish(y, d, noise)
 
 #----------------------------------------------------------------------------
 
