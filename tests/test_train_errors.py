@@ -21,14 +21,6 @@ from training import snapshot
 from training.tiny_data import write_tiny_dataset
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope='module')
 def data16(tmp_path_factory):
     path = tmp_path_factory.mktemp('data') / 'tiny16.zip'
