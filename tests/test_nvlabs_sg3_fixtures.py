@@ -70,13 +70,15 @@ def test_pickles_again_in_our_layout(snapshot, tmp_path):
 def test_stylegan3_is_refused_in_one_line():
     path = shared_fixture('nvlabs-sg3-stylegan3t-32px.pkl')
     for load in (lambda: checkpoint.load_network_pkl(path), lambda: checkpoint.load_network(str(path))):
-        with pytest.raises(ValueError, match=r'StyleGAN3 \(alias-free') as info:
+        with pytest.raises(checkpoint.CheckpointError, match=r'StyleGAN3 \(alias-free') as info:
             load()
-        assert isinstance(info.value, nvlabs_layouts.UnsupportedNetworkError)
+        assert isinstance(info.value.__cause__, nvlabs_layouts.UnsupportedNetworkError)
         assert 'does not implement' in str(info.value) and '\n' not in str(info.value)
+        assert str(path) in str(info.value) and 'damaged' not in str(info.value)
 
 
 def test_stylegan3_refused_even_when_trusted():
     blob = io.BytesIO(shared_fixture('nvlabs-sg3-stylegan3t-32px.pkl').read_bytes())
-    with pytest.raises(nvlabs_layouts.UnsupportedNetworkError):
+    with pytest.raises(checkpoint.CheckpointError, match='StyleGAN3') as info:
         checkpoint.load_network_pkl(blob, trust=True)
+    assert isinstance(info.value.__cause__, nvlabs_layouts.UnsupportedNetworkError)

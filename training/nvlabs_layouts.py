@@ -25,8 +25,8 @@ import math
 from torch_utils.persistence import PersistentRecord, PickleLoadError
 
 
-class UnsupportedNetworkError(ValueError):
-    """A pickle holds a network this project does not implement."""
+class UnsupportedNetworkError(PickleLoadError):
+    """A pickle holds a network this project does not implement (a ValueError; the loader reports its message as is)."""
 
 
 STYLEGAN3_MESSAGE = ('the pickle holds a StyleGAN3 (alias-free, training.networks_stylegan3) network, which this '
