@@ -6,10 +6,11 @@ styles of shape `[N, R, I]` (R >= O, or R == 1) give output row `i` its own
 style vector `S[n, i, :]` (eq. 2): `weight'[n, i, j] = weight[i, j] * S[n, i, j]`,
 followed by demodulation over `(j, kh, kw)` for each `(n, i)`.
 
-Demodulation is folded everywhere: the coefficient `d[n, o]` (`demodulation_coefficients`,
+For per-row styles, demodulation is folded: the coefficient `d[n, o]` (`demodulation_coefficients`,
 O(N*O*I)) scales the convolution's *output*, which equals demodulating the weight because
-`d` is constant over the input channels and taps of output `o`. No second
-`[N, O, I, kh, kw]` tensor is formed, in the forward pass or in any backward pass.
+`d` is constant over the input channels and taps of output `o`; no second `[N, O, I, kh, kw]`
+tensor is formed, in the forward pass or in any backward pass. Vector styles keep StyleGAN2's
+own order of operations, so that baseline networks reproduce NVIDIA's outputs bit for bit.
 
 `impl='ref'` is the pure-PyTorch path (runs anywhere and is the oracle of the tests);
 `impl='cuda'` is the fused kernel of `modulated_conv2d_cuda` (built with ninja at first use).
@@ -73,32 +74,51 @@ def _finish(y, d, noise):
     return y if noise is None else y.add_(noise.to(y.dtype))
 
 
+def _vector_styles_ref(x, weight, styles, noise, resample, demodulate, fused_modconv):
+    """Eq. 1 with StyleGAN2's own arithmetic, so that a baseline network gives NVIDIA's numbers to the bit.
+
+    The coefficient is taken from the modulated weight itself (`sum_{i,k} (weight * s)^2`), not folded;
+    the shared-weight path scales the activations before and the output after the convolution, and the
+    per-sample path demodulates the weight before one grouped convolution.
+    """
+    n, o = x.shape[0], weight.shape[0]
+    modulated = weight.unsqueeze(0) * styles.reshape(n, 1, -1, 1, 1)      # [NOIkk]
+    d = (modulated.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt() if demodulate else None   # [NO]
+    if not fused_modconv:
+        x = x * styles.to(x.dtype).reshape(n, -1, 1, 1)
+        return _finish(conv2d_resample.conv2d_resample(x=x, w=weight.to(x.dtype), **resample), d, noise)
+    if d is not None:
+        modulated = modulated * d.reshape(n, o, 1, 1, 1)
+    grouped = modulated.reshape(n * o, *weight.shape[1:]).to(x.dtype)
+    y = conv2d_resample.conv2d_resample(x=x.reshape(1, -1, *x.shape[2:]), w=grouped, groups=n, **resample)
+    y = y.reshape(n, o, *y.shape[2:])
+    return y if noise is None else y.add_(noise.to(y.dtype))
+
+
 def modulated_conv2d_ref(x, weight, styles, noise=None, up=1, down=1, padding=0, resample_filter=None,
                          demodulate=True, flip_weight=True, fused_modconv=True):
     """Pure-PyTorch modulated convolution; see `modulated_conv2d` for the arguments.
 
-    Both paths modulate once and scale the output by `d` (folded demodulation):
-      shared weight  (vector styles, `fused_modconv=False`): conv(x * s, weight) * d  (eq. 1 only)
-      per-sample     (per-row styles, or `fused_modconv=True`): conv_n(x_n, weight * S_n) * d
+    Vector styles `[N, I]` (and R == 1 rows, which are the same thing) keep StyleGAN2's arithmetic
+    (`_vector_styles_ref`). Per-row styles modulate once and scale the output by the folded `d`:
+    conv_n(x_n, weight * S_n) * d.
     """
     batch_size = x.shape[0]
     out_channels, in_channels = weight.shape[:2]
     misc.assert_shape(styles, [batch_size] + [None] * (styles.ndim - 2) + [in_channels])
     misc.assert_shape(x, [styles.shape[0], weight.shape[1], None, None])
+    if styles.ndim == 3 and styles.shape[1] == 1:
+        styles = styles[:, 0]                                            # One row for all outputs: eq. 1.
     if styles.ndim == 3:
         styles = _row_styles(styles, out_channels)                       # [NOI]
     if demodulate and x.dtype == torch.float16:
         weight, styles = _rescale_for_fp16(weight, styles)
-    d = demodulation_coefficients(weight, styles) if demodulate else None  # [NO]
     resample = dict(f=resample_filter, up=up, down=down, padding=padding, flip_weight=flip_weight)
+    if styles.ndim == 2:
+        return _vector_styles_ref(x, weight, styles, noise, resample, demodulate, fused_modconv)
 
-    if styles.ndim == 2 and not fused_modconv:
-        x = x * styles.to(x.dtype).reshape(batch_size, in_channels, 1, 1)
-        y = conv2d_resample.conv2d_resample(x=x, w=weight.to(x.dtype), **resample)
-        return _finish(y, d, noise)
-
-    per_input = styles.unsqueeze(1) if styles.ndim == 2 else styles       # [N1I] or [NOI]
-    weights = weight.unsqueeze(0) * per_input.unsqueeze(-1).unsqueeze(-1)  # [NOIkk]
+    d = demodulation_coefficients(weight, styles) if demodulate else None  # [NO]
+    weights = weight.unsqueeze(0) * styles.unsqueeze(-1).unsqueeze(-1)   # [NOIkk]
     y = conv2d_resample.conv2d_resample_per_sample(x, weights.to(x.dtype), **resample)
     return _finish(y, d, noise)
 
