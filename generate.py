@@ -72,17 +72,22 @@ def main(ctx, network_pkl, seeds, truncation_psi, truncation_cutoff, noise_mode,
     images = generate_images(G, seeds, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
                              noise_mode=noise_mode, class_idx=class_idx, batch_size=batch_size, device=device)
     images = to_uint8(images)
-    outdir = Path(make_outdir(outdir))
-    files = []
-    for seed, image in zip(seeds, images):
-        save_png(outdir / f'seed{seed:04d}.png', image)
-        files.append(f'seed{seed:04d}.png')
-    save_png(outdir / 'grid.png', make_grid(images))
+    outdir, files = _save_images(outdir, [f'seed{seed:04d}' for seed in seeds], images)
     save_json(outdir / 'generate.json', dict(network=str(network_pkl), seeds=seeds, truncation_psi=truncation_psi,
                                              truncation_cutoff=truncation_cutoff, noise_mode=noise_mode, class_idx=class_idx,
                                              z_shape=list(G.z_shape), images=files, grid='grid.png',
                                              seconds=round(time.time() - start, 3)))
     click.echo(f'Wrote {len(files)} images and grid.png to {outdir}')
+
+
+def _save_images(outdir, names, images):
+    """<name>.png for each uint8 `[H, W, C]` image and grid.png of all -> (outdir as a Path, the file names)."""
+    outdir = Path(make_outdir(outdir))
+    files = [f'{name}.png' for name in names]
+    for file, image in zip(files, images):
+        save_png(outdir / file, image)
+    save_png(outdir / 'grid.png', make_grid(images))
+    return outdir, files
 
 
 def render_saved(network_pkl, latents_path, space, outdir, batch_size, device, trust_pickle, allow_other_network):
@@ -95,12 +100,7 @@ def render_saved(network_pkl, latents_path, space, outdir, batch_size, device, t
                                    f'--allow-other-network')
     start = time.time()
     images = saved_latents.render(G, latent_space, latents, batch_size=batch_size, device=device)
-    outdir = Path(make_outdir(outdir))
-    files = []
-    for name, image in zip(names, images):
-        save_png(outdir / f'{name}.png', image)
-        files.append(f'{name}.png')
-    save_png(outdir / 'grid.png', make_grid(images))
+    outdir, files = _save_images(outdir, names, images)
     save_json(outdir / 'generate.json', dict(network=str(network_pkl), network_sha256=sha256, latents=str(latents_path),
                                              latents_sha256=recorded, space=latent_space.name, names=names,
                                              noise_mode='const', images=files, grid='grid.png',
