@@ -31,7 +31,7 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 
-from torch_utils.image_io import IMAGE_EXTENSIONS, ImageReadError, list_folder, list_zip, open_image
+from torch_utils.image_io import IMAGE_EXTENSIONS, ImageReadError, disambiguate_names, list_folder, list_zip, open_image
 
 #----------------------------------------------------------------------------
 
@@ -79,21 +79,7 @@ def _safe_name(rel_path):
 
 def _unique_names(rel_paths):
     """Output names for relative paths; collisions ('a.png', 'a.jpg') get the extension appended, then a counter."""
-    names = [_safe_name(p) for p in rel_paths]
-    counts = {}
-    for n in names:
-        counts[n] = counts.get(n, 0) + 1
-    used, result = set(), []
-    for rel, name in zip(rel_paths, names):
-        if counts[name] > 1:
-            name = f'{name}_{os.path.splitext(rel)[1].lstrip(".").lower() or "x"}'
-        base, k = name, 1
-        while name in used:
-            k += 1
-            name = f'{base}_{k}'
-        used.add(name)
-        result.append(name)
-    return result
+    return disambiguate_names([_safe_name(p) for p in rel_paths], rel_paths)
 
 
 def list_targets(path):

@@ -27,7 +27,7 @@ import PIL.ImageOps
 from tqdm import tqdm
 
 from dnnlib.util import atomic_write
-from torch_utils.image_io import IMAGE_EXTENSIONS
+from torch_utils.image_io import IMAGE_EXTENSIONS, disambiguate_names
 
 from .ffhq_align import TRANSFORM_SIZE, AlignmentError, align_face, face_keypoints
 from .paste_back import DEFAULT_FEATHER, paste_back
@@ -76,17 +76,7 @@ def list_photos(source, exclude=None):
 def photo_names(rel_paths):
     """Relative paths -> unique file-system-safe stems: 'a b/c.jpg' -> 'a_b_c'; 'x.png' + 'x.jpg' -> 'x_png', 'x_jpg'."""
     stems = [re.sub(r'[^A-Za-z0-9-]+', '_', os.path.splitext(p)[0]).strip('_') or 'photo' for p in rel_paths]
-    names, used = [], set()
-    for rel, stem in zip(rel_paths, stems):
-        if stems.count(stem) > 1:
-            stem = f'{stem}_{os.path.splitext(rel)[1].lstrip(".").lower()}'
-        name, k = stem, 1
-        while name in used:
-            k += 1
-            name = f'{stem}_{k}'
-        used.add(name)
-        names.append(name)
-    return names
+    return disambiguate_names(stems, rel_paths)
 
 
 def load_photo(path):

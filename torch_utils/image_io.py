@@ -148,3 +148,22 @@ def append_jsonl(path, obj):
     append_line(path, json.dumps(obj))
 
 #----------------------------------------------------------------------------
+
+
+def disambiguate_names(names, rel_paths):
+    """Make file-system-safe `names` (one per entry of `rel_paths`) unique: a name shared by several files
+    gets the file's extension appended ('a.png', 'a.jpg' -> 'a_png', 'a_jpg'), then a counter if needed."""
+    counts = {}
+    for name in names:
+        counts[name] = counts.get(name, 0) + 1
+    used, result = set(), []
+    for rel, name in zip(rel_paths, names):
+        if counts[name] > 1:
+            name = f'{name}_{os.path.splitext(rel)[1].lstrip(".").lower() or "x"}'
+        base, k = name, 1
+        while name in used:
+            k += 1
+            name = f'{base}_{k}'
+        used.add(name)
+        result.append(name)
+    return result
