@@ -213,6 +213,16 @@ class Encoder(nn.Module):
         offset = self.offsets(img).reshape(img.shape[0], *self.param_shape)
         return offset + self.w_avg.to(offset.dtype)
 
+    def to_ws(self, params):
+        """params `[N, *param_shape]` -> ws `[N, num_ws, *w_shape]` for `G.synthesis` (expand views, no copies)
+        with w_shape (D,) or (R, D); vector spaces on an overparameterized generator repeat the vector over rows."""
+        misc.assert_shape(params, [None, *self.param_shape])
+        ws = params if self.space.endswith('+') else params.unsqueeze(1)        # [N, L or 1, (R,) D]
+        w_shape = (self.w_dim,) if self.latent_rows is None else (self.latent_rows, self.w_dim)
+        if self.latent_rows is not None and self.space in ('w', 'w+'):
+            ws = ws.unsqueeze(2)                                                 # [N, L or 1, 1, D]
+        return ws.expand(params.shape[0], self.num_ws, *w_shape)
+
     def extra_repr(self):
         return (f'space={self.space}, param_shape={self.param_shape}, img_resolution={self.img_resolution}, '
                 f'design={self._design}')
