@@ -36,12 +36,14 @@ def check_encoder(E, G):
     """Raise ValueError (one line) unless E reads G's images and predicts latents of G's geometry."""
     if E is None:
         raise ValueError('encoder_recon needs an encoder: pass calc_metrics.py --encoder PKL')
+    fix = 'pass the generator it was trained for'
     if (E.img_resolution, E.img_channels) != (G.img_resolution, G.img_channels):
         raise ValueError(f'the encoder reads {E.img_resolution} px {E.img_channels}-channel images but the generator '
-                         f'makes {G.img_resolution} px {G.img_channels}-channel ones; pass the generator it was trained for')
-    if (E.num_ws, E.w_dim, E.latent_rows) != (G.num_ws, G.w_dim, G.latent_rows):
-        raise ValueError(f'the encoder predicts latents for num_ws, w_dim, R = {(E.num_ws, E.w_dim, E.latent_rows)}, but '
-                         f'the generator has {(G.num_ws, G.w_dim, G.latent_rows)}; pass the generator it was trained for')
+                         f'makes {G.img_resolution} px {G.img_channels}-channel ones; {fix}')
+    theirs, mine = (G.num_ws, G.w_dim, G.latent_rows), (E.num_ws, E.w_dim, E.latent_rows)
+    if mine != theirs:
+        raise ValueError(f'the encoder predicts latents for num_ws, w_dim, R = {mine}, but the generator has {theirs}; '
+                         f'{fix}')
 
 
 @torch.no_grad()

@@ -6,6 +6,7 @@ random detector (`--detector-path random:16:0`, no download).
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,3 +113,10 @@ def test_encoder_recon_errors_are_one_line(files):
     line = _one_line(invoke('--encoder', files['E'], '--target', files['data'], '--metrics', 'fid50k_full',
                             '--network', files['G']))
     assert '--encoder is used by the encoder_recon metric only' in line
+
+
+def test_committed_help_is_current():
+    """docs/calc-metrics-help.txt is `python calc_metrics.py --help` (80 columns: width 78); regenerate it when options change."""
+    result = CliRunner().invoke(calc_metrics.main, ['--help'], prog_name='calc_metrics.py', terminal_width=78)
+    path = Path(__file__).parent.parent / 'docs' / 'calc-metrics-help.txt'
+    assert result.exit_code == 0 and result.output == path.read_text()

@@ -6,6 +6,7 @@ Uses `--lpips vgg-random` (LPIPS with a seeded random VGG16 trunk: no download; 
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -216,3 +217,10 @@ def test_inverter_with_zero_steps_evaluates_its_start():
     assert torch.equal(inverter.evaluate()['images'], inverter.synthesize(init))
     with pytest.raises(ValueError, match='steps'):
         optimize.Inverter(G, Loss(), targets, space, steps=-1)
+
+
+def test_committed_help_is_current():
+    """docs/invert-help.txt is `COLUMNS=120 python invert.py --help`; regenerate it when the options change."""
+    result = CliRunner().invoke(invert.main, ['--help'], prog_name='invert.py', terminal_width=118)
+    path = Path(__file__).parent.parent / 'docs' / 'invert-help.txt'
+    assert result.exit_code == 0 and result.output == path.read_text()
