@@ -108,7 +108,7 @@ def markdown(result):
     how = ('trained by this command' if not s['networks_given'] else
            'given with `--networks`, trained before by the same recipe: `train.py --data tiny32.zip --cfg CFG '
            '--kimg 30 --device cpu`, only `--cfg` differs')
-    lines.append(f'Generators ({how}), on the bundled shapes (`tiny32.zip`, 1000 images, 32 px), seed {s["seed"]}:')
+    lines.append(f'Generators ({how}), on the bundled shapes (`tiny32.zip`, {s["train_images"]} images, 32 px), seed {s["seed"]}:')
     lines.append('')
     for model in ('baseline', 'overparam'):
         t = tr[model]
@@ -125,7 +125,7 @@ def markdown(result):
 
     t1 = result['table1']
     lines += ['**Table 1** (generation; FID of '
-              f'{t1["baseline"]["fid_images"]} samples vs the 1000 training images, PPL `ppl2_wend` of '
+              f'{t1["baseline"]["fid_images"]} samples vs the {s["train_images"]} training images, PPL `ppl2_wend` of '
               f'{t1["baseline"]["ppl_samples"]} samples)', '',
               '| model | FID (random features) | PPL (vgg-random) | paper FID | paper PPL |', '|---|---|---|---|---|']
     for model, r in t1.items():
@@ -143,7 +143,7 @@ def markdown(result):
     t3 = result['table3']
     n_pairs = next(iter(t3.values()))['num_pairs']
     lines += ['', f'**Table 3** (all {n_pairs} pairs interpolated linearly in their space; FID of the midpoints vs the '
-              '1000 training images; path length: vgg-random LPIPS summed over 5 segments, mean over pairs)', '',
+              f'{s["train_images"]} training images; path length: vgg-random LPIPS summed over 5 segments, mean over pairs)', '',
               '| space | midpoint FID (random features) | path length mean | median | paper FID | paper PPL |',
               '|---|---|---|---|---|---|']
     for label, r in t3.items():

@@ -51,6 +51,7 @@ def comparison_sheet(columns, titles, captions=None, row_labels=None, title=None
     captions:   None or C lists of N strings (or None entries) drawn under each cell; a string may hold
                 '\\n' for two lines.
     row_labels: None or N strings drawn left of each row.
+    title:      None or a heading above everything (may hold '\\n'); the sheet is widened to fit it.
     Returns RGB uint8 `[height, width, 3]`.
     """
     num_cols, num_rows = len(columns), len(columns[0])
@@ -71,14 +72,16 @@ def comparison_sheet(columns, titles, captions=None, row_labels=None, title=None
         widest = max((_text_width(probe, part, small) for col in captions for c in col if c is not None
                       for part in str(c).split('\n')), default=0)
         col_w = max(col_w, widest + 2)
-    top = pad + (line + pad if title else 0) + line + 2
+    title_lines = [] if not title else str(title).split('\n')
+    top = pad + len(title_lines) * (line + 2) + (pad if title_lines else 0) + line + 2
     row_h = cell_h + lines * line + pad
     width = label_w + num_cols * (col_w + pad) + pad
+    width = max([width] + [_text_width(probe, t, fnt) + 2 * pad for t in title_lines])
     height = top + num_rows * row_h + pad
     sheet = PIL.Image.new('RGB', (width, height), 'white')
     draw = PIL.ImageDraw.Draw(sheet)
-    if title:
-        draw.text((pad, pad), title, fill='black', font=fnt)
+    for k, text in enumerate(title_lines):
+        draw.text((pad, pad + k * (line + 2)), text, fill='black', font=fnt)
     for q, heading in enumerate(titles):
         x = label_w + pad + q * (col_w + pad)
         draw.text((x, top - line - 2), heading, fill='black', font=fnt)
