@@ -41,7 +41,7 @@ import torch
 
 from benchmarks import tiny_tables_report as report
 from configs import presets
-from dnnlib.util import atomic_write, cli_errors, make_outdir
+from dnnlib.util import OutdirError, atomic_write, cli_errors, make_outdir
 from inversion.interpolate import load_inversion_ws, real_feature_stats
 from inversion.losses import build_loss
 from inversion.outputs import read_curves
@@ -69,6 +69,11 @@ def run_label(model, space):
 
 def run_folder(model, space):
     return f'invert-{model}-{space.replace("+", "plus")}'
+
+
+def run_tag(model, space):
+    """'baseline-w', 'baseline-wplus', 'overparam-W', 'overparam-Wplus' (for --invert-only)."""
+    return run_folder(model, space)[len('invert-'):]
 
 #----------------------------------------------------------------------------
 # LPIPS and features as the metrics' callables.
@@ -149,6 +154,19 @@ def train_pair(outdir, zip_path, kimg, seed, smoke, log):
         save_json(marker, dict(snapshot=pkl, kimg=kimg, seed=seed, cfg=cfg))
         nets[model] = pkl
     return nets
+
+def invert_when_free(run, log, poll_s=20):
+    """`run()` (one run_inversion); while another process holds that output folder (`--invert-only` in
+    parallel), wait for it and try again: the second try resumes its finished images."""
+    while True:
+        try:
+            return run()
+        except OutdirError as err:
+            if 'in use by another' not in str(err):
+                raise
+            log(f'  {err}: waiting')
+            time.sleep(poll_s)
+
 
 def wait_for(pkl, minutes, log, poll_s=20):
     """Return when `pkl` exists (a training run elsewhere may still be writing it); ClickException after
@@ -238,11 +256,20 @@ def curves_of(outdir):
 @click.option('--seed', type=int, default=TRAIN_SEED, show_default=True, help='Training and inversion seed')
 @click.option('--wait', 'wait_minutes', type=click.FloatRange(min=0), default=0, show_default=True,
               help='With --networks: invert with the one that exists while waiting up to this long for the other')
+@click.option('--invert-only', 'invert_only', default=None, metavar='TAGS',
+              help='Only these inversions (comma-separated: baseline-w, baseline-wplus, overparam-W, overparam-Wplus), '
+                   'no tables: run them in parallel processes next to the full command, which waits for them')
 @click.option('--update-doc', type=click.Path(dir_okay=False), default=None,
               help='Also replace the generated block of this Markdown file (docs/reproducing.md)')
 @cli_errors
-def main(outdir, networks, smoke, images, steps, kimg, mse_weight, l1_weight, batch, seed, wait_minutes, update_doc):
+def main(outdir, networks, smoke, images, steps, kimg, mse_weight, l1_weight, batch, seed, wait_minutes, invert_only, update_doc):
     """Tables 1-3 and figures 5-6 of the paper for a tiny baseline and its overparameterized twin."""
+    tags = [run_tag(m, sp) for m, sp in RUNS]
+    only = None if invert_only is None else [t.strip() for t in invert_only.split(',') if t.strip()]
+    if only is not None and (not only or set(only) - set(tags)):
+        raise click.ClickException(f'--invert-only {invert_only}: use a comma-separated list of {", ".join(tags)}')
+    if only is not None and not networks:
+        raise click.ClickException('--invert-only needs --networks BASE.pkl OVER.pkl (it does not train)')
     s = dict(SMOKE if smoke else FULL)
     s.update({k: v for k, v in dict(images=images, steps=steps, kimg=kimg).items() if v is not None})
     if networks:
@@ -268,7 +295,8 @@ def main(outdir, networks, smoke, images, steps, kimg, mse_weight, l1_weight, ba
     if not zip_path.is_file():
         write_tiny_dataset(zip_path, num_images=s['train_images'], resolution=32, seed=seed)
     heldout = outdir / 'heldout'
-    write_tiny_images(heldout, num_images=s['images'], resolution=32)
+    if len(list(heldout.glob('*.png'))) != s['images']:         # never rewritten under a parallel --invert-only
+        write_tiny_images(heldout, num_images=s['images'], resolution=32)
     if networks:
         nets = dict(baseline=os.path.abspath(networks[0]), overparam=os.path.abspath(networks[1]))
         log(f'training: skipped, using {nets["baseline"]} and {nets["overparam"]}')
@@ -278,13 +306,19 @@ def main(outdir, networks, smoke, images, steps, kimg, mse_weight, l1_weight, ba
 
     order = sorted(RUNS, key=lambda run: run[0] != 'overparam')               # overparam first (see --wait)
     for model, space in order:
+        if only is not None and run_tag(model, space) not in only:
+            continue
         t0 = time.time()
         wait_for(nets[model], wait_minutes, log)
         log(f'inverting {s["images"]} images into {run_label(model, space)} ({s["steps"]} steps) ...')
-        run_inversion(nets[model], str(heldout), str(outdir / run_folder(model, space)), space=space,
-                      steps=s['steps'], batch=min(batch, s['images']), lpips=LPIPS, mse_weight=mse_weight,
-                      l1_weight=l1_weight, seed=seed, progress=not smoke, device=device)
+        invert_when_free(lambda: run_inversion(
+            nets[model], str(heldout), str(outdir / run_folder(model, space)), space=space, steps=s['steps'],
+            batch=min(batch, s['images']), lpips=LPIPS, mse_weight=mse_weight, l1_weight=l1_weight, seed=seed,
+            progress=not smoke, device=device), log)
         stage(f'invert {run_label(model, space)}', t0)
+    if only is not None:
+        log(f'--invert-only {",".join(only)}: done')
+        return
 
     training = {model: read_training_log(pkl) for model, pkl in nets.items()}
     distance, features = lpips_distance_fn(seed, device), feature_fn(device)
