@@ -29,6 +29,7 @@ docs/reproducing.md includes; `--update-doc docs/reproducing.md` replaces it bet
 PNGs, and the training and inversion run folders (a rerun reuses finished ones).
 """
 
+import fcntl
 import json
 import os
 import re
@@ -155,16 +156,35 @@ def train_pair(outdir, zip_path, kimg, seed, smoke, log):
         nets[model] = pkl
     return nets
 
-def invert_when_free(run, log, poll_s=20):
-    """`run()` (one run_inversion); while another process holds that output folder (`--invert-only` in
-    parallel), wait for it and try again: the second try resumes its finished images."""
+def folder_busy(folder):
+    """True while another process holds `folder`'s outdir lock (`dnnlib.util.outdir_lock`), checked without
+    loading anything."""
+    path = Path(folder) / '.lock'
+    if not path.is_file():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)                                                        # releases the probe's lock
+
+
+def invert_when_free(run, folder, log, poll_s=20):
+    """`run()` (one run_inversion into `folder`); while another process holds that folder (`--invert-only` in
+    parallel), wait for it first: the run then resumes its finished images."""
     while True:
+        if folder_busy(folder):
+            log(f'  {folder} is in use by another process: waiting for it')
+            while folder_busy(folder):
+                time.sleep(poll_s)
         try:
             return run()
-        except OutdirError as err:
+        except OutdirError as err:                                          # taken between the probe and the run
             if 'in use by another' not in str(err):
                 raise
-            log(f'  {err}: waiting')
             time.sleep(poll_s)
 
 
@@ -314,7 +334,7 @@ def main(outdir, networks, smoke, images, steps, kimg, mse_weight, l1_weight, ba
         invert_when_free(lambda: run_inversion(
             nets[model], str(heldout), str(outdir / run_folder(model, space)), space=space, steps=s['steps'],
             batch=min(batch, s['images']), lpips=LPIPS, mse_weight=mse_weight, l1_weight=l1_weight, seed=seed,
-            progress=not smoke, device=device), log)
+            progress=not smoke, device=device), outdir / run_folder(model, space), log)
         stage(f'invert {run_label(model, space)}', t0)
     if only is not None:
         log(f'--invert-only {",".join(only)}: done')
