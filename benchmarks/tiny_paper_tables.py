@@ -297,7 +297,7 @@ def main(outdir, networks, smoke, images, steps, kimg, mse_weight, l1_weight, ba
             if not os.path.isfile(path) and not (wait_minutes and os.path.isdir(os.path.dirname(path) or '.')):
                 raise click.ClickException(f'--networks {path}: no such file (give two network-snapshot-*.pkl files)')
     outdir = Path(make_outdir(outdir))
-    device = torch.device('cpu')
+    device = torch.device('cpu')                    # the tables are a CPU benchmark (tiny nets, shared cores)
     started = time.time()
     times = {}
 
