@@ -152,3 +152,11 @@ def test_missing_network_is_one_line(tmp_path):
                                               str(tmp_path / 'b.pkl')])
     assert result.exit_code != 0 and 'a.pkl' in result.output and 'Traceback' not in result.output
     assert not (tmp_path / 'o').exists()
+
+
+def test_folder_busy_sees_another_holder_of_the_outdir_lock(tmp_path):
+    from dnnlib.util import outdir_lock
+    assert not tables.folder_busy(tmp_path)                                  # no .lock yet
+    with outdir_lock(tmp_path, 'invert run'):
+        assert tables.folder_busy(tmp_path)
+    assert not tables.folder_busy(tmp_path)                                  # released
