@@ -279,11 +279,16 @@ def curves_of(outdir):
 @click.option('--invert-only', 'invert_only', default=None, metavar='TAGS',
               help='Only these inversions (comma-separated: baseline-w, baseline-wplus, overparam-W, overparam-Wplus), '
                    'no tables: run them in parallel processes next to the full command, which waits for them')
+@click.option('--report-only', is_flag=True,
+              help='Rewrite tables.md (and --update-doc) from DIR/tables.json without computing anything')
 @click.option('--update-doc', type=click.Path(dir_okay=False), default=None,
               help='Also replace the generated block of this Markdown file (docs/reproducing.md)')
 @cli_errors
-def main(outdir, networks, smoke, images, steps, kimg, mse_weight, l1_weight, batch, seed, wait_minutes, invert_only, update_doc):
+def main(outdir, networks, smoke, images, steps, kimg, mse_weight, l1_weight, batch, seed, wait_minutes, invert_only, report_only, update_doc):
     """Tables 1-3 and figures 5-6 of the paper for a tiny baseline and its overparameterized twin."""
+    if report_only:
+        write_report(Path(outdir), json.loads((Path(outdir) / 'tables.json').read_text()), update_doc, click.echo)
+        return
     tags = [run_tag(m, sp) for m, sp in RUNS]
     only = None if invert_only is None else [t.strip() for t in invert_only.split(',') if t.strip()]
     if only is not None and (not only or set(only) - set(tags)):
@@ -359,17 +364,35 @@ def main(outdir, networks, smoke, images, steps, kimg, mse_weight, l1_weight, ba
                     date=time.strftime('%Y-%m-%d'), torch_threads=torch.get_num_threads(),
                     omp_num_threads=os.environ.get('OMP_NUM_THREADS'), cpu_count=os.cpu_count())
     times['total'] = round(time.time() - started, 1)
-    result = dict(settings=settings, training=training, networks=nets, table1=t1, table2=t2, table3=t3,
-                  orderings=report.orderings(t2, t3), seconds=times)
+    result = dict(settings=settings, training=training, networks=nets, table1=t1, table2=t2, table3=t3, seconds=times)
+    write_report(outdir, result, update_doc, log)
+    log(f'Done in {times["total"]:.0f} s: {outdir / "tables.json"}, {outdir / "tables.md"}, '
+        f'{outdir / report.FIG6}, {outdir / report.FIG5}')
+
+
+def inversion_seconds(outdir):
+    """{label: optimisation seconds} from each inversion run's summary.json (the run's own time, also when
+    a parallel --invert-only process did it)."""
+    out = {}
+    for model, space in RUNS:
+        try:
+            summary = json.loads((Path(outdir) / run_folder(model, space) / 'summary.json').read_text())
+            out[run_label(model, space)] = summary.get('optimization_seconds')
+        except (OSError, ValueError):
+            out[run_label(model, space)] = None
+    return out
+
+
+def write_report(outdir, result, update_doc, log):
+    """tables.json (with the orderings and the inversions' own times), tables.md, and the doc block."""
+    result['inversion_seconds'] = inversion_seconds(outdir)
+    result['orderings'] = report.orderings(result['table2'], result['table3'], result['table1'])
     save_json(outdir / 'tables.json', result)
     block = report.markdown(result)
     atomic_write(outdir / 'tables.md', lambda tmp: Path(tmp).write_text(block))
     if update_doc:
         report.replace_block(update_doc, block, outdir)
         log(f'updated the generated block of {update_doc}')
-    log(f'Done in {times["total"]:.0f} s: {outdir / "tables.json"}, {outdir / "tables.md"}, '
-        f'{outdir / report.FIG6}, {outdir / report.FIG5}')
-
 
 if __name__ == '__main__':
     main()

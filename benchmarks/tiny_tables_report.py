@@ -59,10 +59,15 @@ def _check(claim, holds, detail):
     return dict(claim=claim, holds=bool(holds), detail=detail)
 
 
-def orderings(t2, t3):
-    """[dict(claim, holds, detail)]: table 2's 'W (and W+) reconstruct better than baseline w+', metric by
+def orderings(t2, t3, t1=None):
+    """[dict(claim, holds, detail)]: table 1's 'the baseline generates at least as well' (FID, PPL; the paper's
+    overparameterized model is slightly worse in both) when t1 is given, table 2's 'W (and W+) reconstruct better than baseline w+', metric by
     metric, and table 3's 'interpolation FID and path length of W, W+ close to baseline w+' (ratio in CLOSE)."""
     out = []
+    if t1 is not None:
+        for key, name in (('fid', 'FID'), ('ppl', 'PPL')):
+            b1, o1 = t1['baseline'][key], t1['overparam'][key]
+            out.append(_check(f'baseline {name} <= overparam {name} (table 1)', b1 <= o1, f'{b1:.4g} vs {o1:.4g}'))
     b = t2['baseline w+']
     for label in ('overparam W', 'overparam W+'):
         r = t2[label]
@@ -90,6 +95,16 @@ def _fmt_time(seconds):
         return '?'
     h, rem = divmod(int(round(seconds)), 3600)
     return f'{h} h {rem // 60:02d} min' if h else f'{rem // 60} min {rem % 60:02d} s'
+
+
+def _times(result):
+    """'Times: ...' of the inversions (each run's own optimisation time) and the command's stages."""
+    inv = result.get('inversion_seconds') or {}
+    parts = [f'{k} {_fmt_time(v)}' for k, v in inv.items()]
+    stages = {k: v for k, v in result['seconds'].items() if not k.startswith('invert ')
+              and not (k == 'training' and result['settings']['networks_given'])}
+    text = 'Optimisation time of each inversion (its summary.json): ' + ', '.join(parts) + '. ' if parts else ''
+    return text + 'Stages of the command: ' + ', '.join(f'{k} {_fmt_time(v)}' for k, v in stages.items()) + '.'
 
 
 def markdown(result):
@@ -120,8 +135,7 @@ def markdown(result):
               f'half), {s["steps"]} steps, loss {loss} (the lpips package\'s VGG16 with a seeded *random* trunk: '
               f'NVIDIA\'s vgg16.pt is not available here). FID everywhere: the real FID code with the seeded '
               f'random-feature detector `{s["feature_detector"]}` instead of Inception. '
-              f'LPIPS in every table, PPL and path length: `vgg-random`. Wall time: '
-              + ', '.join(f'{k} {_fmt_time(v)}' for k, v in result['seconds'].items()) + '.', '']
+              f'LPIPS in every table, PPL and path length: `vgg-random`. {_times(result)}', '']
 
     t1 = result['table1']
     lines += ['**Table 1** (generation; FID of '
@@ -130,7 +144,7 @@ def markdown(result):
               '| model | FID (random features) | PPL (vgg-random) | paper FID | paper PPL |', '|---|---|---|---|---|']
     for model, r in t1.items():
         p = PAPER_T1[model]
-        lines.append(f'| {model} ({r["ppl_space"]}) | {r["fid"]:.2f} | {r["ppl"]:.1f} | {p["fid"]} | {p["ppl"]} |')
+        lines.append(f'| {model} ({r["ppl_space"]}) | {r["fid"]:.4f} | {r["ppl"]:.4g} | {p["fid"]} | {p["ppl"]} |')
     lines += ['', f'**Table 2** (reconstruction of the {s["images"]} held-out images; LPIPS, PSNR, SSIM, MSE of '
               'the saved uint8 reconstructions; FID of reconstructions vs targets)', '',
               '| space | LPIPS mean | LPIPS median | PSNR (dB) | SSIM | MSE | FID (random features) | paper LPIPS | paper FID |',
