@@ -160,3 +160,12 @@ def test_folder_busy_sees_another_holder_of_the_outdir_lock(tmp_path):
     with outdir_lock(tmp_path, 'invert run'):
         assert tables.folder_busy(tmp_path)
     assert not tables.folder_busy(tmp_path)                                  # released
+
+
+def test_report_only_rewrites_the_same_block_from_tables_json(smoke):
+    run, _doc, _res = smoke
+    before = (run / 'tables.md').read_text()
+    (run / 'tables.md').unlink()
+    result = CliRunner().invoke(tables.main, ['--outdir', str(run), '--report-only'])
+    assert result.exit_code == 0, result.output
+    assert (run / 'tables.md').read_text() == before
