@@ -3,26 +3,32 @@
 1. Writes the bundled procedural dataset (coloured shapes, 32 px) and held-out images.
 2. Trains the `tiny-overparam` preset (latent matrices of R = 64 rows) for --kimg.
 3. Inverts the held-out images into w (one vector) and W (one matrix) with the paper's
-   method (Adam + LPIPS, truncation for the first half of the steps) and prints the mean
-   LPIPS, MSE, PSNR and SSIM of both.
+   method (Adam + LPIPS, truncation for the first half of the steps), prints the mean
+   LPIPS, MSE, PSNR and SSIM of both and writes `comparison.png` (targets | w | W, upscaled,
+   each reconstruction labelled with its LPIPS and PSNR).
 
 Everything lands in --outdir (default out/quickstart); quickstart.json sums it up.
 LPIPS is StyleGAN2's (NVIDIA's vgg16.pt, `vgg16-nvlabs`) when it is cached or can be
-downloaded; offline without it the quickstart picks the seeded random stand-in `vgg-random`
-and says so: those LPIPS values are not comparable to published ones (MSE/PSNR/SSIM are).
+downloaded, and the loss is the paper's (LPIPS alone). Offline without it the quickstart picks
+the seeded random stand-in `vgg-random` and says so: a random VGG is nearly blind to colour, so
+the loss then gets a pixel term, LPIPS + 0.1 x MSE (`configs.offline_inversion`, the loss of
+`benchmarks.tiny_paper_tables` too). Those LPIPS values are not comparable to published ones
+(MSE/PSNR/SSIM are).
 """
 
 import time
 from pathlib import Path
 
 import click
+import torch
 
-from configs import presets
+from configs import offline_inversion, presets
 from dnnlib.util import cli_errors, make_outdir, url_cache_path
 from inversion.losses import DEFAULT_LPIPS, NVLABS_VGG16_URL, LpipsUnavailableError, build_loss
 from inversion.runner import run_inversion
-from metrics.reconstruction import read_inversion_run, reconstruction_metrics
-from torch_utils.image_io import save_json
+from metrics.reconstruction import pixel_metrics, read_inversion_run, reconstruction_metrics
+from torch_utils.comparison_figures import comparison_sheet
+from torch_utils.image_io import save_json, save_png
 from training import launch
 from training.tiny_data import write_tiny_dataset, write_tiny_images
 
@@ -37,6 +43,34 @@ def pick_lpips():
         return 'vgg-random', (f"NVIDIA's vgg16.pt is not available offline (cache: {url_cache_path(NVLABS_VGG16_URL)}), "
                               f"so LPIPS uses the random stand-in vgg-random: its values are not comparable to "
                               f"published ones (MSE/PSNR/SSIM are)")
+
+
+def loss_settings(lpips):
+    """run_inversion's loss keyword arguments for the LPIPS `pick_lpips` chose: the paper's loss (LPIPS only)
+    with NVIDIA's VGG16, LPIPS + a pixel term (`configs.offline_inversion`) with the random stand-in."""
+    if lpips == offline_inversion.LPIPS:
+        return offline_inversion.loss_kwargs()
+    return dict(lpips=lpips, mse_weight=0.0, l1_weight=0.0)
+
+
+def describe_loss(kw):
+    if kw['lpips'] == offline_inversion.LPIPS:
+        return offline_inversion.describe()
+    return f"LPIPS ({kw['lpips']}: NVIDIA's VGG16 of StyleGAN2's projector, the paper's loss)"
+
+
+def write_comparison(path, runs, num_shown=8):
+    """comparison.png: targets | one column per space, each reconstruction captioned with its LPIPS and PSNR.
+    runs: {space: dict(target uint8 `[N, H, W, C]`, recon, lpips [N], psnr [N])}."""
+    first = next(iter(runs.values()))
+    k = min(num_shown, len(first['target']))
+    columns = [list(first['target'][:k])] + [list(r['recon'][:k]) for r in runs.values()]
+    captions = [[None] * k] + [[f'LPIPS {r["lpips"][i]:.4f}\nPSNR {r["psnr"][i]:.2f} dB' for i in range(k)]
+                               for r in runs.values()]
+    means = '\n'.join(f'{space}: mean LPIPS {sum(r["lpips"]) / len(r["lpips"]):.4f}, PSNR {sum(r["psnr"]) / len(r["psnr"]):.2f} dB'
+                      for space, r in runs.items())
+    save_png(path, comparison_sheet(columns, ['target'] + [f'inverted into {s}' for s in runs], captions,
+                                    title=f'{len(first["target"])} held-out images (first {k} shown)\n{means}'))
 
 
 def train_tiny(outdir, kimg, cfg, seed):
@@ -70,22 +104,33 @@ def main(outdir, kimg, cfg, num_images, steps, seed):
     lpips, notice = pick_lpips()
     if notice:
         click.echo(f'      note: {notice}')
+    loss = loss_settings(lpips)
     spaces = ('w', 'W') if cfg == 'tiny-overparam' else ('w', 'w+')
-    summary = dict(training_run=str(run_dir), snapshot=str(pkl), lpips=lpips, lpips_notice=notice, inversions={})
-    click.echo(f'[3/3] inverting the held-out images into {" and ".join(spaces)} ({steps} steps) ...')
+    summary = dict(training_run=str(run_dir), snapshot=str(pkl), lpips=lpips, lpips_notice=notice,
+                   loss=dict(loss, description=describe_loss(loss)), inversions={})
+    click.echo(f'[3/3] inverting the held-out images into {" and ".join(spaces)} ({steps} steps), loss {describe_loss(loss)} ...')
+    shown = {}
     for space in spaces:
         inv_dir = outdir / f'invert-{space.replace("+", "plus")}'
         inv = run_inversion(str(pkl), str(outdir / 'heldout'), str(inv_dir), space=space, steps=steps,
-                            batch=num_images, lpips=lpips, seed=seed, progress=False)
+                            batch=num_images, seed=seed, progress=False, **loss)
         run = read_inversion_run(inv_dir)
         recon = reconstruction_metrics(run['recon'], run['target'])        # MSE, PSNR, SSIM on uint8 images
         summary['inversions'][space] = dict(outdir=str(inv_dir), lpips=inv['lpips_mean'], **recon)
+        per_image = run['recorded_lpips'] if run['recorded_lpips'] is not None else [float('nan')] * len(run['names'])
+        psnr = pixel_metrics(*(torch.from_numpy(a).permute(0, 3, 1, 2) for a in (run['recon'], run['target'])))['psnr']
+        shown[space] = dict(target=run['target'], recon=run['recon'], lpips=list(per_image), psnr=psnr.tolist())
+    write_comparison(outdir / 'comparison.png', shown)
+    summary['comparison_png'] = str(outdir / 'comparison.png')
     summary['seconds'] = round(time.time() - start, 1)
     save_json(outdir / 'quickstart.json', summary)
 
-    click.echo(f'\n{"space":6s} {"LPIPS":>8s} {"MSE":>9s} {"PSNR":>7s} {"SSIM":>6s}   ({lpips} LPIPS, {num_images} images)')
+    click.echo(f'\n{"space":6s} {"LPIPS":>8s} {"MSE":>9s} {"PSNR":>7s} {"SSIM":>6s}   ({num_images} images)')
     for space, r in summary['inversions'].items():
         click.echo(f'{space:6s} {r["lpips"]:8.4f} {r["mse"]:9.5f} {r["psnr"]:7.2f} {r["ssim"]:6.3f}')
+    click.echo(f'LPIPS network: {lpips}' + (' (seeded random VGG16 trunk: not comparable to published LPIPS)'
+                                             if lpips == offline_inversion.LPIPS else " (NVIDIA's vgg16.pt)"))
+    click.echo(f'Side by side (targets | {" | ".join(spaces)}): {outdir / "comparison.png"}')
     click.echo(f'\nDone in {summary["seconds"]:.0f} s: {outdir / "quickstart.json"}')
 
 

@@ -61,6 +61,17 @@ def test_quickstart_runs(tmp_path):
     for r in summary['inversions'].values():
         assert r['num_images'] == 2 and np.isfinite(r['lpips']) and r['psnr'] > 0
     assert 'LPIPS' in result.output and 'PSNR' in result.output
+    # Offline (random trunk) the loss is the tables' one, LPIPS + 0.1 x MSE; with NVIDIA's VGG16 the paper's
+    # (LPIPS alone). Each inversion's run.json records what it used.
+    mse = 0.1 if summary['lpips'] == 'vgg-random' else 0.0
+    assert summary['loss']['mse_weight'] == mse and summary['loss']['l1_weight'] == 0.0
+    for space in ('w', 'W'):
+        settings = json.loads((tmp_path / f'invert-{space}' / 'run.json').read_text())['settings']
+        assert (settings['lpips'], settings['mse_weight'], settings['l1_weight']) == (summary['lpips'], mse, 0.0)
+    sheet = PIL.Image.open(tmp_path / 'comparison.png')                # targets | w | W, upscaled (96 px cells)
+    assert sheet.width >= 3 * 96 and sheet.height >= 2 * 96 and str(tmp_path / 'comparison.png') in result.output
+    assert quickstart.loss_settings('vgg16-nvlabs') == dict(lpips='vgg16-nvlabs', mse_weight=0.0, l1_weight=0.0)
+    assert quickstart.loss_settings('vgg-random') == dict(lpips='vgg-random', mse_weight=0.1, l1_weight=0.0)
 
 
 #----------------------------------------------------------------------------
