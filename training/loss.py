@@ -201,7 +201,7 @@ class StyleGAN2Loss:
     # The four terms.
 
     def _generator_adversarial(self, gen_z, gen_c, gain):
-        img, _ = self.run_G(gen_z, gen_c)
+        img = self.run_G(gen_z, gen_c)[0]         # ws not kept alive through the backward (W+: [N, L, R, w_dim])
         logits = self.run_D(img, gen_c)
         _report_logits('fake', logits)
         per_image = training_stats.report('Loss/G/loss', _softplus(-logits))      # -log sigmoid(f)
@@ -228,7 +228,7 @@ class StyleGAN2Loss:
 
     def _discriminator_fake(self, gen_z, gen_c, gain):
         with torch.no_grad():
-            img, _ = self.run_G(gen_z, gen_c)
+            img = self.run_G(gen_z, gen_c)[0]
         logits = self.run_D(img, gen_c)
         _report_logits('fake', logits)
         per_image = _softplus(logits)                                              # -log(1 - sigmoid(f))
