@@ -1,0 +1,251 @@
+"""An image encoder into the generator's own latent space: w, w+ (StyleGAN2) or W, W+ (Poirier-Ginter
+et al., "Overparameterization Improves StyleGAN Inversion"; the paper leaves the encoder as future work).
+
+Shapes (N = batch, L = `num_ws`, R = `latent_rows`, D = `w_dim`):
+
+    img     `[N, C, H, W]` float in [-1, 1], H = W = `img_resolution`
+    params  `[N, *param_shape]` with `param_shape` = (D,) for w, (L, D) for w+, (R, D) for W, (L, R, D) for W+,
+            the layout of `inversion.spaces.LatentSpace.param_shape`, so a prediction is an inversion start.
+
+Design. A W latent is R rows of D numbers: 512 x 512 = 262,144 numbers per image at 256 px, so a dense
+head from a pooled feature vector (512 x 262,144 = 134M weights per layer group) is out. Instead:
+
+1. A conv pyramid of StyleGAN2 discriminator blocks (`training.discriminator.DiscriminatorBlock`,
+   'resnet': fromRGB, two 3x3 convolutions, the second halving the size, and a 1x1 shortcut) from
+   `img_resolution` down to a `t x t` feature map (`t = token_resolution`), read as T = t^2 tokens of
+   `c_t` channels, each normalised to unit second moment, plus a learned position embedding `[T, c_t]`.
+2. One multi-head cross-attention: every predicted latent row is a query. The Q = L' * R' queries are
+   factored, `query[l, r] = layer_embed[l] + row_embed[r]` (L' = L for w+/W+ else 1, R' = R for W/W+
+   else 1), so the four spaces are the same code with different query grids, and per-layer spaces
+   cost L extra d-vectors rather than L * R. Keys and values are linear maps of the tokens (width d).
+3. Each query's attention output plus the query itself (a residual, so each row can also learn a
+   constant offset) goes through one linear layer `d -> D`: the offset from `w_avg`. That layer's weight
+   and bias start at zero, so the initial prediction is exactly `w_avg` (the optimiser's usual start).
+
+Why attention over a low-rank row basis (`R x k` learned basis times `k x D` predicted coefficients):
+the basis fixes the rank of the offset matrix to k for every image and needs a dense `F -> k * D`
+coefficient head (8M weights at k = 32, D = F = 512, times L for W+), while the attention offset has
+rank up to min(T, d) (256 at 256 px) chosen per image, costs O(Q * T * d) compute and only O((L' + R') * d)
+parameters for the queries; rows attend to different tokens, so they can differ as much as the rows
+of an optimised W do. The pyramid is the part that scales with resolution, as in the discriminator.
+
+Parameter count (`parameter_count()` computes it from this formula; a test compares it with the module):
+with `ch(r) = min(channel_base // r, channel_max)`, blocks at r = res, res/2, ..., 2t, tmp = ch(r), out = ch(r/2):
+
+    pyramid   = (C + 1) * ch(res)                                    (fromRGB of the first block)
+              + sum over blocks of  9 tmp^2 + tmp  +  9 tmp out + out  +  tmp out
+    tokens    = t^2 * ch(t)                                          (position embedding)
+    attention = 2 * (ch(t) * d + d)  +  (L' + R') * d                (keys, values; query embeddings)
+    head      = d * D + D                                            (zero-initialised output layer)
+
+Defaults: channel_base = 32 * D, channel_max = D, d = D, t = min(16, res // 4), 4 heads. Totals:
+
+    preset                                          w          w+         W          W+
+    tiny      (32 px, C 3, L 8, R 64, D 64)         172,864    173,312    176,896    177,344
+    paper256  (256 px, C 3, L 14, R 512, D 512)     8,397,888  8,404,544  8,659,520  8,666,176
+
+(tiny: 156,160 in the pyramid; paper256 W: 7,477,824 pyramid + 131,072 position embedding + 525,312 keys
+and values + 262,656 query embeddings + 262,656 head.)
+
+The buffer `w_avg [D]` is the generator's `mapping.w_avg` (one mean for every row and layer), copied in
+by `Encoder.from_generator` and pickled with the encoder.
+
+Pickles: `save_encoder_pickle` writes {'E': encoder, **metadata} like a network snapshot; `load_encoder`
+reads it through the safe loader of `torch_utils.checkpoint` (the class is persistent and lives under
+`training`, which that loader may import), refusing files that hold no encoder with one line.
+"""
+
+import math
+import os
+
+import torch
+from torch import nn
+
+import dnnlib
+from torch_utils import checkpoint, misc
+from torch_utils.persistence import persistent_class
+from training.discriminator import DiscriminatorBlock
+from training.layers import FullyConnectedLayer, channels_at, normalize_2nd_moment, remember
+
+SPACES = ('w', 'w+', 'W', 'W+')
+
+#----------------------------------------------------------------------------
+# Geometry shared by the module and the parameter-count formula.
+
+
+def param_shape_of(space, num_ws, w_dim, latent_rows=None):
+    """Per-image shape of a latent in `space`: (D,), (L, D), (R, D) or (L, R, D) (as inversion.spaces)."""
+    if space not in SPACES:
+        raise ValueError(f'Unknown latent space {space!r}; choose one of {", ".join(SPACES)}')
+    if space in ('W', 'W+') and latent_rows is None:
+        raise ValueError(f'Space {space} needs an overparameterized generator (latent matrices); '
+                         f'this network has latent vectors: use w or w+')
+    rows = (int(latent_rows), int(w_dim)) if space in ('W', 'W+') else (int(w_dim),)
+    return ((int(num_ws),) + rows) if space.endswith('+') else rows
+
+
+def _design(img_resolution, w_dim, channel_base=None, channel_max=None, token_resolution=None, attn_dim=None,
+            num_heads=4):
+    """The design settings with their defaults filled in (see the module docstring)."""
+    d = dict(channel_base=32 * w_dim if channel_base is None else int(channel_base),
+             channel_max=w_dim if channel_max is None else int(channel_max),
+             token_resolution=min(16, img_resolution // 4) if token_resolution is None else int(token_resolution),
+             attn_dim=w_dim if attn_dim is None else int(attn_dim), num_heads=int(num_heads))
+    t = d['token_resolution']
+    if img_resolution < 8 or img_resolution & (img_resolution - 1):
+        raise ValueError(f'img_resolution must be a power of two >= 8, got {img_resolution}')
+    if t < 1 or t & (t - 1) or t >= img_resolution:
+        raise ValueError(f'token_resolution must be a power of two below img_resolution, got {t}')
+    if d['attn_dim'] % d['num_heads']:
+        raise ValueError(f'attn_dim={d["attn_dim"]} must be divisible by num_heads={d["num_heads"]}')
+    return d
+
+
+def _query_grid(space, num_ws, latent_rows):
+    """(L', R'): query groups (layers) and rows per group."""
+    return (num_ws if space.endswith('+') else 1), (latent_rows if space in ('W', 'W+') else 1)
+
+
+def parameter_count(img_resolution, img_channels, space, num_ws, w_dim, latent_rows=None, **design_kwargs):
+    """Trainable parameters of `Encoder(...)` with these arguments, from the docstring's formula."""
+    param_shape_of(space, num_ws, w_dim, latent_rows)
+    d = _design(img_resolution, w_dim, **design_kwargs)
+    ch = lambda r: channels_at(r, d['channel_base'], d['channel_max'])  # noqa: E731
+    t, a = d['token_resolution'], d['attn_dim']
+    total = (img_channels + 1) * ch(img_resolution)
+    r = img_resolution
+    while r > t:
+        tmp, out = ch(r), ch(r // 2)
+        total += 9 * tmp * tmp + tmp + 9 * tmp * out + out + tmp * out
+        r //= 2
+    layers, rows = _query_grid(space, num_ws, latent_rows)
+    total += t * t * ch(t) + 2 * (ch(t) * a + a) + (layers + rows) * a + a * w_dim + w_dim
+    return total
+
+#----------------------------------------------------------------------------
+
+
+@persistent_class
+class Encoder(nn.Module):
+    """Image `[N, C, H, W]` in [-1, 1] -> latent `[N, *param_shape]` = `w_avg` + predicted offset."""
+
+    def __init__(self,
+        img_resolution,             # Input size in px (a power of two), the generator's.
+        img_channels,               # Colour channels of the input.
+        space,                      # Target latent space: 'w', 'w+', 'W' or 'W+'.
+        num_ws,                     # Per-layer latents of the generator's synthesis network (L).
+        w_dim,                      # Width of one latent row (D).
+        latent_rows     = None,     # R of an overparameterized generator; None = StyleGAN2 vectors.
+        **design_kwargs,            # channel_base, channel_max, token_resolution, attn_dim, num_heads.
+    ):
+        super().__init__()
+        shape = param_shape_of(space, num_ws, w_dim, latent_rows)
+        design = _design(img_resolution, w_dim, **design_kwargs)
+        remember(self, img_resolution=int(img_resolution), img_channels=int(img_channels), space=space,
+                 num_ws=int(num_ws), w_dim=int(w_dim), latent_rows=None if latent_rows is None else int(latent_rows),
+                 param_shape=shape)
+        self._design = design
+        t, a = design['token_resolution'], design['attn_dim']
+        ch = lambda r: channels_at(r, design['channel_base'], design['channel_max'])  # noqa: E731
+
+        self.block_resolutions = []
+        r, layer_idx = self.img_resolution, 0
+        while r > t:
+            block = DiscriminatorBlock(0 if r == self.img_resolution else ch(r), ch(r), ch(r // 2), resolution=r,
+                                       img_channels=self.img_channels, first_layer_idx=layer_idx, architecture='resnet')
+            self.add_module(f'b{r}', block)
+            self.block_resolutions.append(r)
+            layer_idx += block.num_layers
+            r //= 2
+        self.token_channels = ch(t)
+        self.pos_embed = nn.Parameter(torch.randn([t * t, self.token_channels]))
+        self.key = FullyConnectedLayer(self.token_channels, a)
+        self.value = FullyConnectedLayer(self.token_channels, a)
+        layers, rows = _query_grid(space, self.num_ws, self.latent_rows)
+        self.layer_embed = nn.Parameter(torch.randn([layers, a]) * math.sqrt(0.5))   # sum of two: unit variance
+        self.row_embed = nn.Parameter(torch.randn([rows, a]) * math.sqrt(0.5))
+        self.head = FullyConnectedLayer(a, self.w_dim)
+        with torch.no_grad():
+            self.head.weight.zero_()                          # offset 0 at the start: prediction = w_avg
+        self.register_buffer('w_avg', torch.zeros([self.w_dim]))
+
+    @classmethod
+    def from_generator(cls, G, space, **design_kwargs):
+        """An encoder for generator `G` (its resolution, channels, num_ws, w_dim, R) with `G.mapping.w_avg` copied in."""
+        E = cls(G.img_resolution, G.img_channels, space, G.num_ws, G.w_dim, G.latent_rows, **design_kwargs)
+        with torch.no_grad():
+            E.w_avg.copy_(G.mapping.w_avg.detach().to(E.w_avg))
+        return E
+
+    @property
+    def design(self):
+        """The design settings with defaults filled in: channel_base, channel_max, token_resolution, attn_dim, num_heads."""
+        return dict(self._design)
+
+    def queries(self):
+        """`[Q, d]` with Q = L' * R', layer-major (query l * R' + r predicts row r of layer l)."""
+        return (self.layer_embed.unsqueeze(1) + self.row_embed.unsqueeze(0)).reshape(-1, self.layer_embed.shape[1])
+
+    def tokens(self, img):
+        """img `[N, C, H, W]` -> tokens `[N, T, c_t]` (unit second moment per token, plus position embedding)."""
+        misc.assert_shape(img, [None, self.img_channels, self.img_resolution, self.img_resolution])
+        x, image = None, img.to(torch.float32)
+        for res in self.block_resolutions:
+            x, image = getattr(self, f'b{res}')(x, image)
+        x = x.flatten(2).transpose(1, 2)                      # [N, T, c_t]
+        return normalize_2nd_moment(x, dim=2) + self.pos_embed.to(x.dtype)
+
+    def offsets(self, img):
+        """img `[N, C, H, W]` -> offsets from `w_avg`, `[N, Q, D]`."""
+        tokens = self.tokens(img)
+        n, heads = tokens.shape[0], self._design['num_heads']
+        q = self.queries()                                    # [Q, d]
+        split = lambda x: x.reshape(*x.shape[:-2], x.shape[-2], heads, -1).transpose(-3, -2)  # noqa: E731 [.., h, *, d/h]
+        k, v = split(self.key(tokens)), split(self.value(tokens))                          # [N, h, T, d/h]
+        qh = split(q).unsqueeze(0).expand(n, -1, -1, -1)                                    # [N, h, Q, d/h]
+        attended = torch.nn.functional.scaled_dot_product_attention(qh, k, v)              # [N, h, Q, d/h]
+        attended = attended.transpose(1, 2).reshape(n, q.shape[0], q.shape[1])             # [N, Q, d]
+        return self.head(attended + q)
+
+    def forward(self, img):
+        """img `[N, C, H, W]` in [-1, 1] -> params `[N, *param_shape]`, `w_avg` broadcast plus the predicted offset."""
+        offset = self.offsets(img).reshape(img.shape[0], *self.param_shape)
+        return offset + self.w_avg.to(offset.dtype)
+
+    def extra_repr(self):
+        return (f'space={self.space}, param_shape={self.param_shape}, img_resolution={self.img_resolution}, '
+                f'design={self._design}')
+
+#----------------------------------------------------------------------------
+# Pickles.
+
+
+def save_encoder_pickle(path, E, **extra):
+    """Write {'E': E, **extra} (plain metadata such as generator_pkl) to `path` atomically."""
+    if not isinstance(E, Encoder):
+        raise TypeError(f'save_encoder_pickle expects an Encoder, got {type(E).__name__}')
+    if 'E' in extra:
+        raise TypeError("save_encoder_pickle: 'E' is the encoder's key; name the extra entry differently")
+    checkpoint.save_network_pkl(os.fspath(path), dict(E=E, **extra))
+
+
+def load_encoder_pkl(path, device=None, trust_pickle=False):
+    """The whole encoder pickle as a dict ('E' plus metadata); raises CheckpointError (one line) otherwise."""
+    try:
+        local = dnnlib.util.open_url(path, return_filename=True)
+    except OSError as err:
+        raise checkpoint.CheckpointError(f'Cannot load {path}: {dnnlib.util.one_line(err)}', path=path) from err
+    data = checkpoint.load_network_pkl(local, trust=trust_pickle, device=device)
+    if not isinstance(data.get('E'), Encoder):
+        held = ', '.join(sorted(map(str, data))) or 'nothing'
+        reason = (f'it is not an encoder pickle (it holds {held}, no encoder E); '
+                  f'pass an encoder-snapshot-*.pkl from train_encoder.py')
+        raise checkpoint.CheckpointError(f'Cannot load {path}: {reason}', path=path, reason=reason)
+    return data
+
+
+def load_encoder(path, device=None, trust_pickle=False):
+    """The Encoder of an encoder pickle (path or URL), safely by default; raises CheckpointError (one line)."""
+    return load_encoder_pkl(path, device=device, trust_pickle=trust_pickle)['E']
+
+#----------------------------------------------------------------------------
