@@ -9,6 +9,7 @@ import dnnlib
 from metrics import detectors, metric_main
 from dnnlib.util import check_outdir, cli_errors
 from torch_utils import checkpoint, distributed
+from training.encoder import load_encoder_pkl
 
 #----------------------------------------------------------------------------
 
@@ -23,7 +24,11 @@ def _parse_metrics(value):
 @click.command()
 @click.option('--network', 'network_pkl', help='Checkpoint path or URL (not needed for recon metrics only)')
 @click.option('--metrics', 'metric_list', default='fid50k_full', show_default=True, help='Comma-separated metric names')
-@click.option('--data', help='Real images (zip or folder); default: the dataset recorded in the checkpoint')
+@click.option('--data', '--target', 'data',
+              help='Real images (zip or folder); default: the dataset recorded in the checkpoint. encoder_recon: the '
+                   'images to reconstruct (required)')
+@click.option('--encoder', 'encoder_pkl', metavar='PKL',
+              help='Encoder pickle from train_encoder.py (encoder_recon); --network defaults to its generator')
 @click.option('--mirror', is_flag=True, help='x-flip the real images (legacy metrics only; *_full ignore it)')
 @click.option('--gpus', type=click.IntRange(min=1), default=1, show_default=True, help='Expected processes (launch with torchrun)')
 @click.option('--detector-path', help="Local Inception/VGG16 TorchScript file or folder, 'inception=P,vgg16=P', or random:DIM:SEED")
@@ -39,7 +44,7 @@ def _parse_metrics(value):
 @click.option('--trust-pickle', is_flag=True, help='Unpickle without restrictions (only for files you trust)')
 @click.option('--verbose/--quiet', default=True, show_default=True, help='Progress bars')
 @cli_errors
-def main(network_pkl, metric_list, data, mirror, gpus, detector_path, inversion_run, run_dir, num_images, seed, batch_size,
+def main(network_pkl, metric_list, data, encoder_pkl, mirror, gpus, detector_path, inversion_run, run_dir, num_images, seed, batch_size,
          num_workers, truncation_psi, device, no_cache, trust_pickle, verbose):
     """Compute metrics and append each to <run-dir>/metric-<name>.jsonl.
 
@@ -47,6 +52,7 @@ def main(network_pkl, metric_list, data, mirror, gpus, detector_path, inversion_
     python calc_metrics.py --network=run/network-snapshot-001000.pkl --metrics=fid50k_full,ppl2_wend
     python calc_metrics.py --network=net.pkl --data=ffhq256.zip --metrics=fid50k_full --num-images=5000
     python calc_metrics.py --inversion-run=out/invert-W --metrics=recon
+    python calc_metrics.py --encoder=enc/encoder-snapshot-000100.pkl --target=heldout.zip --metrics=encoder_recon
     torchrun --nproc_per_node=4 calc_metrics.py --network=net.pkl --gpus=4
 
     Offline machines: pass NVIDIA's inception-2015-12-05.pt / vgg16.pt with --detector-path.
@@ -59,6 +65,14 @@ def main(network_pkl, metric_list, data, mirror, gpus, detector_path, inversion_
                    err=True)
     local_rank = int(os.environ.get('LOCAL_RANK', '0'))
     device = torch.device(device or (f'cuda:{local_rank}' if torch.cuda.is_available() else 'cpu'))
+
+    E = None
+    if encoder_pkl and 'encoder_recon' not in names:
+        raise click.UsageError('--encoder is used by the encoder_recon metric only: add it to --metrics')
+    if 'encoder_recon' in names:
+        E, network_pkl = _load_encoder(encoder_pkl, network_pkl, trust_pickle, device)
+        if data is None:
+            raise click.UsageError('--target DIR|ZIP (the images to reconstruct) is required for encoder_recon')
 
     G, recorded_data = None, None
     if any(metric_main.needs_generator(m) for m in names):
@@ -91,7 +105,9 @@ def main(network_pkl, metric_list, data, mirror, gpus, detector_path, inversion_
         raise click.UsageError('--data is required: the checkpoint records no dataset')
 
     if run_dir is None:
-        if network_pkl and os.path.isfile(network_pkl):
+        if E is not None and os.path.isfile(encoder_pkl):
+            run_dir = os.path.dirname(os.path.abspath(encoder_pkl))
+        elif network_pkl and os.path.isfile(network_pkl):
             run_dir = os.path.dirname(os.path.abspath(network_pkl))
         elif inversion_run:
             run_dir = inversion_run
@@ -104,11 +120,29 @@ def main(network_pkl, metric_list, data, mirror, gpus, detector_path, inversion_
                                              device=device, G_kwargs=dict(truncation_psi=truncation_psi),
                                              detector_path=detector_path, num_gen=num_images, max_real=num_images,
                                              seed=seed, batch_size=batch_size, num_workers=num_workers,
-                                             cache=not no_cache, progress=verbose, inversion_run=inversion_run)
+                                             cache=not no_cache, progress=verbose, inversion_run=inversion_run,
+                                             encoder=E)
         except (detectors.DetectorUnavailableError, FileNotFoundError, ValueError) as err:
             raise click.ClickException(str(err).splitlines()[0] if str(err) else type(err).__name__)
         if rank == 0:
-            metric_main.report_metric(result, run_dir=run_dir, snapshot_pkl=network_pkl)
+            metric_main.report_metric(result, run_dir=run_dir,
+                                      snapshot_pkl=encoder_pkl if name == 'encoder_recon' else network_pkl)
+
+
+def _load_encoder(encoder_pkl, network_pkl, trust_pickle, device):
+    """(the encoder of --encoder, the generator to use: --network, else the one the encoder pickle records)."""
+    if not encoder_pkl:
+        raise click.UsageError('--encoder PKL is required for encoder_recon')
+    try:
+        data = load_encoder_pkl(encoder_pkl, device=device, trust_pickle=trust_pickle)
+    except (OSError, ValueError) as err:
+        raise click.ClickException(dnnlib.util.one_line(err))
+    if not network_pkl:
+        network_pkl = data.get('generator_pkl')
+        if not isinstance(network_pkl, str) or not network_pkl:
+            raise click.UsageError(f'--network is required: {encoder_pkl} records no generator_pkl')
+        click.echo(f'Generator from the encoder pickle: {network_pkl}', err=True)
+    return data['E'], network_pkl
 
 #----------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import torch
 
 from dnnlib.util import cli_errors
 from inversion.losses import parse_lpips_spec
-from inversion.runner import run_inversion
+from inversion.runner import InversionError, parse_init, run_inversion
 from inversion.spaces import SPACES
 from inversion.targets import CROP_MODES
 from preprocess.align_folder import MULTIPLE_MODES, AlignFolderError, align_folder, paste_back_folder
@@ -44,10 +44,18 @@ def _check_lpips(ctx, param, value):
     return value
 
 
+def _check_init(ctx, param, value):
+    try:
+        parse_init(value)
+    except InversionError as err:
+        raise click.BadParameter(str(err).split(': ', 1)[-1]) from err
+    return value
+
+
 # Options restored from <DIR>/run.json by --resume DIR when not given on the command line.
 _RESUMED = dict(network='network', target='target', space='space', steps='steps', lr='lr', truncation='truncation',
                 truncation_until='truncation_until', crop='crop', lpips='lpips', mse_weight='mse_weight',
-                l1_weight='l1_weight', precision='precision', seed='seed', mask='mask')
+                l1_weight='l1_weight', precision='precision', seed='seed', mask='mask', init='init')
 
 #----------------------------------------------------------------------------
 
@@ -57,12 +65,17 @@ _RESUMED = dict(network='network', target='target', space='space', steps='steps'
 @click.option('--outdir', metavar='DIR',                   help='Where to write the results (same DIR again = resume)')
 @click.option('--space', type=click.Choice(SPACES + ('auto',)), default='auto', show_default=True,
               help='Latent space; auto = W for overparameterized networks, w+ otherwise')
-@click.option('--steps', type=click.IntRange(min=1), default=1000, show_default=True, help='Adam steps per image')
+@click.option('--init', default='mean', show_default=True, callback=_check_init, metavar='mean|encoder:PKL',
+              help='Start of each image: the mean latent (the paper), or the prediction of an encoder pickle from '
+                   'train_encoder.py (--space auto then takes the encoder\'s space)')
+@click.option('--steps', type=click.IntRange(min=0), default=1000, show_default=True,
+              help='Adam steps per image; 0 = evaluate the start (with --init encoder: the encoder alone)')
 @click.option('--lr', type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True, help='Adam learning rate')
 @click.option('--batch', type=BatchType(), default='auto', show_default=True,
               help='Images optimised together; auto = fit free GPU memory (8 off CUDA)')
-@click.option('--truncation', type=click.FloatRange(0, 1), default=0.9, show_default=True,
-              help='Pull toward the mean latent before each step by this psi; 1 = off')
+@click.option('--truncation', type=click.FloatRange(0, 1), default=None,
+              help='Pull toward the mean latent before each step by this psi; 1 = off  [default: 0.9 from the mean, '
+                   '1 with --init encoder:PKL]')
 @click.option('--truncation-until', type=click.FloatRange(0, 1), default=0.5, show_default=True,
               help='Fraction of the steps with truncation')
 @click.option('--seed', type=int, default=0, show_default=True, help='Random seed')
@@ -97,13 +110,15 @@ _RESUMED = dict(network='network', target='target', space='space', steps='steps'
               help='With --align: paste each reconstruction back into its photo (OUTDIR/pasted)')
 @click.pass_context
 @cli_errors
-def main(ctx, network, target, outdir, space, steps, lr, batch, truncation, truncation_until, seed, save_every,
+def main(ctx, network, target, outdir, space, init, steps, lr, batch, truncation, truncation_until, seed, save_every,
          resume_dir, device, precision, crop, mask, lpips, trust_pickle, mse_weight, l1_weight, save_video, video_every,
          align, align_resolution, align_multiple, paste_back):
     """Invert every image of --target into the latent space of --network.
 
     Defaults are the paper's: Adam lr 0.05, betas (0.9, 0.999), 1000 steps from the mean
-    latent, LPIPS loss, truncation 0.9 toward the mean before each step of the first half.
+    latent, LPIPS loss, truncation 0.9 toward the mean before each step of the first half. With
+    --init encoder:PKL each image starts from the encoder's prediction instead, without truncation
+    unless --truncation is given; --steps 0 then gives the encoder's reconstruction alone.
     Writes <name>.npy, <name>-recon.png, <name>-pair.png per image, and latents.npz,
     results.jsonl, summary.json, overview.png, lpips_curve.png, skipped.json, log.txt per run.
     With --mask, RGBA targets or --crop pad only the kept pixels count (in the loss and the metrics). A killed run continues
@@ -115,6 +130,7 @@ def main(ctx, network, target, outdir, space, steps, lr, batch, truncation, trun
     python invert.py --resume=out/W
     python invert.py --network=ffhq.pkl --target=photos/ --align --paste-back --outdir=out/photos
     python invert.py --network=ffhq.pkl --target=occluded/ --mask=occluded-masks/ --outdir=out/occluded
+    python invert.py --network=overparam.pkl --init=encoder:enc.pkl --steps=100 --target=test/ --outdir=out/enc
 
     Sharded over K GPUs (each rank inverts every K-th batch; rank 0 merges the run files):
     torchrun --nproc_per_node=K invert.py --network=... --target=... --outdir=out/W
@@ -122,7 +138,7 @@ def main(ctx, network, target, outdir, space, steps, lr, batch, truncation, trun
     distributed.init(timeout_s=SHARD_TIMEOUT_S)
     params = dict(network=network, target=target, space=space, steps=steps, lr=lr, truncation=truncation,
                   truncation_until=truncation_until, crop=crop, lpips=lpips, mse_weight=mse_weight,
-                  l1_weight=l1_weight, precision=precision, seed=seed, mask=mask)
+                  l1_weight=l1_weight, precision=precision, seed=seed, mask=mask, init=init)
     if resume_dir is not None:
         run_json = Path(resume_dir) / 'run.json'
         if not run_json.is_file():
@@ -133,7 +149,7 @@ def main(ctx, network, target, outdir, space, steps, lr, batch, truncation, trun
             recorded = json.loads(run_json.read_text())
         except (OSError, ValueError) as err:
             raise click.ClickException(f'--resume {resume_dir}: run.json is damaged ({err}); start a new run') from err
-        saved = dict(recorded.get('settings', {}), network=recorded.get('network'))
+        saved = dict(recorded.get('settings', {}), network=recorded.get('network'), init=recorded.get('init'))
         for key, field in _RESUMED.items():
             if ctx.get_parameter_source(key) == click.core.ParameterSource.DEFAULT and saved.get(field) is not None:
                 params[key] = saved[field]
@@ -165,7 +181,7 @@ def main(ctx, network, target, outdir, space, steps, lr, batch, truncation, trun
                 align_resolution=align_resolution, align_multiple=align_multiple, paste_back=paste_back)
     summary = run_inversion(params['network'], inversion_target, outdir, space=params['space'],
                             steps=params['steps'], lr=params['lr'], batch=batch, truncation=params['truncation'],
-                            truncation_until=params['truncation_until'], seed=params['seed'],
+                            truncation_until=params['truncation_until'], init=params['init'], seed=params['seed'],
                             save_every=save_every, device=device, precision=params['precision'],
                             crop=params['crop'], lpips=params['lpips'], trust_pickle=trust_pickle,
                             mse_weight=params['mse_weight'], l1_weight=params['l1_weight'],

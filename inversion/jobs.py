@@ -201,6 +201,7 @@ class _Runner:
     def run_group(self, names, sources, images, state=None, images_bar=None):
         """Optimise one batch. images: uint8 `[N, H, W, C]`; state: a saved resume state or None."""
         opt, n = self.opt, len(names)
+        start = time.perf_counter()                 # The job's set-up (e.g. an encoder's prediction) counts too.
         inverter = self.job.make_inverter(images)
         seconds = 0.0
         if state is not None:
@@ -210,7 +211,6 @@ class _Runner:
                      f'{" ..." if n > 4 else ""}')
         bar = tqdm(total=inverter.steps, initial=inverter.step, desc=f'steps (batch of {n})', unit='step',
                    leave=False, disable=not opt['progress'], dynamic_ncols=True)
-        start = time.perf_counter()
         try:
             for info in inverter.run():
                 step = info['step']

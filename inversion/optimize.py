@@ -64,13 +64,14 @@ class Inverter:
         loss:             `losses.InversionLoss` (per-image losses `[N]`), on the targets' device.
         targets:          `[N, C, H, W]` float in [-1, 1], on the device to run on.
         space:            `spaces.LatentSpace` for G.
-        steps:            number of Adam steps.
+        steps:            number of Adam steps; 0 = just evaluate the start (`init`).
         lr, betas, eps:   Adam settings (paper: 0.05, (0.9, 0.999), 1e-8).
         truncation_psi:   pull toward the mean before each early step; 1 = never.
         truncation_until: fraction of the steps with truncation (steps 0..floor(until*steps)-1).
         precision:        'fp32' (strict), 'tf32' or 'bf16' (see `precision_context`).
         w_avg:            mean latent `[w_dim]`; None = `G.mapping.w_avg`.
-        init:             initial latents `[N, *space.param_shape]`; None = the mean latent.
+        init:             initial latents `[N, *space.param_shape]` (e.g. an encoder's prediction); None = the
+                          mean latent. Copied: the first step's latents equal it exactly.
     """
 
     def __init__(self, G, loss, targets, space, *, steps=1000, lr=0.05, betas=(0.9, 0.999), eps=1e-8,
@@ -81,6 +82,8 @@ class Inverter:
         self.loss = loss
         self.space = space
         self.steps = int(steps)
+        if self.steps < 0:
+            raise ValueError(f'steps must be >= 0, got {steps}')
         self.truncation_psi = float(truncation_psi)
         self.num_truncated = truncation_steps(self.steps, truncation_until) if self.truncation_psi != 1 else 0
         self.precision = precision

@@ -3,7 +3,9 @@
 `run_inversion(...)` loads the generator and the loss and hands an `InversionJob` (the optimisation
 of `optimize.Inverter` with the LPIPS loss) to the per-image runner `jobs.run_job`, which lists the
 targets, batches, resumes, locks the output folder and writes the run files. Per-image files are
-described in `inversion.outputs`. Also here: loading and checking a generator for per-image jobs.
+described in `inversion.outputs`. Also here: loading and checking a generator for per-image jobs,
+and the encoder start (`init='encoder:PKL'`): each batch starts from an encoder's prediction
+`E(targets) [N, *param_shape]` instead of the mean latent (`steps=0`: the encoder alone).
 """
 
 import os
@@ -28,6 +30,8 @@ from .targets import TargetError, decode_target_with_mask, to_tensor
 
 MIN_RESOLUTION = 16        # VGG16's relu5_3 is 1x1 at 16 px.
 AUTO_BATCH_MAX = 64        # `batch='auto'` never goes above this.
+INIT_MEAN, INIT_ENCODER = 'mean', 'encoder:'
+DEFAULT_TRUNCATION = {INIT_MEAN: 0.9, INIT_ENCODER: 1.0}   # psi when none is given, by start
 
 #----------------------------------------------------------------------------
 
@@ -41,6 +45,46 @@ def load_generator(network, trust_pickle=False, device=None):
         reason = getattr(err, 'reason', None) or dnnlib.util.one_line(err)
         raise InversionError(f'Cannot load --network {network}: {reason}') from err
     return G.eval().requires_grad_(False), sha256
+
+
+def parse_init(init):
+    """'mean' -> None; 'encoder:PKL' -> 'PKL'; anything else raises InversionError (one line naming --init)."""
+    init = INIT_MEAN if init is None else str(init)
+    if init == INIT_MEAN:
+        return None
+    if init.startswith(INIT_ENCODER) and len(init) > len(INIT_ENCODER):
+        return init[len(INIT_ENCODER):]
+    raise InversionError(f'--init {init}: expected "mean" or "encoder:PKL" (an encoder pickle from train_encoder.py)')
+
+
+def load_init_encoder(path, G, trust_pickle=False, device=None):
+    """Encoder pickle path or URL -> (its network 'E' in eval mode, frozen; sha256 of the file).
+
+    Checked against `G`: image resolution and channels, and the latent geometry (num_ws, w_dim, R).
+    Raises InversionError (one line naming --init) for anything else.
+    """
+    what = f'--init {INIT_ENCODER}{path}'
+    try:
+        local = dnnlib.util.open_url(path, return_filename=True)
+        data = checkpoint.load_network_pkl(local, trust=trust_pickle, device=device)
+        sha256 = outputs.file_sha256(local)
+    except (OSError, ValueError) as err:
+        reason = getattr(err, 'reason', None) or dnnlib.util.one_line(err)
+        raise InversionError(f'Cannot load {what}: {reason}') from err
+    E = data.get('E')
+    if not isinstance(E, torch.nn.Module) or not all(hasattr(E, a) for a in ('space', 'param_shape', 'img_resolution')):
+        held = ", ".join(sorted(map(str, data))) or "nothing"
+        raise InversionError(f'{what}: not an encoder pickle (it holds {held}); '
+                             f'pass an encoder-snapshot-*.pkl from train_encoder.py')
+    if (E.img_resolution, E.img_channels) != (G.img_resolution, G.img_channels):
+        raise InversionError(f'{what}: the encoder reads {E.img_resolution} px {E.img_channels}-channel images, but '
+                             f'--network makes {G.img_resolution} px {G.img_channels}-channel ones; use an encoder '
+                             f'trained for this generator')
+    mine, theirs = (E.num_ws, E.w_dim, E.latent_rows), (G.num_ws, G.w_dim, G.latent_rows)
+    if mine != theirs:
+        raise InversionError(f'{what}: the encoder predicts latents for num_ws, w_dim, R = {mine}, but --network has '
+                             f'{theirs}; use an encoder trained for this generator')
+    return E.eval().requires_grad_(False), sha256
 
 
 def check_generator(G):
@@ -125,8 +169,9 @@ class InversionJob:
     kind = 'invert'
     curve_key = 'lpips'
 
-    def __init__(self, G, loss, space, settings, opt, device, sources=()):
+    def __init__(self, G, loss, space, settings, opt, device, sources=(), encoder=None):
         self.G, self.loss, self.space, self.settings, self.opt = G, loss, space, settings, opt
+        self.encoder = encoder                                              # None: start at the mean latent
         self.lpips_network = getattr(loss, 'lpips_network', None) or lpips_network_name(settings['lpips'])
         self.device = torch.device(device)
         self.decode_resolution, self.channels, self.crop = G.img_resolution, G.img_channels, settings['crop']
@@ -172,15 +217,23 @@ class InversionJob:
             raise TargetError('its mask keeps no pixel (all black): nothing to invert')
         return np.concatenate([image, mask[:, :, None]], axis=2), note
 
+    @torch.no_grad()
+    def initial_latents(self, targets):
+        """The start of a batch `targets [N, C, H, W]`: the encoder's prediction `[N, *param_shape]`, or None (mean)."""
+        if self.encoder is None:
+            return None
+        return self.encoder(targets).to(torch.float32)
+
     def make_inverter(self, images):
         s = self.settings
         images, masks = split_mask(images)
         mask = mask_tensor(masks, self.device)
         loss = self.loss if mask is None else MaskedLoss(self.loss, mask)
+        targets = to_tensor(images).to(self.device)
         try:
-            return Inverter(self.G, loss, to_tensor(images).to(self.device), self.space, steps=s['steps'],
-                            lr=s['lr'], betas=s['betas'], truncation_psi=s['truncation'],
-                            truncation_until=s['truncation_until'], precision=s['precision'])
+            return Inverter(self.G, loss, targets, self.space, steps=s['steps'], lr=s['lr'], betas=s['betas'],
+                            truncation_psi=s['truncation'], truncation_until=s['truncation_until'],
+                            precision=s['precision'], init=self.initial_latents(targets))
         except MaskUnsupportedError as err:
             raise InversionError(str(err)) from err
 
@@ -210,11 +263,16 @@ class InversionJob:
             if self.opt['save_video']:
                 outputs.write_frame(outdir, name, inverter.steps, images[i], recon[i])
             records.append(dict({k: metrics[k][i] for k in metrics}, lpips_network=self.lpips_network, masked=masked,
-                                mask_coverage=round(float(masks[i].mean()) / 255, 6)))
+                                mask_coverage=round(float(masks[i].mean()) / 255, 6), init=self.init_name))
             if len(self.shown) < outputs.OVERVIEW_MAX or name < max(self.shown):
                 self.shown[name] = (name, images[i], recon[i], metrics['lpips'][i], shown)
         self.write_overview(outdir)
         return records
+
+    @property
+    def init_name(self):
+        """'mean' or 'encoder' (results.jsonl and summary.json record it)."""
+        return INIT_MEAN if self.encoder is None else INIT_ENCODER.rstrip(':')
 
     def summarize(self, results, skipped):
         s = self.settings
@@ -222,12 +280,14 @@ class InversionJob:
             results, self.space.name, s['steps'], self.opt['args'],
             extra=dict(checkpoint_sha256=s['network_sha256'], precision=s['precision'], lpips=s['lpips'],
                        lpips_network=self.lpips_network, device=str(self.device), skipped=len(skipped), mask=s.get('mask'),
-                       masked_images=sum(bool(r.get('masked')) for r in results.values())))
+                       masked_images=sum(bool(r.get('masked')) for r in results.values()), init=self.init_name,
+                       encoder_sha256=s.get('encoder_sha256'), truncation=s['truncation']))
 
 #----------------------------------------------------------------------------
 
 def run_inversion(network, target, outdir, *, space=None, steps=1000, lr=0.05, betas=(0.9, 0.999), batch='auto',
-                  truncation=0.9, truncation_until=0.5, seed=0, save_every=100, device='cpu', precision='fp32',
+                  truncation=None, truncation_until=0.5, init=INIT_MEAN, seed=0, save_every=100, device='cpu',
+                  precision='fp32',
                   crop='center', lpips=DEFAULT_LPIPS, trust_pickle=False, mse_weight=0.0, l1_weight=0.0, save_video=False,
                   video_every=10, progress=True, progress_every=10, lpips_resolution=256, mask=None, skipped=(),
                   args=None):
@@ -236,7 +296,10 @@ def run_inversion(network, target, outdir, *, space=None, steps=1000, lr=0.05, b
     See invert.py for the meaning of each option, `inversion.jobs` for the files and resuming. mask: folder of
     masks (same relative paths as the targets, any image format; white = keep, black = ignore, grey = weight).
     skipped: [(source, reason)] of files left out before (e.g. photos without a face), for skipped.json.
-    Raises InversionError for bad inputs (found before anything is written).
+    init: 'mean' (the paper) or 'encoder:PKL' (start from that encoder's prediction; space None/'auto' takes the
+    encoder's space). truncation: psi toward the mean; None = 0.9 from the mean, 1 (off) from an encoder.
+    steps: 0 evaluates the start (with an encoder: the encoder alone). Raises InversionError for bad inputs (found
+    before anything is written).
     """
     device = torch.device(device)
     torch.manual_seed(seed)
@@ -246,16 +309,32 @@ def run_inversion(network, target, outdir, *, space=None, steps=1000, lr=0.05, b
     ignored = list(ignored) + list(skipped)
     if mask is not None and not os.path.isdir(os.path.expanduser(str(mask))):
         raise InversionError(f'--mask {mask}: not a folder (give a folder of masks named like the targets)')
+    if int(steps) < 0:
+        raise InversionError(f'--steps {steps}: must be 0 or more')
+    encoder_path = parse_init(init)
     check_job_outdir(outdir)
     G, sha256 = load_generator(network, trust_pickle=trust_pickle, device=device)
     check_generator(G)
+    encoder = encoder_sha256 = None
+    if encoder_path is not None:
+        encoder, encoder_sha256 = load_init_encoder(encoder_path, G, trust_pickle=trust_pickle, device=device)
+        if space in (None, 'auto'):
+            space = encoder.space
+        elif space != encoder.space:
+            raise InversionError(f'--space {space} does not match the encoder of --init {INIT_ENCODER}{encoder_path}, '
+                                 f'which predicts {encoder.space}: leave --space out (auto) or pass --space '
+                                 f'{encoder.space}')
     latent_space = resolve_space(G, space)
+    if truncation is None:
+        truncation = DEFAULT_TRUNCATION[INIT_MEAN if encoder is None else INIT_ENCODER]
     settings = dict(network_sha256=sha256, target=os.path.abspath(os.path.expanduser(str(target))),
                     space=latent_space.name, steps=int(steps), lr=float(lr), betas=[float(b) for b in betas],
                     truncation=float(truncation), truncation_until=float(truncation_until), crop=crop,
                     lpips=str(lpips), mse_weight=float(mse_weight), l1_weight=float(l1_weight),
                     precision=precision, seed=int(seed),
                     mask=None if mask is None else os.path.abspath(os.path.expanduser(str(mask))))
+    if encoder is not None:                    # (mean-start settings stay as before, so older runs still resume)
+        settings.update(init=INIT_ENCODER.rstrip(':'), encoder_sha256=encoder_sha256)
     try:
         loss = build_loss(lpips, device=device, resolution=lpips_resolution, mse_weight=mse_weight,
                           l1_weight=l1_weight, precision=precision, seed=seed)
@@ -264,7 +343,7 @@ def run_inversion(network, target, outdir, *, space=None, steps=1000, lr=0.05, b
     if mask is not None or crop == 'pad':
         check_mask_support(loss, G, device)
     opt = dict(save_video=save_video, video_every=max(1, int(video_every)), args=args or {})
-    job = InversionJob(G, loss, latent_space, settings, opt, device, sources=sources)
+    job = InversionJob(G, loss, latent_space, settings, opt, device, sources=sources, encoder=encoder)
 
     def batch_size(pending):
         if batch != 'auto':
@@ -274,8 +353,16 @@ def run_inversion(network, target, outdir, *, space=None, steps=1000, lr=0.05, b
     network_ref = str(network) if dnnlib.util.is_url(str(network)) else os.path.abspath(os.path.expanduser(str(network)))
     header = (f'Generator {network} ({G.img_resolution} px, latent {list(G.w_shape)}, num_ws {G.num_ws}); '
               f'space {latent_space.name} {list(latent_space.param_shape)}; device {device}, {precision}')
+    init_ref = INIT_MEAN
+    if encoder is not None:
+        is_url = dnnlib.util.is_url(str(encoder_path))
+        init_ref = INIT_ENCODER + (encoder_path if is_url else os.path.abspath(os.path.expanduser(str(encoder_path))))
+        header += f'; start: encoder {encoder_path}, truncation {truncation}'
+        w_avg = getattr(encoder, 'w_avg', None)
+        if w_avg is not None and w_avg.shape == G.mapping.w_avg.shape and not torch.allclose(w_avg, G.mapping.w_avg):
+            header += " (note: the encoder's w_avg is not this generator's: was it trained for another checkpoint?)"
     return run_job(job, sources, ignored, outdir, batch=batch_size, device=device, save_every=save_every,
                    progress=progress, progress_every=progress_every, header=header,
-                   run_info=dict(network=network_ref, args=args or {}))
+                   run_info=dict(network=network_ref, init=init_ref, args=args or {}))
 
 #----------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Metric registry: `calc_metric(name, ...)` computes a registered metric, `report_metric` appends
 its result to `<run_dir>/metric-<name>.jsonl`. Names and settings follow stylegan2-ada-pytorch
 (fid50k_full, kid50k_full, pr50k3_full, ppl2_wend, and the legacy fid50k, kid50k, pr50k3,
-ppl_zfull, ppl_wfull, ppl_zend, ppl_wend); `recon` and `recon_pixel` evaluate an inversion run.
+ppl_zfull, ppl_wfull, ppl_zend, ppl_wend); `recon` and `recon_pixel` evaluate an inversion run,
+`encoder_recon` an image encoder (G(E(x)) against a set of images, and the encoder's speed).
 """
 
 import json
@@ -13,7 +14,7 @@ import torch
 
 import dnnlib
 from torch_utils.image_io import append_jsonl
-from . import frechet, ppl, precision_recall, reconstruction
+from . import encoder_reconstruction, frechet, ppl, precision_recall, reconstruction
 from .feature_stats import MetricOptions
 
 #----------------------------------------------------------------------------
@@ -187,5 +188,12 @@ def recon(opts):
 @register_metric
 def recon_pixel(opts):
     return reconstruction.compute_recon(opts, with_detectors=False)
+
+#----------------------------------------------------------------------------
+# Image encoders (training/encoder.py): reconstructions G(E(x)) of the images of dataset_kwargs, no optimisation.
+
+@register_metric
+def encoder_recon(opts):
+    return encoder_reconstruction.compute_encoder_recon(opts)
 
 #----------------------------------------------------------------------------

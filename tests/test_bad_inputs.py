@@ -187,7 +187,7 @@ NUMBER_CASES = [
     ('upsample', ['--batch', '-1'], '--batch'),
     ('upsample', ['--batch', '0'], '--batch'),
     ('upsample', ['--truncation', '2'], '--truncation'),
-    ('invert', ['--steps', '0'], '--steps'),
+    ('invert', ['--steps', '-1'], '--steps'),          # 0 is valid: evaluate the start (encoder alone)
     ('invert', ['--batch', '0'], '--batch'),
     ('invert', ['--batch', '-1'], '--batch'),
     ('generate', ['--batch', '0'], '--batch'),

@@ -53,6 +53,7 @@ def test_output_shape_matches_the_latent_space_and_feeds_the_generator(latent_ro
     assert params.shape == (3, *expected)
     ws = LatentSpace.for_generator(G, space).to_ws(params)
     assert G.synthesis(ws, noise_mode='const').shape == (3, 3, 16, 16)
+    assert torch.equal(E.to_ws(params), ws)                   # the encoder's own mapping is inversion's
 
 
 def test_matrix_space_on_vector_generator_is_a_value_error():

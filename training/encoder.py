@@ -171,7 +171,7 @@ class Encoder(nn.Module):
 
     @classmethod
     def from_generator(cls, G, space, **design_kwargs):
-        """An encoder for generator `G` (its resolution, channels, num_ws, w_dim, R) with `G.mapping.w_avg` copied in."""
+        """An encoder for generator `G` (its resolution, channels, num_ws, w_dim, R), `G.mapping.w_avg` copied in."""
         E = cls(G.img_resolution, G.img_channels, space, G.num_ws, G.w_dim, G.latent_rows, **design_kwargs)
         with torch.no_grad():
             E.w_avg.copy_(G.mapping.w_avg.detach().to(E.w_avg))
@@ -179,7 +179,7 @@ class Encoder(nn.Module):
 
     @property
     def design(self):
-        """The design settings with defaults filled in: channel_base, channel_max, token_resolution, attn_dim, num_heads."""
+        """Design settings, defaults filled in: channel_base, channel_max, token_resolution, attn_dim, num_heads."""
         return dict(self._design)
 
     def queries(self):
@@ -190,8 +190,8 @@ class Encoder(nn.Module):
         """img `[N, C, H, W]` -> tokens `[N, T, c_t]` (unit second moment per token, plus position embedding)."""
         misc.assert_shape(img, [None, self.img_channels, self.img_resolution, self.img_resolution])
         x, image = None, img.to(torch.float32)
-        for res in self.block_resolutions:
-            x, image = getattr(self, f'b{res}')(x, image)
+        for block in (getattr(self, f'b{r}') for r in self.block_resolutions):
+            x, image = block(x, image)
         x = x.flatten(2).transpose(1, 2)                      # [N, T, c_t]
         return normalize_2nd_moment(x, dim=2) + self.pos_embed.to(x.dtype)
 
@@ -200,7 +200,8 @@ class Encoder(nn.Module):
         tokens = self.tokens(img)
         n, heads = tokens.shape[0], self._design['num_heads']
         q = self.queries()                                    # [Q, d]
-        split = lambda x: x.reshape(*x.shape[:-2], x.shape[-2], heads, -1).transpose(-3, -2)  # noqa: E731 [.., h, *, d/h]
+        def split(x):                                         # [..., M, d] -> [..., h, M, d/h]
+            return x.reshape(*x.shape[:-2], x.shape[-2], heads, -1).transpose(-3, -2)
         k, v = split(self.key(tokens)), split(self.value(tokens))                          # [N, h, T, d/h]
         qh = split(q).unsqueeze(0).expand(n, -1, -1, -1)                                    # [N, h, Q, d/h]
         attended = torch.nn.functional.scaled_dot_product_attention(qh, k, v)              # [N, h, Q, d/h]
@@ -211,6 +212,16 @@ class Encoder(nn.Module):
         """img `[N, C, H, W]` in [-1, 1] -> params `[N, *param_shape]`, `w_avg` broadcast plus the predicted offset."""
         offset = self.offsets(img).reshape(img.shape[0], *self.param_shape)
         return offset + self.w_avg.to(offset.dtype)
+
+    def to_ws(self, params):
+        """params `[N, *param_shape]` -> ws `[N, num_ws, *w_shape]` for `G.synthesis` (expand views, no copies)
+        with w_shape (D,) or (R, D); vector spaces on an overparameterized generator repeat the vector over rows."""
+        misc.assert_shape(params, [None, *self.param_shape])
+        ws = params if self.space.endswith('+') else params.unsqueeze(1)        # [N, L or 1, (R,) D]
+        w_shape = (self.w_dim,) if self.latent_rows is None else (self.latent_rows, self.w_dim)
+        if self.latent_rows is not None and self.space in ('w', 'w+'):
+            ws = ws.unsqueeze(2)                                                 # [N, L or 1, 1, D]
+        return ws.expand(params.shape[0], self.num_ws, *w_shape)
 
     def extra_repr(self):
         return (f'space={self.space}, param_shape={self.param_shape}, img_resolution={self.img_resolution}, '
