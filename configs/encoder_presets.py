@@ -16,7 +16,7 @@ SPACES = ('w', 'w+', 'W', 'W+')
 LOSS_FN = 'inversion.losses.build_loss'     # The inversion's reconstruction loss, looked up by name.
 ENCODER_CLASS = 'training.encoder.Encoder'
 
-COMMON = dict(space='auto', latent_weight=1.0, mse_weight=1.0, sample_psi=1.0, real_fraction=0.5, lr=1e-3, beta2=0.99,
+COMMON = dict(space='auto', latent_weight=1.0, mse_weight=0.1, sample_psi=1.0, real_fraction=0.5, lr=1e-3, beta2=0.99,
               gpus=1, seed=0, workers=1, keep_states=2, resume_kimg=0, design={})
 
 ENCODER_PRESETS = {

@@ -326,7 +326,7 @@ class EncoderRun:
             return
         was_training = self.E.training
         self.E.eval()
-        recon = torch.cat([self.loss.reconstruct(self.E(t[None])) for t in self.grid_targets])
+        recon = torch.cat([self.loss.reconstruct(self.E, self.E(t[None])) for t in self.grid_targets])
         self.E.train(was_training)
         cols = GRID_FAKES
         rows = []

@@ -23,21 +23,6 @@ from torch_utils import training_stats
 #----------------------------------------------------------------------------
 
 VECTOR_SPACES = ('w', 'w+')
-MATRIX_SPACES = ('W', 'W+')
-
-
-def params_to_ws(params, space, num_ws, latent_rows):
-    """Latents `[N, *param_shape]` of `space` -> synthesis input `ws [N, num_ws, *w_shape]` (expand views).
-
-    w `[N, D]`, w+ `[N, L, D]`, W `[N, R, D]`, W+ `[N, L, R, D]`; on a matrix generator (latent_rows = R) the
-    vector spaces repeat their vector over the R rows (row-tied), as inversion.spaces does.
-    """
-    per_layer = space.endswith('+')
-    ws = params if per_layer else params.unsqueeze(1)                    # [N, L or 1, (R,) D]
-    if latent_rows is not None and space in VECTOR_SPACES:
-        ws = ws.unsqueeze(2)                                             # [N, L or 1, 1, D]
-    w_shape = (ws.shape[-1],) if latent_rows is None else (latent_rows, ws.shape[-1])
-    return ws.expand(params.shape[0], num_ws, *w_shape)
 
 
 def true_params(ws, space):
@@ -46,7 +31,7 @@ def true_params(ws, space):
 
 
 class EncoderLoss:
-    """Per-image losses of an encoder E against frozen G (a plain object: it holds no training state).
+    """Per-image losses of an encoder E (`forward`, `to_ws`) against frozen G (a plain object: no training state).
 
     Args:
         G:             frozen generator (mapping with w_avg, synthesis, sample_z, num_ws, latent_rows).
@@ -74,9 +59,9 @@ class EncoderLoss:
     def synthesize(self, ws):
         return self.G.synthesis(ws, noise_mode='const', force_fp32=True)
 
-    def reconstruct(self, params):
-        """Differentiable images of predicted latents `[N, *param_shape]`."""
-        return self.synthesize(params_to_ws(params.to(torch.float32), self.space, self.G.num_ws, self.G.latent_rows))
+    def reconstruct(self, E, params):
+        """Differentiable images of E's latents `[N, *param_shape]` (E.to_ws lays them out for the synthesis)."""
+        return self.synthesize(E.to_ws(params.to(torch.float32)))
 
     def __call__(self, E, images, latents=None, kind='fake'):
         """Per-image loss `[N]` of E on `images`; `latents` = the true ones (G's samples) or None (real images).
@@ -84,7 +69,7 @@ class EncoderLoss:
         Reports Loss/E/loss, Loss/E/lpips_{kind}, Loss/E/pixel_{kind} and, with latents, Loss/E/latent.
         """
         pred = E(images)
-        recon = self.reconstruct(pred)
+        recon = self.reconstruct(E, pred)
         out = self.recon_loss(recon, self.recon_loss.prepare_target(images))
         loss = out['loss']
         training_stats.report(f'Loss/E/lpips_{kind}', out['lpips'])
