@@ -7,6 +7,7 @@ import click
 
 from configs import encoder_presets
 from dnnlib.util import cli_errors
+from inversion.losses import parse_lpips_spec
 from training import launch
 from training.encoder_loop import check_encoder_resume, encoder_loop
 from training.resume import ResumeError
@@ -67,6 +68,11 @@ def main(outdir, desc, dry_run, device, **opts):
     """
     if launch.env_world_size() is not None:
         opts['gpus'] = launch.env_world_size()
+    if opts['lpips'] is not None:
+        try:
+            parse_lpips_spec(opts['lpips'])
+        except ValueError as err:
+            raise ValueError(str(err)) from None
     o = encoder_presets.resolve_encoder_options(**opts)
     c = encoder_presets.build_encoder_kwargs(o)
     desc = encoder_presets.run_description(o) + (f'-{desc}' if desc else '')

@@ -268,6 +268,7 @@ def test_bad_inputs(files, tmp_path, monkeypatch):
         (cli_args(out, files['matrix'], '--real-fraction', '0.5'), ['--real-fraction needs --data']),
         (cli_args(out, files['matrix'], '--batch', '6', '--batch-gpu', '4'), ['--batch-gpu=4']),
         (cli_args(out, files['matrix'], '--design', '{"channels": '), ['--design']),
+        (cli_args(out, files['matrix'], '--lpips', 'alex'), ['--lpips']),
         (cli_args(out, files['matrix'], '--resume', str(gan_state)), ['--resume', 'not of an encoder']),
         (cli_args(out, files['matrix'], '--resume', str(junk)), ['--resume', 'junk.pkl']),
         (cli_args(out, files['matrix'], '--resume', str(tmp_path / 'list.pkl')), ['--resume', 'list.pkl']),
@@ -286,3 +287,10 @@ def test_snapshot_loads_through_the_safe_loader(files, tmp_path):
     assert E.space == 'w+' and E.param_shape == (E.num_ws, 16)
 
 #----------------------------------------------------------------------------
+
+
+def test_committed_help_is_current():
+    """docs/train-encoder-help.txt is `python train_encoder.py --help`; regenerate it when the options change."""
+    result = CliRunner().invoke(cli.main, ['--help'], prog_name='train_encoder.py')
+    path = os.path.join(os.path.dirname(__file__), '..', 'docs', 'train-encoder-help.txt')
+    assert result.exit_code == 0 and result.output == open(path).read()
