@@ -294,3 +294,16 @@ def test_committed_help_is_current():
     result = CliRunner().invoke(cli.main, ['--help'], prog_name='train_encoder.py')
     path = os.path.join(os.path.dirname(__file__), '..', 'docs', 'train-encoder-help.txt')
     assert result.exit_code == 0 and result.output == open(path).read()
+
+
+def test_two_process_run(files, tmp_path):
+    """--gpus 2 on the CPU (spawned Gloo processes, as train.py): one run directory written by rank 0, each step's
+    stats summed over both ranks, and the ranks' encoders identical at every snapshot (checked while capturing)."""
+    c = config(files['matrix'], batch=4, batch_gpu=2, gpus=2, kimg=0.008, tick=0.004)
+    run_dir = launch.launch_training(c, str(tmp_path / 'runs'), 'dist', gpus=2, device_type='cpu', loop=encoder_loop)
+    assert os.listdir(tmp_path / 'runs') == ['00000-dist']
+    assert open(os.path.join(run_dir, 'log.txt')).read().count('Exiting...') == 1
+    stats = [json.loads(line) for line in open(os.path.join(run_dir, 'stats.jsonl'))]
+    assert stats[-1]['Progress/kimg']['mean'] == pytest.approx(0.008)
+    assert stats[0]['Loss/E/loss']['num'] == 4                  # tick 0 = one step: 2 images on each of 2 ranks
+    assert 'encoder-snapshot-000000.008.pkl' in os.listdir(run_dir)

@@ -272,8 +272,7 @@ class EncoderRun:
             self.log('Aborting...')
         due = c.network_snapshot_ticks is not None and (done or abort or p.cur_tick % c.network_snapshot_ticks == 0)
         if due:
-            state = snapshot.capture_training_state(p, self.networks, self.phases, self.loss, self.device,
-                                                    self.world_size)   # Before anything touches the RNG.
+            state = snapshot.capture_run_state(self)   # Before anything touches the RNG; checks ranks agree.
             with run_setup.side_rng(self.device):
                 if self.rank == 0:
                     self.last_snapshot, self.last_state = self._save_snapshot(state)
