@@ -57,7 +57,7 @@ def encoder_speed(encoder_pkl, sources, repeats=5):
     """Images per second of E alone and of E + G.synthesis on the targets (one batch, CPU, best of `repeats`)."""
     data = load_encoder_pkl(encoder_pkl)
     E = data['E'].eval()
-    G = checkpoint.load_network(data['network_pkl']).eval()
+    G = checkpoint.load_network(data.get('generator_pkl') or data['network_pkl']).eval()   # older runs: network_pkl
     imgs = np.stack([np.asarray(PIL.Image.open(s).convert('RGB')) for s in sources])
     x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
     best_e = best_eg = math.inf

@@ -217,7 +217,8 @@ def test_run_directory_contents(files, tmp_path, monkeypatch):
     assert sum(line.startswith('tick ') for line in log.splitlines()) == 3
     assert ' latent ' in log and ' lpips_real ' in log and 'augment' not in log
     data = load_encoder_pkl(str(run_dir / 'encoder-snapshot-000000.016.pkl'))
-    assert data['network_sha256'] == hashlib.sha256(open(files['matrix'], 'rb').read()).hexdigest()
+    assert data['generator_sha256'] == hashlib.sha256(open(files['matrix'], 'rb').read()).hexdigest()
+    assert data['generator_pkl'] == files['matrix']
     assert data['cur_nimg'] == 16 and data['space'] == 'W'
     E = data['E']
     state = snapshot.load_training_state(str(run_dir / 'training-state-000000.016.pt'))

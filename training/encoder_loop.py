@@ -8,8 +8,9 @@ and stats.jsonl (training.run_log, torch_utils.training_stats), the resumable tr
 all_reduce without DDP (training.phases). Only rank 0 writes files.
 
 Files in the run directory: training_options.json, log.txt, stats.jsonl, `encoder-snapshot-K.pkl` (the encoder,
-written by `training.encoder.save_encoder_pickle`, with the generator's path and SHA-256), `training-state-K.pt`
-(written with each pickle, as one unit) and `recon-K.png` (targets above, E's reconstructions through G below).
+written by `training.encoder.save_encoder_pickle`, with generator_pkl and generator_sha256: the generator's path or
+URL and the file's SHA-256; calc_metrics.py reads generator_pkl), `training-state-K.pt`
+(written with each pickle, as one unit) and `reconK.png`, `recon_init.png` (targets above, E's reconstructions through G below).
 Every random draw of a step comes from the global torch RNG of the rank's device (G.sample_z); grids run on a
 forked RNG, so a run stopped after any tick and resumed from its state ends bitwise equal to an uninterrupted one.
 """
@@ -58,7 +59,7 @@ def encoder_loop(
     batch_gpu               = 8,        # Images per rank per accumulation round.
     total_kimg              = 10,       # Training length in thousands of images (fake + real).
     kimg_per_tick           = 1,        # Progress report interval in kimg.
-    network_snapshot_ticks  = 5,        # Ticks between snapshots (pkl + training state + recon grid), None = never.
+    network_snapshot_ticks  = 5,        # Ticks between snapshots (pkl + training state + reconK.png), None = never.
     keep_states             = 2,        # Newest training states kept on disk, None = all.
     resume_pkl              = None,     # encoder-snapshot .pkl (weights) or training-state .pt (exact), None = fresh.
     resume_fallbacks        = (),       # Older training states to try (newest first) if resume_pkl is unreadable.
@@ -291,13 +292,18 @@ class EncoderRun:
         E = copy.deepcopy(self.E).eval().requires_grad_(False).cpu()
 
         def write_both(tmp_pkl):
-            save_encoder_pickle(tmp_pkl, E, network_pkl=c.network_pkl, network_sha256=self.network_sha256,
+            save_encoder_pickle(tmp_pkl, E, generator_pkl=self.generator_ref(), generator_sha256=self.network_sha256,
                                 cur_nimg=cur_nimg, space=c.space, loss=self.loss_description())
             snapshot.save_training_state(state_path, state)
         dnnlib.util.atomic_write(pkl_path, write_both, fsync=True)
         snapshot.prune_states(c.run_dir, c.keep_states)
         self.log(f'Saved {os.path.basename(pkl_path)} and {os.path.basename(state_path)}')
         return pkl_path, state_path
+
+    def generator_ref(self):
+        """What the pickle records as its generator: the absolute path of a local file, else the URL."""
+        path = self.cfg.network_pkl
+        return os.path.abspath(path) if os.path.isfile(path) else path
 
     def loss_description(self):
         c = self.cfg
