@@ -46,10 +46,14 @@ def read_run(run_dir):
     curves = np.load(os.path.join(run_dir, 'lpips_curves.npz'))
     order = np.argsort(curves['names'])
     curve = curves['curves'][order].astype(np.float64)                       # [N, steps + 1]
+    init = summary['args'].get('init') or summary.get('init') or 'mean'
+    truncation = summary['args'].get('truncation')
+    if truncation is None:   # invert.py's default: 0.9 from the mean, off from an encoder
+        truncation = 0.9 if init == 'mean' else 1.0
     return dict(lpips=float(np.mean([r['lpips'] for r in records])), psnr=float(np.mean([r['psnr'] for r in records])),
                 ssim=float(np.mean(ssims)), images=len(records), steps=int(summary['steps']),
                 images_per_second=summary.get('images_per_second'), curve=curve.mean(axis=0), per_image=curve,
-                truncation=summary['args'].get('truncation'), init=summary['args'].get('init', 'mean'))
+                truncation=truncation, init=init)
 
 
 @torch.no_grad()
@@ -82,10 +86,10 @@ def steps_to_reach(curve, level):
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
 
 
-def plot(path, lines, title, size=(900, 560)):
+def plot(path, lines, title, size=(960, 560)):
     """lines: [(label, curve [steps + 1], colour, thin)]; thin lines for the mean starts."""
     W, H = size
-    left, right, top, bottom = 80, 250, 60, 60
+    left, right, top, bottom = 80, 300, 60, 60
     img = PIL.Image.new('RGB', size, 'white')
     d = PIL.ImageDraw.Draw(img)
     values = np.concatenate([c for _, c, _, _ in lines])
@@ -121,8 +125,9 @@ def plot(path, lines, title, size=(900, 560)):
 #----------------------------------------------------------------------------
 
 @click.command()
-@click.option('--case', 'cases', multiple=True, required=True, metavar='LABEL=MEAN,ENC,ENC0,PKL',
-              help='invert.py runs from the mean / from the encoder / encoder only, and the encoder pickle')
+@click.option('--case', 'cases', multiple=True, required=True, metavar='LABEL=MEAN,ENC,ENC0,PKL[,MEAN1]',
+              help='invert.py runs from the mean / from the encoder / encoder only, the encoder pickle, and optionally '
+                   'a run from the mean without truncation (--truncation 1)')
 @click.option('--out', 'png', required=True, help='PNG of the curves')
 @click.option('--json', 'json_path', required=True, help='Where the table goes (JSON)')
 @click.option('--title', default='LPIPS during inversion of 32 held-out images: mean start vs encoder start')
@@ -130,8 +135,9 @@ def main(cases, png, json_path, title):
     table, lines, curves = [], [], {}
     for i, case in enumerate(cases):
         label, _, rest = case.partition('=')
-        mean_dir, enc_dir, enc0_dir, pkl = rest.split(',')
+        mean_dir, enc_dir, enc0_dir, pkl, *extra = rest.split(',')
         mean, enc, enc0 = read_run(mean_dir), read_run(enc_dir), read_run(enc0_dir)
+        plain = read_run(extra[0]) if extra else None
         e_speed, eg_speed = encoder_speed(pkl, [json.loads(line)['source'] for line in
                                                 open(os.path.join(enc0_dir, 'results.jsonl')) if line.strip()])
         target = mean['curve'][-1]
@@ -148,8 +154,14 @@ def main(cases, png, json_path, title):
                    per_image_steps_median=(None if None in per_image else float(np.median(per_image))),
                    per_image_not_reached=sum(p is None for p in per_image),
                    mean_start_lpips_at_step0=float(mean['curve'][0]))
+        if plain is not None:
+            row['mean_start_no_truncation'] = dict(lpips=plain['lpips'], psnr=plain['psnr'], ssim=plain['ssim'],
+                                                   steps_to_reach_mean_final=steps_to_reach(plain['curve'], target))
+            row['steps_to_reach_mean_no_truncation_final'] = steps_to_reach(enc['curve'], plain['curve'][-1])
+            lines.append((f'{label}: mean start, no truncation', plain['curve'], (140, 140, 140), True))
         table.append(row)
-        curves[label] = dict(mean_start=mean['curve'].tolist(), encoder_start=enc['curve'].tolist())
+        curves[label] = dict(mean_start=mean['curve'].tolist(), encoder_start=enc['curve'].tolist(),
+                             mean_start_no_truncation=None if plain is None else plain['curve'].tolist())
         lines += [(f'{label}: mean start', mean['curve'], COLOURS[2 * i % 4], True),
                   (f'{label}: encoder start', enc['curve'], COLOURS[(2 * i + 1) % 4], False)]
         print(json.dumps(row, indent=2))
