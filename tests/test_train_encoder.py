@@ -286,6 +286,16 @@ def test_snapshot_loads_through_the_safe_loader(files, tmp_path):
     summary = encoder_loop(run_dir=str(tmp_path / 'run'), verbose=False, **config(files['vector'], kimg=0.004))
     E = load_encoder(summary['snapshot_pkl'])
     assert E.space == 'w+' and E.param_shape == (E.num_ws, 16)
+    # --resume=PKL: the pickle's weights (fresh optimizer), the counter from --resume-kimg.
+    c = dict(config(files['vector'], kimg=0.008), resume_pkl=summary['snapshot_pkl'], resume_kimg=0.004)
+    run = EncoderRun.from_kwargs(run_dir=str(tmp_path / 'again'), verbose=False, **c)
+    try:
+        assert run.progress.cur_nimg == 4 and not run.phases[0].opt.state
+        assert 'Resumed weights from' in open(tmp_path / 'again' / 'log.txt').read()
+        for key, tensor in E.state_dict().items():
+            assert torch.equal(run.E.state_dict()[key], tensor), key
+    finally:
+        run.close()
 
 #----------------------------------------------------------------------------
 
