@@ -84,6 +84,7 @@ def steps_to_reach(curve, level):
 # A labelled line plot with PIL (no matplotlib here): log-scale LPIPS vs step.
 
 COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
+CONTROL_COLOURS = [(150, 150, 150), (210, 160, 40)]   # mean starts without truncation
 
 
 def plot(path, lines, title, size=(960, 560)):
@@ -154,16 +155,17 @@ def main(cases, png, json_path, title):
                    per_image_steps_median=(None if None in per_image else float(np.median(per_image))),
                    per_image_not_reached=sum(p is None for p in per_image),
                    mean_start_lpips_at_step0=float(mean['curve'][0]))
+        table.append(row)
+        curves[label] = dict(mean_start=mean['curve'].tolist(), encoder_start=enc['curve'].tolist(),
+                             mean_start_no_truncation=None if plain is None else plain['curve'].tolist())
+        lines.append((f'{label}: mean start (psi {mean["truncation"]:g}, 1st half)', mean['curve'], COLOURS[2 * i % 4],
+                      True))
         if plain is not None:
             row['mean_start_no_truncation'] = dict(lpips=plain['lpips'], psnr=plain['psnr'], ssim=plain['ssim'],
                                                    steps_to_reach_mean_final=steps_to_reach(plain['curve'], target))
             row['steps_to_reach_mean_no_truncation_final'] = steps_to_reach(enc['curve'], plain['curve'][-1])
-            lines.append((f'{label}: mean start, no truncation', plain['curve'], (140, 140, 140), True))
-        table.append(row)
-        curves[label] = dict(mean_start=mean['curve'].tolist(), encoder_start=enc['curve'].tolist(),
-                             mean_start_no_truncation=None if plain is None else plain['curve'].tolist())
-        lines += [(f'{label}: mean start', mean['curve'], COLOURS[2 * i % 4], True),
-                  (f'{label}: encoder start', enc['curve'], COLOURS[(2 * i + 1) % 4], False)]
+            lines.append((f'{label}: mean start, no truncation', plain['curve'], CONTROL_COLOURS[i % 2], True))
+        lines.append((f'{label}: encoder start', enc['curve'], COLOURS[(2 * i + 1) % 4], False))
         print(json.dumps(row, indent=2))
     save_json(json_path, dict(table=table, mean_lpips_curves=curves))
     plot(png, lines, title)

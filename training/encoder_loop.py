@@ -10,7 +10,8 @@ all_reduce without DDP (training.phases). Only rank 0 writes files.
 Files in the run directory: training_options.json, log.txt, stats.jsonl, `encoder-snapshot-K.pkl` (the encoder,
 written by `training.encoder.save_encoder_pickle`, with generator_pkl and generator_sha256: the generator's path or
 URL and the file's SHA-256; calc_metrics.py reads generator_pkl), `training-state-K.pt`
-(written with each pickle, as one unit) and `reconK.png`, `recon_init.png` (targets above, E's reconstructions through G below).
+(written with each pickle, as one unit) and `reconK.png`, `recon_init.png` (targets above, E's reconstructions
+through G below).
 Every random draw of a step comes from the global torch RNG of the rank's device (G.sample_z); grids run on a
 forked RNG, so a run stopped after any tick and resumed from its state ends bitwise equal to an uninterrupted one.
 """
@@ -241,7 +242,8 @@ class EncoderRun:
         if self.rank == 0 and c.verbose:
             from tqdm import tqdm
             self.bar = tqdm(total=total_nimg / 1000, initial=p.cur_nimg / 1000, unit='kimg', file=sys.stderr,
-                            desc='train_encoder', bar_format='{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}]')
+                            desc='train_encoder',
+                            bar_format='{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}]')
         now = time.time()
         self.timing = dict(start=now, tick_start=now, tick_start_nimg=p.cur_nimg, maintenance=0.0)
         self.log(f'Training for {c.total_kimg} kimg from kimg {p.cur_nimg / 1000:.3f}...')
@@ -343,7 +345,8 @@ class EncoderRun:
 
     def _summary(self, seconds, aborted):
         p = self.progress
-        return dict(run_dir=self.cfg.run_dir, cur_nimg=int(p.cur_nimg), kimg=p.cur_nimg / 1000, cur_tick=int(p.cur_tick),
+        return dict(run_dir=self.cfg.run_dir, cur_nimg=int(p.cur_nimg), kimg=p.cur_nimg / 1000,
+                    cur_tick=int(p.cur_tick),
                     batch_idx=int(p.batch_idx), skipped_steps=int(p.skipped_steps), skipped=dict(p.skipped),
                     seconds=seconds, aborted=aborted, snapshot_pkl=self.last_snapshot, training_state=self.last_state)
 
