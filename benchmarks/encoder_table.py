@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import dnnlib                                                # noqa: E402
 from metrics.reconstruction import ssim                      # noqa: E402
 from torch_utils import checkpoint                           # noqa: E402
 from torch_utils.image_io import save_json                   # noqa: E402
@@ -123,6 +124,22 @@ def plot(path, lines, title, size=(960, 560)):
     d.text((left - 70, top - 18), 'mean LPIPS (log scale)', fill='black')
     img.save(path)
 
+def compact_curves(path):
+    """Rewrite the JSON with one line per curve (values rounded to 6 decimals); the table stays indented."""
+    d = json.load(open(path))
+    items = []
+    for label, group in d['mean_lpips_curves'].items():
+        inner = ',\n'.join(f'      {json.dumps(name)}: {json.dumps(None if v is None else [round(x, 6) for x in v])}'
+                            for name, v in group.items())
+        items.append(f'    {json.dumps(label)}: {{\n{inner}\n    }}')
+    text = '{\n  "table": ' + json.dumps(d['table'], indent=2).replace('\n', '\n  ') + ',\n  "mean_lpips_curves": {\n'
+    text += ',\n'.join(items) + '\n  }\n}\n'
+
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            f.write(text)
+    dnnlib.util.atomic_write(path, write)
+
 #----------------------------------------------------------------------------
 
 @click.command()
@@ -168,6 +185,7 @@ def main(cases, png, json_path, title):
         lines.append((f'{label}: encoder start', enc['curve'], COLOURS[(2 * i + 1) % 4], False))
         print(json.dumps(row, indent=2))
     save_json(json_path, dict(table=table, mean_lpips_curves=curves))
+    compact_curves(json_path)
     plot(png, lines, title)
 
 
