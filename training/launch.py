@@ -93,11 +93,13 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch_training(c, outdir, desc, gpus=1, device_type=None, options=None, **loop_kwargs):
+def launch_training(c, outdir, desc, gpus=1, device_type=None, options=None, loop=training_loop, **loop_kwargs):
     """Run training with `gpus` processes (or as one rank of a torchrun/SLURM job); returns the run directory.
 
     c: `configs.presets.setup_training_config(...)` output. options: extra keys for training_options.json.
-    loop_kwargs: more `training_loop` arguments (e.g. verbose, abort_fn) for single-process runs.
+    loop: the loop function, called as `loop(run_dir=, rank=, world_size=, device=, **c)` in every process
+    (`training_loop`, or `training.encoder_loop.encoder_loop`; a module-level function, so spawn can pickle it).
+    loop_kwargs: more `loop` arguments (e.g. verbose, abort_fn) for single-process runs.
     """
     if env_world_size() is not None:
         distributed.init()
@@ -108,19 +110,19 @@ def launch_training(c, outdir, desc, gpus=1, device_type=None, options=None, **l
             torch.distributed.broadcast_object_list(holder, src=0)
         run_dir, c.resume_pkl, c.resume_fallbacks = holder
         device = rank_device(_local_rank(), device_type)
-        training_loop(run_dir=run_dir, rank=rank, world_size=world_size, device=device, **c, **loop_kwargs)
+        loop(run_dir=run_dir, rank=rank, world_size=world_size, device=device, **c, **loop_kwargs)
         return run_dir
 
     run_dir = prepare_run_dir(outdir, desc, c, options)
     if gpus == 1:
-        training_loop(run_dir=run_dir, rank=0, world_size=1, device=rank_device(0, device_type), **c, **loop_kwargs)
+        loop(run_dir=run_dir, rank=0, world_size=1, device=rank_device(0, device_type), **c, **loop_kwargs)
     else:
-        torch.multiprocessing.spawn(_spawn_worker, args=(dict(c), run_dir, gpus, free_port(), device_type),
+        torch.multiprocessing.spawn(_spawn_worker, args=(dict(c), run_dir, gpus, free_port(), device_type, loop),
                                     nprocs=gpus, join=True)
     return run_dir
 
 
-def _spawn_worker(rank, c, run_dir, world_size, port, device_type):
+def _spawn_worker(rank, c, run_dir, world_size, port, device_type, loop=training_loop):
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank))
     device = rank_device(rank, device_type)
@@ -128,7 +130,7 @@ def _spawn_worker(rank, c, run_dir, world_size, port, device_type):
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     distributed.init()
     try:
-        training_loop(run_dir=run_dir, rank=rank, world_size=world_size, device=device, **c)
+        loop(run_dir=run_dir, rank=rank, world_size=world_size, device=device, **c)
     finally:
         torch.distributed.destroy_process_group()
 

@@ -91,10 +91,15 @@ def cpu_mem_gb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def report_tick(log, collector, progress, timing, augment_p, device):
+GAN_LOSSES = (('G', 'Loss/G/loss'), ('D', 'Loss/D/loss'), ('r1', 'Loss/r1_penalty'), ('pl', 'Loss/pl_penalty'))
+
+
+def report_tick(log, collector, progress, timing, augment_p, device, losses=GAN_LOSSES):
     """Progress stats into training_stats, then one tick line (log.txt) and one stats.jsonl line.
 
     timing: dict(start, tick_start, tick_end, tick_start_nimg, maintenance) in seconds (time.time()).
+    augment_p: ADA's p, or None for a run without augmentation (no 'augment' field then).
+    losses: (label, stat name) pairs shown on the tick line when reported.
     """
     tick_kimg = (progress.cur_nimg - timing['tick_start_nimg']) / 1000
     sec_per_tick = timing['tick_end'] - timing['tick_start']
@@ -109,6 +114,8 @@ def report_tick(log, collector, progress, timing, augment_p, device):
               'Timing/total_sec': elapsed, 'Timing/sec_per_tick': sec_per_tick, 'Timing/sec_per_kimg': sec_per_kimg,
               'Timing/maintenance_sec': timing['maintenance'], 'Resources/cpu_mem_gb': cpu_mem_gb(),
               'Resources/peak_gpu_mem_gb': gpu_mem}
+    if augment_p is None:
+        del values['Progress/augment']
     for name, value in values.items():
         training_stats.report0(name, value)
     collector.update()
@@ -116,9 +123,10 @@ def report_tick(log, collector, progress, timing, augment_p, device):
     fields = [('tick', progress.cur_tick, '<5d'), ('kimg', progress.cur_nimg / 1000, '<8.3f'),
               ('time', dnnlib.util.format_time(elapsed), '<12s'), ('sec/tick', sec_per_tick, '<7.1f'),
               ('sec/kimg', sec_per_kimg, '<7.2f'), ('maint', timing['maintenance'], '<5.1f'),
-              ('cpumem', values['Resources/cpu_mem_gb'], '<5.2f'), ('gpumem', gpu_mem, '<5.2f'),
-              ('augment', augment_p, '.3f')]
-    for label, name in (('G', 'Loss/G/loss'), ('D', 'Loss/D/loss'), ('r1', 'Loss/r1_penalty'), ('pl', 'Loss/pl_penalty')):
+              ('cpumem', values['Resources/cpu_mem_gb'], '<5.2f'), ('gpumem', gpu_mem, '<5.2f')]
+    if augment_p is not None:
+        fields.append(('augment', augment_p, '.3f'))
+    for label, name in losses:
         if name in stats:
             fields.append((label, stats[name].mean, '.4g'))
     if progress.skipped_steps:
