@@ -127,6 +127,7 @@ def main(network_pkl, metric_list, data, encoder_pkl, mirror, gpus, detector_pat
         if rank == 0:
             metric_main.report_metric(result, run_dir=run_dir,
                                       snapshot_pkl=encoder_pkl if name == 'encoder_recon' else network_pkl)
+    distributed.shutdown()
 
 
 def _load_encoder(encoder_pkl, network_pkl, trust_pickle, device):

@@ -48,7 +48,9 @@ def main(network, outdir, **options):
         out = run_interpolation(network, outdir, log=lambda msg: click.echo(msg, err=True), **options)
     except InversionError as err:
         raise click.ClickException(str(err)) from None
-    if distributed.get_rank() != 0:
+    rank = distributed.get_rank()
+    distributed.shutdown()
+    if rank != 0:
         return
     s = out.get('summary')
     if s is not None:

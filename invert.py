@@ -188,7 +188,9 @@ def main(ctx, network, target, outdir, space, init, steps, lr, batch, truncation
                             save_video=save_video, video_every=video_every, mask=params['mask'], skipped=align_skipped,
                             args=args)
     lpips_mean = 'n/a' if summary['lpips_mean'] is None else f'{summary["lpips_mean"]:.4f}'
-    if distributed.get_rank() != 0:
+    rank = distributed.get_rank()
+    distributed.shutdown()
+    if rank != 0:
         return
     click.echo(f'Inverted {summary["images"]} images into {summary["space"]}: mean LPIPS {lpips_mean}, '
                f'{summary["skipped"]} skipped -> {outdir}')

@@ -64,6 +64,18 @@ def barrier():
         torch.distributed.barrier()
 
 
+def shutdown():
+    """End of a successful sharded command: wait for every rank, then leave the process group.
+
+    Without it the rank that hosts the rendezvous store (rank 0) may exit while another rank's Gloo
+    threads still use it, which kills that rank with SIGABRT after its work is done. Call it only on
+    the success path: after an error the other ranks may never reach the barrier. No-op for one process.
+    """
+    if is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def print0(*args, **kwargs):
     """print() on rank 0 only."""
     if get_rank() == 0:

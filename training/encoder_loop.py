@@ -241,7 +241,8 @@ class EncoderRun:
                 self._save_grid('recon_init.png')
         if self.rank == 0 and c.verbose:
             from tqdm import tqdm
-            self.bar = tqdm(total=total_nimg / 1000, initial=p.cur_nimg / 1000, unit='kimg', file=sys.stderr,
+            # Counted in images (integers: float kimg steps overshoot the total), shown in kimg.
+            self.bar = tqdm(total=total_nimg, initial=p.cur_nimg, unit_scale=0.001, unit='kimg', file=sys.stderr,
                             desc='train_encoder',
                             bar_format='{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}]')
         now = time.time()
@@ -251,7 +252,7 @@ class EncoderRun:
             before = p.cur_nimg
             self.step()
             if self.bar is not None:
-                self.bar.update((p.cur_nimg - before) / 1000)
+                self.bar.update(p.cur_nimg - before)
             done = p.cur_nimg >= total_nimg
             if not done and p.cur_tick != 0 and p.cur_nimg < self.timing['tick_start_nimg'] + c.kimg_per_tick * 1000:
                 continue
