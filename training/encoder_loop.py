@@ -31,7 +31,7 @@ from torch_utils import checkpoint, training_stats
 from torch_utils.image_io import make_grid, save_png, to_uint8
 from training import phases as phase_lib
 from training import resume as resume_lib
-from training import run_setup, snapshot
+from training import run_setup, snapshot, ticks
 from training.encoder_loss import EncoderLoss
 from training.run_log import RunLog, report_tick
 
@@ -245,35 +245,15 @@ class EncoderRun:
             self.bar = tqdm(total=total_nimg, initial=p.cur_nimg, unit_scale=0.001, unit='kimg', file=sys.stderr,
                             desc='train_encoder',
                             bar_format='{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}]')
-        now = time.time()
-        self.timing = dict(start=now, tick_start=now, tick_start_nimg=p.cur_nimg, maintenance=0.0)
-        self.log(f'Training for {c.total_kimg} kimg from kimg {p.cur_nimg / 1000:.3f}...')
-        while True:
-            before = p.cur_nimg
-            self.step()
-            if self.bar is not None:
-                self.bar.update(p.cur_nimg - before)
-            done = p.cur_nimg >= total_nimg
-            if not done and p.cur_tick != 0 and p.cur_nimg < self.timing['tick_start_nimg'] + c.kimg_per_tick * 1000:
-                continue
-            done = self._tick(done) or done
-            if c.progress_fn is not None:
-                c.progress_fn(p.cur_nimg, total_nimg)
-            if done:
-                break
-        self.log('Exiting...')
-        return self._summary(time.time() - self.timing['start'], aborted=p.cur_nimg < total_nimg)
+        on_step = None if self.bar is None else self.bar.update
+        return ticks.run_ticks(self, total_nimg, on_step=on_step)
 
     def _tick(self, done):
         """Report the tick, write the snapshot when due; returns True to abort."""
         c, p = self.cfg, self.progress
         self.timing['tick_end'] = time.time()
         report_tick(self.log, self.stats, p, self.timing, None, self.device, losses=ENCODER_LOSSES)
-        abort = c.abort_fn is not None and bool(c.abort_fn())
-        if self.world_size > 1:   # Rank 0 decides, so that every rank leaves the loop together.
-            abort = run_setup.broadcast_flag(abort, self.device)
-        if abort:
-            self.log('Aborting...')
+        abort = ticks.tick_abort(self)
         due = c.network_snapshot_ticks is not None and (done or abort or p.cur_tick % c.network_snapshot_ticks == 0)
         if due:
             state = snapshot.capture_run_state(self)   # Before anything touches the RNG; checks ranks agree.
@@ -281,9 +261,7 @@ class EncoderRun:
                 if self.rank == 0:
                     self.last_snapshot, self.last_state = self._save_snapshot(state)
                     self._save_grid(f'recon{snapshot.kimg_tag(p.cur_nimg)}.png')
-        p.cur_tick += 1
-        self.timing.update(tick_start_nimg=p.cur_nimg, tick_start=time.time())
-        self.timing['maintenance'] = self.timing['tick_start'] - self.timing['tick_end']
+        ticks.finish_tick(self)
         return abort
 
     def _save_snapshot(self, state):

@@ -17,7 +17,7 @@ import dnnlib
 from torch_utils import training_stats
 from training import phases as phase_lib
 from training import resume as resume_lib
-from training import run_setup, snapshot
+from training import run_setup, snapshot, ticks
 from training.guards import RunningStatGuard
 from training.metrics_hook import evaluate_metrics, load_metric_fn
 from training.run_log import RunLog, log_module_summaries, report_tick
@@ -190,21 +190,7 @@ class TrainingRun:
                 log_module_summaries(self.log, self.G, self.D, self.cfg.batch_gpu, self.device)
                 self.grids.save_reals()
                 self.grids.save_fakes(self.G_ema, 'fakes_init.png')
-        now = time.time()
-        self.timing = dict(start=now, tick_start=now, tick_start_nimg=p.cur_nimg, maintenance=0.0)
-        self.log(f'Training for {c.total_kimg} kimg from kimg {p.cur_nimg / 1000:.3f}...')
-        while True:
-            self.step()
-            done = p.cur_nimg >= total_nimg
-            if not done and p.cur_tick != 0 and p.cur_nimg < self.timing['tick_start_nimg'] + c.kimg_per_tick * 1000:
-                continue
-            done = self._tick(done) or done
-            if c.progress_fn is not None:
-                c.progress_fn(p.cur_nimg, total_nimg)
-            if done:
-                break
-        self.log('Exiting...')
-        return self._summary(time.time() - self.timing['start'], aborted=p.cur_nimg < total_nimg)
+        return ticks.run_ticks(self, total_nimg)
 
     def _tick(self, done):
         """Report the tick, write grids/snapshots/metrics when due; returns True to abort."""
@@ -212,11 +198,7 @@ class TrainingRun:
         self.timing['tick_end'] = time.time()
         augment = float(self.augment_pipe.p) if self.augment_pipe is not None else 0.0
         report_tick(self.log, self.stats, p, self.timing, augment, self.device)
-        abort = c.abort_fn is not None and bool(c.abort_fn())
-        if self.world_size > 1:   # Rank 0 decides, so that every rank leaves the loop together.
-            abort = run_setup.broadcast_flag(abort, self.device)
-        if abort:
-            self.log('Aborting...')
+        abort = ticks.tick_abort(self)
         last = done or abort
         grids_due = c.image_snapshot_ticks is not None and (last or p.cur_tick % c.image_snapshot_ticks == 0)
         snapshot_due = c.network_snapshot_ticks is not None and (last or p.cur_tick % c.network_snapshot_ticks == 0)
@@ -228,9 +210,7 @@ class TrainingRun:
                 if self.rank == 0:
                     self.last_snapshot, self.last_state = snapshot.save_run_snapshot(self, state)
                 evaluate_metrics(self)
-        p.cur_tick += 1
-        self.timing.update(tick_start_nimg=p.cur_nimg, tick_start=time.time())
-        self.timing['maintenance'] = self.timing['tick_start'] - self.timing['tick_end']
+        ticks.finish_tick(self)
         return abort
 
     def _summary(self, seconds, aborted):
