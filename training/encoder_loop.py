@@ -18,7 +18,6 @@ forked RNG, so a run stopped after any tick and resumed from its state ends bitw
 
 import copy
 import hashlib
-import inspect
 import os
 import sys
 import time
@@ -135,17 +134,12 @@ class EncoderRun:
     @classmethod
     def from_kwargs(cls, **kwargs):
         """Like `encoder_loop(**kwargs)`, but returns the set-up run (for tests and notebooks)."""
-        bound = inspect.signature(encoder_loop).bind(**kwargs)
-        bound.apply_defaults()
-        return cls(dnnlib.EasyDict(bound.arguments))
+        return cls(run_setup.bind_config(encoder_loop, kwargs))
 
     def __init__(self, cfg):
         self.cfg = c = cfg
         self.device, self.rank, self.world_size = torch.device(c.device), c.rank, c.world_size
-        if c.batch_size % (c.batch_gpu * c.world_size) != 0:
-            raise ValueError(f'batch_size={c.batch_size} must be a multiple of batch_gpu={c.batch_gpu} x '
-                             f'world_size={c.world_size}')
-        self.batch_rank = c.batch_size // c.world_size
+        self.batch_rank = run_setup.batch_per_rank(c.batch_size, c.batch_gpu, c.world_size)
         self.num_rounds = self.batch_rank // c.batch_gpu
         self.round_real = int(round(c.batch_gpu * c.real_fraction)) if c.training_set_kwargs else 0
         self.round_fake = c.batch_gpu - self.round_real

@@ -1,6 +1,7 @@
 """Building what a training run needs from `training_loop`'s arguments: backend flags, networks, data stream."""
 
 import copy
+import inspect
 from contextlib import contextmanager
 
 import numpy as np
@@ -11,6 +12,21 @@ from torch_utils import misc
 
 #----------------------------------------------------------------------------
 # Backend flags.
+
+def bind_config(loop_fn, kwargs):
+    """`loop_fn`'s keyword arguments with its defaults filled in, as an EasyDict (a run's `cfg`)."""
+    bound = inspect.signature(loop_fn).bind(**kwargs)
+    bound.apply_defaults()
+    return dnnlib.EasyDict(bound.arguments)
+
+
+def batch_per_rank(batch_size, batch_gpu, world_size):
+    """Images per rank and step; raises ValueError unless the batch splits into whole rounds on every rank."""
+    if batch_size % (batch_gpu * world_size) != 0:
+        raise ValueError(f'batch_size={batch_size} must be a multiple of batch_gpu={batch_gpu} x '
+                         f'world_size={world_size}')
+    return batch_size // world_size
+
 
 def setup_backends(precision, cudnn_benchmark, G_kwargs, D_kwargs):
     """Set TF32 and cuDNN flags for `precision`; returns the old values. FP16 layers need precision='mixed'."""

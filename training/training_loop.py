@@ -8,7 +8,6 @@ in each with its rank; only rank 0 writes files. Every random draw of a training
 RNG of the rank's device; grids, summaries and metrics run on a forked RNG, so a resumed run is exact.
 """
 
-import inspect
 import time
 
 import torch
@@ -79,17 +78,12 @@ class TrainingRun:
     @classmethod
     def from_kwargs(cls, **kwargs):
         """Like `training_loop(**kwargs)`, but returns the set-up run (for tests and notebooks)."""
-        bound = inspect.signature(training_loop).bind(**kwargs)
-        bound.apply_defaults()
-        return cls(dnnlib.EasyDict(bound.arguments))
+        return cls(run_setup.bind_config(training_loop, kwargs))
 
     def __init__(self, cfg):
         self.cfg = c = cfg
         self.device, self.rank, self.world_size = torch.device(c.device), c.rank, c.world_size
-        if c.batch_size % (c.batch_gpu * c.world_size) != 0:
-            raise ValueError(f'batch_size={c.batch_size} must be a multiple of batch_gpu={c.batch_gpu} x '
-                             f'world_size={c.world_size}')
-        self.batch_rank = c.batch_size // c.world_size
+        self.batch_rank = run_setup.batch_per_rank(c.batch_size, c.batch_gpu, c.world_size)
         self.progress = dnnlib.EasyDict(cur_nimg=0, cur_tick=0, batch_idx=0, skipped_steps=0, skipped={},
                                         ada_num=0.0, ada_sum=0.0)
         self.last_snapshot = self.last_state = self.training_set = self.data_iter = None
