@@ -84,7 +84,7 @@ def train_tiny(outdir, kimg, cfg, seed):
 
 @click.command()
 @click.option('--outdir', default='out/quickstart', show_default=True)
-@click.option('--kimg', type=click.FloatRange(min=0, min_open=True), default=4, show_default=True, help='Training length')
+@click.option('--kimg', type=click.FloatRange(min=0, min_open=True), default=3, show_default=True, help='Training length')
 @click.option('--cfg', type=click.Choice(['tiny-overparam', 'tiny']), default='tiny-overparam', show_default=True)
 @click.option('--images', 'num_images', type=click.IntRange(min=1), default=8, show_default=True, help='Held-out targets')
 @click.option('--steps', type=click.IntRange(min=1), default=300, show_default=True, help='Inversion steps')
