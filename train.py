@@ -1,6 +1,5 @@
 """Train StyleGAN2 or the overparameterized generator of "Overparameterization Improves StyleGAN Inversion"."""
 
-import json
 import zipfile
 
 import click
@@ -91,13 +90,7 @@ def main(outdir, desc, dry_run, device, **opts):
     desc = presets.run_description(o) + (f'-{desc}' if desc else '')
 
     if dry_run:
-        click.echo(f'Preset {o.cfg}; options:')
-        click.echo(json.dumps({k: o[k] for k in sorted(o)}, indent=2))
-        click.echo('Training options:')
-        click.echo(json.dumps(c, indent=2))
-        where = launch.find_auto_resume(outdir, desc) if c.resume_pkl == 'auto' else None
-        click.echo(f'Run directory: {where[0] if where else launch.next_run_dir(outdir, desc)}')
-        click.echo('Dry run: exiting.')
+        click.echo(launch.dry_run_report(o, c, outdir, desc, 'Training options'))
         return
     try:   # Bad inputs are refused before the run directory exists, so none is left behind.
         launch.check_outdir(outdir)

@@ -1,7 +1,6 @@
 """Train an image encoder into a frozen generator's latent space (W for the overparameterized generator of
 "Overparameterization Improves StyleGAN Inversion", w+ for StyleGAN2): a thin CLI over training.encoder_loop."""
 
-import json
 
 import click
 
@@ -77,13 +76,7 @@ def main(outdir, desc, dry_run, device, **opts):
     c = encoder_presets.build_encoder_kwargs(o)
     desc = encoder_presets.run_description(o) + (f'-{desc}' if desc else '')
     if dry_run:
-        click.echo(f'Preset {o.cfg}; options:')
-        click.echo(json.dumps({k: o[k] for k in sorted(o)}, indent=2))
-        click.echo('Encoder loop options:')
-        click.echo(json.dumps(c, indent=2))
-        where = launch.find_auto_resume(outdir, desc) if c.resume_pkl == 'auto' else None
-        click.echo(f'Run directory: {where[0] if where else launch.next_run_dir(outdir, desc)}')
-        click.echo('Dry run: exiting.')
+        click.echo(launch.dry_run_report(o, c, outdir, desc, 'Encoder loop options'))
         return
     # Bad inputs are refused before the run directory exists, so none is left behind.
     launch.check_outdir(outdir)

@@ -42,6 +42,15 @@ def find_auto_resume(outdir, desc):
     return None
 
 
+def dry_run_report(o, c, outdir, desc, loop_title):
+    """What `--dry-run` prints: the resolved options `o`, the loop's kwargs `c` (titled `loop_title`) and the run
+    directory the run would use (the one `--resume=auto` continues, else the next new one)."""
+    where = find_auto_resume(outdir, desc) if c.resume_pkl == 'auto' else None
+    return '\n'.join([f'Preset {o.cfg}; options:', json.dumps({k: o[k] for k in sorted(o)}, indent=2),
+                      f'{loop_title}:', json.dumps(c, indent=2),
+                      f'Run directory: {where[0] if where else next_run_dir(outdir, desc)}', 'Dry run: exiting.'])
+
+
 def prepare_run_dir(outdir, desc, c, options=None):
     """Pick the run directory (resolving `c.resume_pkl == 'auto'` in place) and write training_options.json.
 
