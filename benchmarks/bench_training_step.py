@@ -26,9 +26,16 @@ Peak memory:
         so that glibc returns freed blocks to the system at once (large blocks are their own mmap)
         and the RSS follows what is allocated rather than what the allocator caches.
   CUDA  `torch.cuda.max_memory_allocated` over the timed iterations.
+FLOPs (`--flops`): after the timed iterations each worker runs one more iteration under
+`benchmarks.flop_count.FlopCounter` and reports every phase's convolution and matrix-product FLOPs by
+class; the summary sets the FLOP ratio beside the time ratio. The count depends on shapes only (the
+same on every machine and in every round): it is the arithmetic floor of a ratio, which no
+implementation of the same exact gradients goes below with kernels of equal efficiency.
+
 Prints one JSON line per worker and a summary; `--json FILE` writes everything to FILE.
 """
 
+import contextlib
 import copy
 import json
 import os
@@ -66,7 +73,7 @@ def _reset_peak_rss():
         return False
 
 
-def run_worker(model, res, cmax, cbase, batch, rows, dim, iters, warmup, device_name, seed, clock):
+def run_worker(model, res, cmax, cbase, batch, rows, dim, iters, warmup, device_name, seed, clock, count_flops=False):
     import torch                                              # Imported here: the driver needs no torch.
     from training import networks, phases as phase_lib
     from training.loss import StyleGAN2Loss
@@ -98,13 +105,14 @@ def run_worker(model, res, cmax, cbase, batch, rows, dim, iters, warmup, device_
     gen = torch.Generator().manual_seed(seed + 1)
     real = (torch.rand([batch, 3, res, res], generator=gen) * 2 - 1).to(device)
 
-    def one_iteration(it):
+    def one_iteration(it, counters=None):
         times = {}
         z = G.sample_z(batch, generator=torch.Generator().manual_seed(seed + 100 + it)).to(device)
         for name in PHASES:
             sync()
             start = now()
-            phase_lib.run_phase(phases[name], loss, [real], [None], [z], [None], cur_nimg=it * batch)
+            with (counters[name] if counters else contextlib.nullcontext()):
+                phase_lib.run_phase(phases[name], loss, [real], [None], [z], [None], cur_nimg=it * batch)
             sync()
             times[name] = now() - start
         start = now()
@@ -130,9 +138,18 @@ def run_worker(model, res, cmax, cbase, batch, rows, dim, iters, warmup, device_
     else:
         peak_mb = _proc_status_mb('VmHWM') - rss_torch if peak_reset else None
         hardware = f'{platform.machine()} x{torch.get_num_threads()} threads'
+    flops = None
+    if count_flops:                                         # After the peak was read: not in the timed figures.
+        from benchmarks.flop_count import FlopCounter
+        counters = {name: FlopCounter() for name in PHASES}
+        one_iteration(warmup + iters, counters)
+        flops = {name: dict(sorted(c.flops.items())) for name, c in counters.items()}
+        flops['total'] = {name: counters[name].total for name in PHASES}
+        flops['total']['iteration'] = (flops['total']['Gmain'] + flops['total']['Greg'] / reg_interval['Greg']
+                                       + flops['total']['Dmain'] + flops['total']['Dreg'] / reg_interval['Dreg'])
     return dict(model=model, ms={k: round(v, 1) for k, v in ms.items()}, peak_mb=None if peak_mb is None else round(peak_mb, 1),
                 rss_after_import_mb=round(rss_torch, 1), rss_before_timed_mb=round(rss_before, 1), hardware=hardware,
-                torch=torch.__version__, iters=iters, warmup=warmup, clock=clock)
+                torch=torch.__version__, iters=iters, warmup=warmup, clock=clock, flops=flops)
 
 #----------------------------------------------------------------------------
 # Driver: alternate the workers, take per-round ratios.
@@ -165,6 +182,38 @@ def _summary(rounds):
     return out
 
 
+def _flop_summary(rounds):
+    """{'iteration' | phase: {'baseline': GFLOP, 'overparam': GFLOP, 'ratio': r}} and, per phase, the classes;
+    None without counts. The counts are shapes only, so the first round stands for all."""
+    first = rounds[0]
+    if any(first[model].get('flops') is None for model in MODELS):
+        return None
+    out = {}
+    for key in ('iteration', *PHASES):
+        base, over = (first[model]['flops']['total'][key] for model in MODELS)
+        entry = dict(baseline=round(base / 1e9, 3), overparam=round(over / 1e9, 3), ratio=round(over / base, 3) if base else None)
+        if key in PHASES:
+            entry['classes'] = {model: {k: round(v / 1e9, 3) for k, v in first[model]['flops'][key].items()}
+                                for model in MODELS}
+        out[key] = entry
+    return out
+
+
+def _print_flop_table(flops, summary):
+    print(f'\n{"GFLOP (convolutions and matrix products, from shapes)":70s} {"baseline":>12s} {"overparam":>12s} '
+          f'{"FLOP ratio":>12s} {"time ratio":>12s}')
+    for key in ('iteration', *PHASES):
+        e = flops[key]
+        time_ratio = summary[key].get('ratio', {}).get('median')
+        print(f'{key:70s} {e["baseline"]:12.2f} {e["overparam"]:12.2f} {e["ratio"] or 0:12.3f} '
+              f'{"-" if time_ratio is None else f"{time_ratio:.3f}":>12s}')
+    for key in PHASES:
+        classes = flops[key]['classes']
+        names = sorted(set(classes['baseline']) | set(classes['overparam']))
+        print(f'  {key}: ' + ', '.join(f'{n} {classes["baseline"].get(n, 0):.2f} -> {classes["overparam"].get(n, 0):.2f}'
+                                       for n in names))
+
+
 def _print_table(summary):
     def cell(entry, fmt):
         return '-' if entry is None else f'{entry["median"]:{fmt}} [{entry["min"]:{fmt}}-{entry["max"]:{fmt}}]'
@@ -191,15 +240,18 @@ def _print_table(summary):
 @click.option('--clock', type=click.Choice(['cpu', 'wall']), default=None,
               help='cpu = process CPU time (default on the CPU: robust on a shared machine), wall = wall clock (CUDA)')
 @click.option('--parallel', is_flag=True, help='Run the two workers of a round at the same time (with --clock cpu)')
+@click.option('--flops', 'count_flops', is_flag=True,
+              help='Also count each phase\'s convolution and matrix-product FLOPs (one extra, untimed iteration)')
 @click.option('--json', 'json_path', type=click.Path(dir_okay=False), default=None, help='Write all records here')
 @click.option('--worker', type=click.Choice(MODELS), default=None, hidden=True)
-def main(res, cmax, cbase, batch, rows, dim, threads, rounds, iters, warmup, device, seed, clock, parallel, json_path,
-         worker):
+def main(res, cmax, cbase, batch, rows, dim, threads, rounds, iters, warmup, device, seed, clock, parallel, count_flops,
+         json_path, worker):
     clock = clock or ('cpu' if device == 'cpu' else 'wall')
     if worker is not None:
         import torch
         torch.set_num_threads(threads)
-        print(json.dumps(run_worker(worker, res, cmax, cbase, batch, rows, dim, iters, warmup, device, seed, clock)))
+        print(json.dumps(run_worker(worker, res, cmax, cbase, batch, rows, dim, iters, warmup, device, seed, clock,
+                                    count_flops)))
         return
     if batch < 2 or rounds < 1 or iters < 1:
         raise click.BadParameter('need --batch >= 2, --rounds >= 1 and --iters >= 1')
@@ -207,7 +259,7 @@ def main(res, cmax, cbase, batch, rows, dim, threads, rounds, iters, warmup, dev
     env = {**os.environ, **ALLOCATOR_ENV, 'OMP_NUM_THREADS': str(threads), 'MKL_NUM_THREADS': str(threads)}
     args = ['--res', res, '--cmax', cmax, '--cbase', cbase, '--batch', batch, '--rows', rows, '--dim', dim,
             '--threads', threads, '--iters', iters, '--warmup', warmup, '--device', device, '--clock', clock,
-            '--seed', seed]
+            '--seed', seed] + (['--flops'] if count_flops else [])
     records = []
     for rnd in range(rounds):
         order = MODELS if rnd % 2 == 0 else MODELS[::-1]
@@ -228,12 +280,15 @@ def main(res, cmax, cbase, batch, rows, dim, threads, rounds, iters, warmup, dev
 
     summary = _summary(records)
     _print_table(summary)
+    flops = _flop_summary(records)
+    if flops:
+        _print_flop_table(flops, summary)
     result = dict(bench='training_step', command=' '.join(['python -m benchmarks.bench_training_step', *sys.argv[1:]]),
                   clock=clock, parallel=parallel, res=res, cmax=cmax, cbase=cbase, batch=batch, rows=rows, dim=dim, threads=threads, rounds=rounds,
                   device=device, allocator=ALLOCATOR_ENV if device == 'cpu' else None,
                   date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), machine=platform.platform(),
-                  summary=summary, records=records)
-    print(json.dumps(dict(bench='training_step', summary=summary)))
+                  summary=summary, gflops=flops, records=records)
+    print(json.dumps(dict(bench='training_step', summary=summary, gflops=flops)))
     if json_path:
         tmp = json_path + '.tmp'
         with open(tmp, 'w', encoding='utf-8') as fh:
