@@ -255,6 +255,15 @@ _TMP_TAG = '.tmp-'          # Temporaries are '.<name>.tmp-XXXXXXXX<suffix>' bes
 _STALE_TMP = re.compile(r'^\..+(\.tmp-[a-z0-9_]{8}.*|\.[a-z0-9_]{8}\.tmp)$')   # This and the older naming.
 
 
+def file_sha256(path, chunk=1 << 20):
+    """Hex SHA-256 of a file's bytes, read `chunk` bytes at a time."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(chunk), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class DiskFullError(OSError):
     """Writing failed because the file system holding `path` is full."""
 

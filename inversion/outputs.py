@@ -15,7 +15,6 @@ Resume format (`state/<group>.pt`, read with `torch.load(weights_only=True)`): a
 `[step, N]` (LPIPS per step) and `seconds` (optimisation time so far).
 """
 
-import hashlib
 import json
 import os
 import time
@@ -65,14 +64,6 @@ def load_state(path):
     """Read a resume state written by `save_state` (tensors and plain data only)."""
     return torch.load(path, map_location='cpu', weights_only=True)
 
-
-def file_sha256(path, chunk=1 << 20):
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(chunk), b''):
-            h.update(block)
-    return h.hexdigest()
 
 #----------------------------------------------------------------------------
 # Per-image outputs.

@@ -40,7 +40,7 @@ def load_generator(network, trust_pickle=False, device=None):
     try:
         local = dnnlib.util.open_url(network, return_filename=True)
         G = checkpoint.load_network(local, key='G_ema', trust=trust_pickle, device=device)
-        sha256 = outputs.file_sha256(local)
+        sha256 = dnnlib.util.file_sha256(local)
     except (OSError, ValueError) as err:
         reason = getattr(err, 'reason', None) or dnnlib.util.one_line(err)
         raise InversionError(f'Cannot load --network {network}: {reason}') from err
@@ -67,7 +67,7 @@ def load_init_encoder(path, G, trust_pickle=False, device=None):
     try:
         local = dnnlib.util.open_url(path, return_filename=True)
         data = checkpoint.load_network_pkl(local, trust=trust_pickle, device=device)
-        sha256 = outputs.file_sha256(local)
+        sha256 = dnnlib.util.file_sha256(local)
     except (OSError, ValueError) as err:
         reason = getattr(err, 'reason', None) or dnnlib.util.one_line(err)
         raise InversionError(f'Cannot load {what}: {reason}') from err

@@ -17,7 +17,6 @@ forked RNG, so a run stopped after any tick and resumed from its state ends bitw
 """
 
 import copy
-import hashlib
 import os
 import sys
 import time
@@ -78,14 +77,6 @@ def encoder_loop(
         run.close()
 
 
-def file_sha256(path, chunk=1 << 20):
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(chunk), b''):
-            h.update(block)
-    return h.hexdigest()
-
-
 def encoder_snapshot_name(cur_nimg):
     return f'encoder-snapshot-{snapshot.kimg_tag(cur_nimg)}.pkl'
 
@@ -94,7 +85,7 @@ def load_generator(network_pkl, trust_pickle=False, device=None):
     """(frozen G_ema in eval mode, local path, SHA-256 of the file) from a path or URL."""
     local = dnnlib.util.open_url(network_pkl, return_filename=True)
     G = checkpoint.load_network(local, key='G_ema', trust=trust_pickle, device=device)
-    return G.eval().requires_grad_(False), local, file_sha256(local)
+    return G.eval().requires_grad_(False), local, dnnlib.util.file_sha256(local)
 
 
 _RESUME_FIX = 'pass an encoder-snapshot-*.pkl or training-state-*.pt written by train_encoder.py, or --resume=auto'
