@@ -6,8 +6,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from configs import offline_inversion
 from torch_utils.comparison_figures import comparison_sheet, quantile_plot
 from dnnlib.util import atomic_write
@@ -168,8 +166,8 @@ def markdown(result):
     lines += ['', 'The paper\'s orderings, checked on these numbers:', '']
     for o in result['orderings']:
         lines.append(f'- {"holds" if o["holds"] else "**does not hold**"}: {o["claim"]} ({o["detail"]})')
-    lines += ['', f'Figure 6 (median and quartiles of LPIPS against the step, per space) and a figure-5-like sheet '
-              f'(targets | baseline w+ | overparam W | overparam W+, with each image\'s LPIPS and PSNR):', '',
+    lines += ['', 'Figure 6 (median and quartiles of LPIPS against the step, per space) and a figure-5-like sheet '
+              '(targets | baseline w+ | overparam W | overparam W+, with each image\'s LPIPS and PSNR):', '',
               f'![LPIPS against the inversion step](images/{FIG6})', '',
               f'![Targets and reconstructions](images/{FIG5})', '', END]
     return '\n'.join(lines) + '\n'
