@@ -119,6 +119,45 @@ def tiny_generator_kwargs(latent_rows=None, resolution=32, dim=32, c_dim=0, use_
                                       use_noise=use_noise))
 
 
+def tiny_generator_with_mean(latent_rows=None, resolution=16, seed=1):
+    """A tiny generator in eval mode, weights from `seed`, with a non-trivial mean latent (w_avg ~ 0.3 N(0, I))."""
+    from training import networks
+    torch.manual_seed(seed)
+    G = networks.Generator(**tiny_generator_kwargs(latent_rows=latent_rows, resolution=resolution)).eval()
+    G.mapping.w_avg.copy_(torch.randn(G.w_dim) * 0.3)
+    return G
+
+
 def tiny_discriminator_kwargs(resolution=32, dim=32, c_dim=0):
     return dict(c_dim=c_dim, img_resolution=resolution, img_channels=3, channel_base=resolution * dim // 2, channel_max=dim,
                 conv_clamp=256, epilogue_kwargs=dict(mbstd_group_size=2))
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """One intra-op thread here and in spawned processes (OMP_NUM_THREADS): on a loaded 2-core machine OpenMP
+    contention makes small convolutions ~100x slower. The thread count is restored afterwards."""
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Killed(Exception):
+    """The simulated kill of `kill_inversion_at`."""
+
+
+def kill_inversion_at(monkeypatch, step):
+    """Make `Inverter.run` raise `Killed` right after it yields `step` (what was saved before survives, the step
+    itself is lost, as with a killed process); returns a callable that puts the real `run` back."""
+    from inversion import optimize
+    original = optimize.Inverter.run
+
+    def run_then_die(self, max_steps=None):
+        for info in original(self, max_steps):
+            yield info
+            if info['step'] == step:
+                raise Killed()
+    monkeypatch.setattr(optimize.Inverter, 'run', run_then_die)
+    return lambda: monkeypatch.setattr(optimize.Inverter, 'run', original)

@@ -14,20 +14,16 @@ import torch
 from click.testing import CliRunner
 
 import calc_metrics
-from conftest import tiny_generator_kwargs
+from conftest import tiny_generator_with_mean
 from torch_utils import checkpoint
 from torch_utils.image_io import to_uint8
 from training.dataset import ImageFolderDataset
 from training.encoder import Encoder, save_encoder_pickle
-from training.networks import Generator
 from training.tiny_data import write_tiny_dataset
 
 
 def make_G(resolution=32):
-    torch.manual_seed(2)
-    G = Generator(**tiny_generator_kwargs(latent_rows=32, resolution=resolution)).eval()
-    G.mapping.w_avg.copy_(torch.randn(G.w_dim) * 0.3)
-    return G
+    return tiny_generator_with_mean(32, resolution, seed=2)
 
 
 def make_E(G):

@@ -10,21 +10,17 @@ import pickle
 import pytest
 import torch
 
-from conftest import tiny_generator_kwargs
+from conftest import tiny_generator_with_mean
 from inversion.spaces import LatentSpace
 from torch_utils import checkpoint, safe_pickle
-from training import encoder, networks
+from training import encoder
 from training.encoder import Encoder, load_encoder, load_encoder_pkl, parameter_count, save_encoder_pickle
 
 R = 32
 VALID = [(None, 'w'), (None, 'w+'), (R, 'w'), (R, 'w+'), (R, 'W'), (R, 'W+')]
 
 
-def make_G(latent_rows=None, resolution=16, seed=1):
-    torch.manual_seed(seed)
-    G = networks.Generator(**tiny_generator_kwargs(latent_rows=latent_rows, resolution=resolution)).eval()
-    G.mapping.w_avg.copy_(torch.randn(G.w_dim) * 0.3)      # A non-trivial mean latent.
-    return G
+make_G = tiny_generator_with_mean
 
 
 def random_images(n, resolution=16, seed=0):

@@ -14,21 +14,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import tiny_generator_kwargs
+from conftest import tiny_generator_with_mean
 from inversion import losses, outputs, targets
 from inversion.optimize import Inverter, invert, truncation_steps
 from inversion.spaces import LatentSpace
-from training import networks
 
 R = 32   # rows of the tiny overparameterized latent (>= widest layer)
 VALID = [(None, 'w'), (None, 'w+'), (R, 'w'), (R, 'w+'), (R, 'W'), (R, 'W+')]
 
 
-def make_G(latent_rows=None, resolution=16, seed=1):
-    torch.manual_seed(seed)
-    G = networks.Generator(**tiny_generator_kwargs(latent_rows=latent_rows, resolution=resolution)).eval()
-    G.mapping.w_avg.copy_(torch.randn(G.w_dim) * 0.3)      # A non-trivial mean latent.
-    return G
+make_G = tiny_generator_with_mean
 
 
 @pytest.fixture(scope='module')

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 import invert
-from conftest import shared_fixture, tiny_generator_kwargs
+from conftest import Killed, kill_inversion_at, shared_fixture, tiny_generator_kwargs
 from inversion import optimize
 from torch_utils import checkpoint
 from training import networks
@@ -106,22 +106,11 @@ def test_cli_resume_after_kill_reproduces_uninterrupted(checkpoints, image_dir, 
     args = ['--space', 'W', '--batch', 2, '--save-every', 2, '--steps', 5]
     assert run_cli(*base_args(checkpoints['overparam'], image_dir, full, *args)).exit_code == 0
 
-    class Killed(Exception):
-        pass
-
-    original_run = optimize.Inverter.run
-
-    def run_then_die(self, max_steps=None):
-        for info in original_run(self, max_steps):
-            yield info
-            if info['step'] == 3:                     # State was saved at step 2; step 3 is lost.
-                raise Killed()
-
-    monkeypatch.setattr(optimize.Inverter, 'run', run_then_die)
+    revive = kill_inversion_at(monkeypatch, 3)       # State was saved at step 2; step 3 is lost.
     with pytest.raises(Killed):
         run_cli(*base_args(checkpoints['overparam'], image_dir, killed, *args))
     assert len(list((killed / 'state').glob('*.pt'))) == 1 and not (killed / 'results.jsonl').exists()
-    monkeypatch.setattr(optimize.Inverter, 'run', original_run)
+    revive()
 
     result = run_cli('--resume', killed, '--batch', 2)             # Settings come from run.json.
     assert result.exit_code == 0, result.output
@@ -189,10 +178,6 @@ def test_overview_after_a_resume_shows_the_earlier_images(checkpoints, image_dir
     """Images finished by an earlier process are decoded again for overview.png (3 columns, not 1)."""
     out = tmp_path / 'out'
     args = base_args(checkpoints['overparam'], image_dir, out, '--space', 'W', '--batch', 2, '--steps', 2)
-
-    class Killed(Exception):
-        pass
-
     original_run = optimize.Inverter.run
 
     def die_on_second_batch(self, max_steps=None):

@@ -15,13 +15,12 @@ import torch
 from click.testing import CliRunner
 
 import invert
-from conftest import tiny_generator_kwargs
+from conftest import Killed, kill_inversion_at, tiny_generator_with_mean
 from inversion import optimize
 from inversion.spaces import LatentSpace
 from inversion.targets import to_tensor
 from torch_utils import checkpoint
 from torch_utils.image_io import to_uint8
-from training import networks
 from training.encoder import Encoder, save_encoder_pickle
 
 R = 32
@@ -29,10 +28,7 @@ NAMES = ('a', 'b', 'c')
 
 
 def make_G(latent_rows, resolution=32):
-    torch.manual_seed(2)
-    G = networks.Generator(**tiny_generator_kwargs(latent_rows=latent_rows, resolution=resolution)).eval()
-    G.mapping.w_avg.copy_(torch.randn(G.w_dim) * 0.3)
-    return G
+    return tiny_generator_with_mean(latent_rows, resolution, seed=2)
 
 
 def make_E(G, space, seed=5):
@@ -153,20 +149,10 @@ def test_resume_of_an_encoder_run_reproduces_uninterrupted(files, tmp_path, monk
     args = ['--init', f'encoder:{files["overparam-W"]}', '--batch', 3, '--save-every', 2, '--steps', 4]
     assert run_cli(*args_for(files, 'overparam', full, *args)).exit_code == 0
 
-    class Killed(Exception):
-        pass
-
-    original = optimize.Inverter.run
-
-    def run_then_die(self, max_steps=None):
-        for info in original(self, max_steps):
-            yield info
-            if info['step'] == 3:
-                raise Killed()
-    monkeypatch.setattr(optimize.Inverter, 'run', run_then_die)
+    revive = kill_inversion_at(monkeypatch, 3)
     with pytest.raises(Killed):
         run_cli(*args_for(files, 'overparam', killed, *args))
-    monkeypatch.setattr(optimize.Inverter, 'run', original)
+    revive()
     result = run_cli('--resume', killed, '--batch', 3)                 # init and truncation come from run.json
     assert result.exit_code == 0, result.output
     assert 'Resuming a batch of 3 at step 2/4' in (killed / 'log.txt').read_text()

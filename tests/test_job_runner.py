@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import invert
 import upsample as upsample_cli
-from conftest import tiny_generator_kwargs
+from conftest import Killed, kill_inversion_at, tiny_generator_kwargs
 from dnnlib import util
 from torch_utils import checkpoint
 from training import networks
@@ -119,7 +119,6 @@ def test_upsample_uses_the_runner(setup, tmp_path):
 
 
 def test_upsample_resume_after_kill_matches_uninterrupted(setup, tmp_path, monkeypatch):
-    from inversion import optimize
     full, killed = tmp_path / 'full', tmp_path / 'killed'
 
     def args(out):
@@ -127,20 +126,10 @@ def test_upsample_resume_after_kill_matches_uninterrupted(setup, tmp_path, monke
                                  '--steps', 4, '--batch', 3, '--lpips', 'vgg-random', '--device', 'cpu', '--space',
                                  'W', '--save-every', 2]]
     assert CliRunner().invoke(upsample_cli.main, args(full)).exit_code == 0
-    original = optimize.Inverter.run
-
-    class Killed(Exception):
-        pass
-
-    def run_then_die(self, max_steps=None):
-        for info in original(self, max_steps):
-            yield info
-            if info['step'] == 3:
-                raise Killed()
-    monkeypatch.setattr(optimize.Inverter, 'run', run_then_die)
+    revive = kill_inversion_at(monkeypatch, 3)
     assert isinstance(CliRunner().invoke(upsample_cli.main, args(killed)).exception, Killed)
     assert len(list((killed / 'state').glob('*.pt'))) == 1
-    monkeypatch.setattr(optimize.Inverter, 'run', original)
+    revive()
     assert CliRunner().invoke(upsample_cli.main, args(killed)).exit_code == 0
     assert 'Resuming a batch of 2 at step 2/4: a, b' in (killed / 'log.txt').read_text()
     for n in ('a', 'b', 'c'):

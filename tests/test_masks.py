@@ -15,22 +15,18 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 import invert
-from conftest import tiny_generator_kwargs
+from conftest import tiny_generator_with_mean
 from inversion import losses, targets
 from inversion.optimize import Inverter
 from inversion.spaces import LatentSpace
 from torch_utils import checkpoint
-from training import networks
 
 RES = 16
 pytestmark = pytest.mark.filterwarnings('ignore:.*torch.jit.*:FutureWarning')
 
 
 def make_G(resolution=RES, seed=1, latent_rows=None):
-    torch.manual_seed(seed)
-    G = networks.Generator(**tiny_generator_kwargs(latent_rows=latent_rows, resolution=resolution)).eval()
-    G.mapping.w_avg.copy_(torch.randn(G.w_dim) * 0.3)
-    return G
+    return tiny_generator_with_mean(latent_rows, resolution, seed)
 
 
 def random_images(n, resolution=RES, seed=0):

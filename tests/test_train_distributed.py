@@ -74,13 +74,7 @@ def _compare_worker(rank, world_size, port, out_path):
         torch.distributed.destroy_process_group()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    monkeypatch.setenv('OMP_NUM_THREADS', '1')   # spawned processes: no OpenMP contention on 2 cores
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')   # spawned processes too: no OpenMP contention on 2 cores
 
 
 def test_two_ranks_match_one_process_on_the_global_batch(tmp_path):
