@@ -250,18 +250,15 @@ class EncoderRun:
         return abort
 
     def _save_snapshot(self, state):
-        """encoder-snapshot-K.pkl and training-state-K.pt as one unit (as training.snapshot.save_snapshot_pair)."""
+        """encoder-snapshot-K.pkl and training-state-K.pt as one unit (`training.snapshot.save_snapshot_pair`)."""
         from training.encoder import save_encoder_pickle
         c, cur_nimg = self.cfg, int(self.progress.cur_nimg)
-        pkl_path = os.path.join(c.run_dir, encoder_snapshot_name(cur_nimg))
-        state_path = os.path.join(c.run_dir, snapshot.state_name(cur_nimg))
         E = copy.deepcopy(self.E).eval().requires_grad_(False).cpu()
-
-        def write_both(tmp_pkl):
-            save_encoder_pickle(tmp_pkl, E, generator_pkl=self.generator_ref(), generator_sha256=self.network_sha256,
-                                cur_nimg=cur_nimg, space=c.space, loss=self.loss_description())
-            snapshot.save_training_state(state_path, state)
-        dnnlib.util.atomic_write(pkl_path, write_both, fsync=True)
+        data = dict(E=E, generator_pkl=self.generator_ref(), generator_sha256=self.network_sha256, cur_nimg=cur_nimg,
+                    space=c.space, loss=self.loss_description())
+        pkl_path, state_path = snapshot.save_snapshot_pair(
+            c.run_dir, cur_nimg, data, state, pkl_name=encoder_snapshot_name(cur_nimg),
+            write_pkl=lambda path, data: save_encoder_pickle(path, **data))
         snapshot.prune_states(c.run_dir, c.keep_states)
         self.log(f'Saved {os.path.basename(pkl_path)} and {os.path.basename(state_path)}')
         return pkl_path, state_path

@@ -159,18 +159,19 @@ def save_network_snapshot(path, networks, training_set_kwargs, **extra):
     checkpoint.save_network_pkl(path, snapshot_data(networks, training_set_kwargs, **extra))
 
 
-def save_snapshot_pair(run_dir, cur_nimg, data, state):
-    """network-snapshot-K.pkl and training-state-K.pt as one unit; returns their paths.
+def save_snapshot_pair(run_dir, cur_nimg, data, state, pkl_name=None, write_pkl=checkpoint.save_network_pkl):
+    """network-snapshot-K.pkl (or `pkl_name`) and training-state-K.pt as one unit; returns their paths.
 
     Both are written to temporaries first; the state is renamed into place, then the pickle. A failure in either
     write leaves neither new file (and no temporary); only a kill between the two renames can leave a new state
-    without its pickle, never a pickle beside a state of another kimg.
+    without its pickle, never a pickle beside a state of another kimg. `write_pkl(path, data)` writes the pickle
+    (the encoder loop passes its own, which checks what it is given).
     """
-    pkl_path = os.path.join(run_dir, snapshot_name(cur_nimg))
+    pkl_path = os.path.join(run_dir, pkl_name or snapshot_name(cur_nimg))
     state_path = os.path.join(run_dir, state_name(cur_nimg))
 
     def write_both(tmp_pkl):
-        checkpoint.save_network_pkl(tmp_pkl, data)
+        write_pkl(tmp_pkl, data)
         save_training_state(state_path, state)
     dnnlib.util.atomic_write(pkl_path, write_both, fsync=True)
     return pkl_path, state_path
