@@ -139,6 +139,28 @@ def test_real_images_add_a_reconstruction_term(files, tmp_path):
     finally:
         run.close()
 
+def test_non_finite_gradients_skip_the_step(files, tmp_path, monkeypatch):
+    """A step whose loss is Inf is not taken: E and Adam stay as they were, the skip is counted and logged, and
+    the next finite step trains again."""
+    c = config(files['matrix'])
+    run = EncoderRun.from_kwargs(run_dir=str(tmp_path / 'run'), verbose=False, **c)
+    original = EncoderLoss.__call__
+    try:
+        before = [p.detach().clone() for p in run.E.parameters()]
+        monkeypatch.setattr(EncoderLoss, '__call__', lambda self, *a, **k: original(self, *a, **k) * float('inf'))
+        run.step()
+        assert all(torch.equal(a, b) for a, b in zip(before, run.E.parameters()))
+        assert len(run.phases[0].opt.state) == 0
+        assert (run.progress.skipped_steps, run.progress.skipped, run.progress.cur_nimg) == (1, {'Emain': 1}, 4)
+        monkeypatch.setattr(EncoderLoss, '__call__', original)
+        run.step()
+        assert not all(torch.equal(a, b) for a, b in zip(before, run.E.parameters()))
+        assert run.progress.skipped_steps == 1
+    finally:
+        run.close()
+    assert 'non-finite gradients in Emain: step at kimg 0.000: skipped (1 so far)' in \
+        open(os.path.join(str(tmp_path / 'run'), 'log.txt')).read()
+
 #----------------------------------------------------------------------------
 # Exact resume.
 

@@ -203,10 +203,7 @@ class EncoderRun:
         if phase_lib.reduce_gradients_(self.E, self.world_size):
             opt.step()
         else:
-            p.skipped_steps += 1
-            p.skipped['Emain'] = p.skipped.get('Emain', 0) + 1
-            self.log(f'Warning: non-finite gradients at kimg {p.cur_nimg / 1000:.3f}: step skipped '
-                     f'({p.skipped_steps} so far)')
+            ticks.count_skip(self, 'Emain', 'gradients in Emain: step')
         opt.zero_grad(set_to_none=True)
         p.cur_nimg += c.batch_size
         p.batch_idx += 1

@@ -2,8 +2,9 @@
 (`training.encoder_loop`).
 
 A loop object provides `cfg` (`total_kimg`, `kimg_per_tick`, `abort_fn`, `progress_fn`), `progress`
-(`cur_nimg`, `cur_tick`), `log(msg)`, `rank`, `world_size`, `device`, and three methods: `step()` (one
-minibatch, advancing `progress.cur_nimg`), `_tick(done) -> abort` (reports, snapshots; it calls
+(`cur_nimg`, `cur_tick`, `skipped_steps`, `skipped`), `log(msg)`, `rank`, `world_size`, `device`, and three
+methods: `step()` (one minibatch, advancing `progress.cur_nimg`; non-finite events go through
+`count_skip`), `_tick(done) -> abort` (reports, snapshots; it calls
 `tick_abort` and `finish_tick` below) and `_summary(seconds, aborted) -> dict`. Ticks end every
 `kimg_per_tick` thousand images, after the first step (tick 0 is one minibatch long, so the first report
 comes at once) and at the end. `loop.timing` holds the wall-clock marks the tick reports use.
@@ -50,6 +51,15 @@ def tick_abort(loop):
     if abort:
         loop.log('Aborting...')
     return abort
+
+
+def count_skip(loop, what, detail):
+    """Count one non-finite event (`progress.skipped_steps`, `progress.skipped[what]`) and log it: a gradient
+    (the step is skipped) or a running statistic's update (that update is)."""
+    p = loop.progress
+    p.skipped_steps += 1
+    p.skipped[what] = p.skipped.get(what, 0) + 1
+    loop.log(f'Warning: non-finite {detail} at kimg {p.cur_nimg / 1000:.3f}: skipped ({p.skipped_steps} so far)')
 
 
 def finish_tick(loop):

@@ -126,13 +126,6 @@ class TrainingRun:
         return run_setup.fetch_batch(self.data_iter, self.G, self.training_set, len(self.phases), self.batch_rank,
                                      self.cfg.batch_gpu, self.device)
 
-    def _skip(self, what, detail):
-        """Count one non-finite event (a gradient, or a running statistic's update) and say so."""
-        p = self.progress
-        p.skipped_steps += 1
-        p.skipped[what] = p.skipped.get(what, 0) + 1
-        self.log(f'Warning: non-finite {detail} at kimg {p.cur_nimg / 1000:.3f}: skipped ({p.skipped_steps} so far)')
-
     def step(self):
         c, p = self.cfg, self.progress
         real_img, real_c, gen_z, gen_c = self.fetch_batch()
@@ -142,14 +135,14 @@ class TrainingRun:
             if p.batch_idx % phase.interval == 0 and not phase_lib.run_phase(
                     phase, self.loss, real_img, real_c, phase_z.split(c.batch_gpu), phase_c.split(c.batch_gpu),
                     p.cur_nimg, self.world_size):
-                self._skip(phase.name, f'gradients in {phase.name}: step')
+                ticks.count_skip(self, phase.name, f'gradients in {phase.name}: step')
         if getattr(self.loss, 'pl_mean_skips', 0) != pl_skips:
-            self._skip('pl_mean', 'path lengths: pl_mean update')
+            ticks.count_skip(self, 'pl_mean', 'path lengths: pl_mean update')
         for name in self.w_avg_guard.restore_if_nonfinite():
-            self._skip('w_avg', f'{name}: update')
+            ticks.count_skip(self, 'w_avg', f'{name}: update')
         beta = phase_lib.ema_beta(p.cur_nimg, c.batch_size, c.ema_kimg, c.ema_rampup)
         if not phase_lib.update_ema(self.G_ema, self.G, beta):
-            self._skip('G_ema', 'generator weights: G_ema update')
+            ticks.count_skip(self, 'G_ema', 'generator weights: G_ema update')
         p.cur_nimg += c.batch_size
         p.batch_idx += 1
         if self.augment_pipe is not None and c.ada_target is not None:
@@ -166,7 +159,7 @@ class TrainingRun:
         rt, p.ada_num, p.ada_sum = p.ada_sum / p.ada_num, 0.0, 0.0
         if not phase_lib.adjust_augment_p(self.augment_pipe, rt, c.ada_target, c.batch_size, c.ada_interval,
                                           c.ada_kimg):
-            self._skip('augment_p', 'ADA statistic: augment p update')
+            ticks.count_skip(self, 'augment_p', 'ADA statistic: augment p update')
 
     #------------------------------------------------------------------------
     # The loop and its per-tick maintenance.
