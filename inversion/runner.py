@@ -18,6 +18,7 @@ import torch
 import dnnlib
 from torch_utils import checkpoint
 from torch_utils.image_io import to_uint8
+from training.encoder import generator_mismatch
 
 from . import outputs
 from .jobs import InversionError, check_job_outdir, list_job_targets, run_job
@@ -76,14 +77,9 @@ def load_init_encoder(path, G, trust_pickle=False, device=None):
         held = ", ".join(sorted(map(str, data))) or "nothing"
         raise InversionError(f'{what}: not an encoder pickle (it holds {held}); '
                              f'pass an encoder-snapshot-*.pkl from train_encoder.py')
-    if (E.img_resolution, E.img_channels) != (G.img_resolution, G.img_channels):
-        raise InversionError(f'{what}: the encoder reads {E.img_resolution} px {E.img_channels}-channel images, but '
-                             f'--network makes {G.img_resolution} px {G.img_channels}-channel ones; use an encoder '
-                             f'trained for this generator')
-    mine, theirs = (E.num_ws, E.w_dim, E.latent_rows), (G.num_ws, G.w_dim, G.latent_rows)
-    if mine != theirs:
-        raise InversionError(f'{what}: the encoder predicts latents for num_ws, w_dim, R = {mine}, but --network has '
-                             f'{theirs}; use an encoder trained for this generator')
+    mismatch = generator_mismatch(E, G, generator='--network')
+    if mismatch is not None:
+        raise InversionError(f'{what}: {mismatch}; use an encoder trained for this generator')
     return E.eval().requires_grad_(False), sha256
 
 

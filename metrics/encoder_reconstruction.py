@@ -21,6 +21,7 @@ import torch
 
 from torch_utils import distributed
 from torch_utils.image_io import to_uint8
+from training.encoder import generator_mismatch
 
 from .reconstruction import reconstruction_metrics
 
@@ -36,14 +37,9 @@ def check_encoder(E, G):
     """Raise ValueError (one line) unless E reads G's images and predicts latents of G's geometry."""
     if E is None:
         raise ValueError('encoder_recon needs an encoder: pass calc_metrics.py --encoder PKL')
-    fix = 'pass the generator it was trained for'
-    if (E.img_resolution, E.img_channels) != (G.img_resolution, G.img_channels):
-        raise ValueError(f'the encoder reads {E.img_resolution} px {E.img_channels}-channel images but the generator '
-                         f'makes {G.img_resolution} px {G.img_channels}-channel ones; {fix}')
-    theirs, mine = (G.num_ws, G.w_dim, G.latent_rows), (E.num_ws, E.w_dim, E.latent_rows)
-    if mine != theirs:
-        raise ValueError(f'the encoder predicts latents for num_ws, w_dim, R = {mine}, but the generator has {theirs}; '
-                         f'{fix}')
+    mismatch = generator_mismatch(E, G)
+    if mismatch is not None:
+        raise ValueError(f'{mismatch}; pass the generator it was trained for')
 
 
 @torch.no_grad()

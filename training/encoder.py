@@ -255,6 +255,18 @@ def load_encoder_pkl(path, device=None, trust_pickle=False):
     return data
 
 
+def generator_mismatch(E, G, generator='the generator'):
+    """Why encoder `E` cannot serve `G` (one clause naming G as `generator`), or None: E must read G's images
+    (resolution, channels) and predict latents of G's geometry (num_ws, w_dim, R)."""
+    if (E.img_resolution, E.img_channels) != (G.img_resolution, G.img_channels):
+        return (f'the encoder reads {E.img_resolution} px {E.img_channels}-channel images, but {generator} makes '
+                f'{G.img_resolution} px {G.img_channels}-channel ones')
+    mine, theirs = (E.num_ws, E.w_dim, E.latent_rows), (G.num_ws, G.w_dim, G.latent_rows)
+    if mine != theirs:
+        return f'the encoder predicts latents for num_ws, w_dim, R = {mine}, but {generator} has {theirs}'
+    return None
+
+
 def load_encoder(path, device=None, trust_pickle=False):
     """The Encoder of an encoder pickle (path or URL), safely by default; raises CheckpointError (one line)."""
     return load_encoder_pkl(path, device=device, trust_pickle=trust_pickle)['E']
