@@ -18,7 +18,7 @@ import torch
 import dnnlib
 from torch_utils import checkpoint
 from torch_utils.image_io import to_uint8
-from training.encoder import generator_mismatch
+from training.encoder import generator_mismatch, load_encoder_pkl
 
 from . import outputs
 from .jobs import InversionError, check_job_outdir, list_job_targets, run_job
@@ -66,17 +66,11 @@ def load_init_encoder(path, G, trust_pickle=False, device=None):
     """
     what = f'--init {INIT_ENCODER}{path}'
     try:
-        local = dnnlib.util.open_url(path, return_filename=True)
-        data = checkpoint.load_network_pkl(local, trust=trust_pickle, device=device)
-        sha256 = dnnlib.util.file_sha256(local)
+        E = load_encoder_pkl(path, device=device, trust_pickle=trust_pickle)['E']
+        sha256 = dnnlib.util.file_sha256(dnnlib.util.open_url(path, return_filename=True))   # cached by now
     except (OSError, ValueError) as err:
         reason = getattr(err, 'reason', None) or dnnlib.util.one_line(err)
         raise InversionError(f'Cannot load {what}: {reason}') from err
-    E = data.get('E')
-    if not isinstance(E, torch.nn.Module) or not all(hasattr(E, a) for a in ('space', 'param_shape', 'img_resolution')):
-        held = ", ".join(sorted(map(str, data))) or "nothing"
-        raise InversionError(f'{what}: not an encoder pickle (it holds {held}); '
-                             f'pass an encoder-snapshot-*.pkl from train_encoder.py')
     mismatch = generator_mismatch(E, G, generator='--network')
     if mismatch is not None:
         raise InversionError(f'{what}: {mismatch}; use an encoder trained for this generator')

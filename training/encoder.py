@@ -245,11 +245,12 @@ def load_encoder_pkl(path, device=None, trust_pickle=False):
     try:
         local = dnnlib.util.open_url(path, return_filename=True)
     except OSError as err:
-        raise checkpoint.CheckpointError(f'Cannot load {path}: {dnnlib.util.one_line(err)}', path=path) from err
+        reason = dnnlib.util.one_line(err)
+        raise checkpoint.CheckpointError(f'Cannot load {path}: {reason}', path=path, reason=reason) from err
     data = checkpoint.load_network_pkl(local, trust=trust_pickle, device=device)
     if not isinstance(data.get('E'), Encoder):
         held = ', '.join(sorted(map(str, data))) or 'nothing'
-        reason = (f'it is not an encoder pickle (it holds {held}, no encoder E); '
+        reason = (f'it is not an encoder pickle (it holds {held}); '
                   f'pass an encoder-snapshot-*.pkl from train_encoder.py')
         raise checkpoint.CheckpointError(f'Cannot load {path}: {reason}', path=path, reason=reason)
     return data
