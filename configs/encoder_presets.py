@@ -58,8 +58,8 @@ def resolve_encoder_options(cfg='tiny', **opts):
     if isinstance(o.design, str):
         o.design = _parse_design(o.design)
 
-    from training.encoder_loop import load_generator   # The generator decides the space, resolution and shapes.
-    G, _, _ = load_generator(o.network, trust_pickle=o.trust_pickle)
+    from torch_utils import checkpoint          # The generator decides the space, resolution and shapes.
+    G = checkpoint.load_network(o.network, trust=o.trust_pickle)
     o.latent_rows, o.resolution = G.latent_rows, G.img_resolution
     if o.space == 'auto':
         o.space = 'W' if G.latent_rows is not None else 'w+'

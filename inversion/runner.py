@@ -39,13 +39,11 @@ DEFAULT_TRUNCATION = {INIT_MEAN: 0.9, INIT_ENCODER: 1.0}   # psi when none is gi
 def load_generator(network, trust_pickle=False, device=None):
     """Checkpoint path or URL -> (G in eval mode, frozen; sha256 of the checkpoint file)."""
     try:
-        local = dnnlib.util.open_url(network, return_filename=True)
-        G = checkpoint.load_network(local, key='G_ema', trust=trust_pickle, device=device)
-        sha256 = dnnlib.util.file_sha256(local)
+        G, _local, sha256 = checkpoint.load_frozen_network(network, key='G_ema', trust=trust_pickle, device=device)
     except (OSError, ValueError) as err:
         reason = getattr(err, 'reason', None) or dnnlib.util.one_line(err)
         raise InversionError(f'Cannot load --network {network}: {reason}') from err
-    return G.eval().requires_grad_(False), sha256
+    return G, sha256
 
 
 def parse_init(init):

@@ -100,6 +100,21 @@ def test_bare_network_and_missing_key(tmp_path):
         checkpoint.load_network(str(path))
 
 
+def test_load_frozen_network(tmp_path):
+    """Eval mode, no gradients, the weights saved, the local file and the SHA-256 of its bytes (hashlib here)."""
+    import hashlib
+    path = tmp_path / 'net.pkl'
+    saved = _net().train()
+    checkpoint.save_network_pkl(path, dict(G_ema=saved))
+    net, local, sha256 = checkpoint.load_frozen_network(str(path))
+    assert not net.training and not any(p.requires_grad for p in net.parameters())
+    _assert_same_weights(net, saved)
+    assert local == str(path) and sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(checkpoint.CheckpointError, match='missing.pkl') as info:
+        checkpoint.load_frozen_network(str(tmp_path / 'missing.pkl'))
+    assert '\n' not in str(info.value) and info.value.reason
+
+
 def test_save_refuses_unregistered_modules(tmp_path):
     with pytest.raises(TypeError, match='persistent_class'):
         checkpoint.save_network_pkl(tmp_path / 'x.pkl', dict(G=torch.nn.Linear(1, 1)))

@@ -211,6 +211,20 @@ def load_network(path_or_url, key='G_ema', trust=False, device=None):
     return net
 
 
+def load_frozen_network(path_or_url, key='G_ema', trust=False, device=None):
+    """(network `key` in eval mode with gradients off, the local file, its SHA-256) from a path or URL.
+
+    For code that uses a trained network as a fixed function (inversion, an encoder's generator) and records
+    which file it was. Raises CheckpointError (one line) as `load_network` does.
+    """
+    try:
+        local = dnnlib.util.open_url(path_or_url, return_filename=True)
+    except OSError as err:
+        raise _refuse(path_or_url, dnnlib.util.one_line(err)) from err
+    net = load_network(local, key=key, trust=trust, device=device)
+    return net.eval().requires_grad_(False), local, dnnlib.util.file_sha256(local)
+
+
 def save_network_pkl(path, data_dict):
     """Pickle `data_dict` (networks and plain data) to `path` atomically: temporary file, then os.replace."""
     if not isinstance(data_dict, dict):

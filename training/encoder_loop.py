@@ -81,13 +81,6 @@ def encoder_snapshot_name(cur_nimg):
     return f'encoder-snapshot-{snapshot.kimg_tag(cur_nimg)}.pkl'
 
 
-def load_generator(network_pkl, trust_pickle=False, device=None):
-    """(frozen G_ema in eval mode, local path, SHA-256 of the file) from a path or URL."""
-    local = dnnlib.util.open_url(network_pkl, return_filename=True)
-    G = checkpoint.load_network(local, key='G_ema', trust=trust_pickle, device=device)
-    return G.eval().requires_grad_(False), local, dnnlib.util.file_sha256(local)
-
-
 _RESUME_FIX = 'pass an encoder-snapshot-*.pkl or training-state-*.pt written by train_encoder.py, or --resume=auto'
 
 
@@ -147,7 +140,8 @@ class EncoderRun:
         c = self.cfg
         if self.rank == 0:
             snapshot.remove_stale_temporaries(c.run_dir, self.log)
-        self.G, self.network_path, self.network_sha256 = load_generator(c.network_pkl, c.trust_pickle, self.device)
+        self.G, self.network_path, self.network_sha256 = checkpoint.load_frozen_network(
+            c.network_pkl, key='G_ema', trust=c.trust_pickle, device=self.device)
         if c.training_set_kwargs and self.round_real > 0:
             self.training_set = dnnlib.util.construct_class_by_name(**c.training_set_kwargs)
             shape = (self.G.img_channels, self.G.img_resolution, self.G.img_resolution)
