@@ -163,11 +163,7 @@ class EncoderRun:
                  f'{list(self.E.param_shape)}: {n_params / 1e6:.3f} M parameters')
         self.log(f'Each step: {self.batch_rank} images per rank in {self.num_rounds} round(s) of {self.round_fake} '
                  f'G samples + {self.round_real} real images')
-        torch.manual_seed(c.random_seed * self.world_size + self.rank)   # Per-rank stream of the training steps.
-        self.fresh = c.resume_pkl is None or not resume_lib.resume(self, c.resume_pkl, c.resume_fallbacks,
-                                                                    c.resume_kimg)
-        if self.world_size > 1:
-            run_setup.broadcast_networks(self.networks)
+        self.fresh = resume_lib.seed_and_resume(self)
         if self.training_set is not None:
             real_per_rank = self.num_rounds * self.round_real
             start = self.progress.batch_idx * real_per_rank * self.world_size     # real images consumed so far

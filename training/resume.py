@@ -12,7 +12,7 @@ import os
 import torch
 
 from torch_utils import checkpoint
-from training import snapshot
+from training import run_setup, snapshot
 
 _FIX = ("pass a network-snapshot-*.pkl or training-state-*.pt written by train.py (or a stylegan2-ada-pytorch "
         "snapshot), or --resume=auto")
@@ -68,6 +68,18 @@ def _load_first_readable(paths, log):
             log(f'Falling back to {os.path.basename(path)} (the newest intact training state)')
         return path, state
     raise ResumeError(f'--resume: no readable training state ({"; ".join(errors)}); {_FIX}')
+
+
+def seed_and_resume(run):
+    """How every loop starts its steps: seed this rank's stream (`random_seed * world_size + rank`), resume from
+    `cfg.resume_pkl` if one is given (a full state restores the saved streams instead), then hand every rank rank 0's
+    networks. Returns True for a fresh start (nothing resumed from a full training state)."""
+    c = run.cfg
+    torch.manual_seed(c.random_seed * run.world_size + run.rank)
+    fresh = c.resume_pkl is None or not resume(run, c.resume_pkl, c.resume_fallbacks, c.resume_kimg)
+    if run.world_size > 1:
+        run_setup.broadcast_networks(run.networks)
+    return fresh
 
 
 def resume(run, resume_pkl, fallbacks=(), resume_kimg=0):

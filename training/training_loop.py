@@ -107,11 +107,7 @@ class TrainingRun:
         self.phases = phase_lib.setup_phases(self.G, self.D, c.G_opt_kwargs, c.D_opt_kwargs, c.G_reg_interval,
                                              c.D_reg_interval)
         run_setup.log_setup(self.log, self.training_set, self.G, self.D, self.phases)
-        torch.manual_seed(c.random_seed * self.world_size + self.rank)   # Per-rank stream of the training steps.
-        self.fresh = c.resume_pkl is None or not resume_lib.resume(self, c.resume_pkl, c.resume_fallbacks,
-                                                                    c.resume_kimg)
-        if self.world_size > 1:
-            run_setup.broadcast_networks(self.networks)
+        self.fresh = resume_lib.seed_and_resume(self)
         self.data_iter = run_setup.data_iterator(self.training_set, c, self.rank, self.world_size, self.batch_rank,
                                                  self.progress.cur_nimg, self.device)
         self.metric_fn, self.metrics = load_metric_fn(c.metrics, c.metric_fn, self.log), list(c.metrics)
