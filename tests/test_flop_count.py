@@ -79,6 +79,6 @@ def test_training_step_counts_per_phase():
     for key in ('conv forward', 'conv grad input', 'conv grad weight'):
         assert base['Gmain'][key] == over['Gmain'][key]
     assert over['Gmain']['matmul'] > 10 * base['Gmain']['matmul']
-    assert over['Greg']['conv grad weight'] == 2 * base['Greg']['conv grad weight']
+    assert over['Greg']['conv grad weight'] == 2 * base['Greg']['conv grad weight'] > 0
     total = base['total']
     assert total['iteration'] == total['Gmain'] + total['Greg'] / 4 + total['Dmain'] + total['Dreg'] / 16
