@@ -375,12 +375,16 @@ class Generator(nn.Module):
         """Per-image, per-layer intermediate latent shape: `(w_dim,)` or `(R, w_dim)`."""
         return (self.w_dim,) if self.latent_rows is None else (self.latent_rows, self.w_dim)
 
-    def sample_z(self, n, generator=None, device=None):
+    def sample_z(self, n, generator=None, device=None, row_spread=1.0):
         """`[n, *z_shape]` latents. Latent matrices use the paper's correlated rows
         `Z_i = (z~_i + z~) / sqrt(2)` (unit variance per entry, correlation 0.5 between rows).
 
         generator: a `torch.Generator`, a `numpy.random.RandomState` (NVIDIA's seed
         convention: `RandomState(seed).randn(n, z_dim)` for the baseline), or None.
+        row_spread: `a` in `Z_i = (a z~_i + z~) / sqrt(1 + a^2)` (unit variance, correlation
+        `1 / (1 + a^2)` between rows): 1 is the paper's sampling, 0 gives identical rows (a
+        fine-tuned StyleGAN2's vector in every row, see training.row_start). The same numbers are
+        drawn whatever `a` is.
         """
         def randn(*shape):
             if isinstance(generator, np.random.RandomState):
@@ -390,7 +394,10 @@ class Generator(nn.Module):
             return randn(n, self.z_dim)
         shared = randn(n, 1, self.z_dim)
         rows = randn(n, self.latent_rows, self.z_dim)
-        return (rows + shared) * np.float32(np.sqrt(0.5))
+        if row_spread == 1:
+            return (rows + shared) * np.float32(np.sqrt(0.5))
+        a = float(row_spread)
+        return (rows * np.float32(a) + shared) * np.float32(1 / np.sqrt(1 + a * a))
 
     def forward(self, z: torch.Tensor, c: Optional[torch.Tensor], truncation_psi: float = 1,
                 truncation_cutoff: Optional[int] = None, **synthesis_kwargs) -> torch.Tensor:

@@ -180,11 +180,15 @@ _PER_RANK_BUFFERS = r'.*\.w_avg'    # running mean of each rank's own latents: a
 
 
 def capture_run_state(run):
-    """The training state of a TrainingRun (a collective call: every rank's RNG state is gathered)."""
+    """The training state of a TrainingRun (a collective call: every rank's RNG state is gathered). A fine-tuning
+    run's state also keeps its record (`cfg.finetune`: architecture and row start, see training.finetune)."""
     if run.world_size > 1:   # All ranks must hold the same weights (w_avg follows each rank's own latents).
         for module in (m for m in run.networks.values() if m is not None):
             misc.check_ddp_consistency(module, ignore_regex=_PER_RANK_BUFFERS)
-    return capture_training_state(run.progress, run.networks, run.phases, run.loss, run.device, run.world_size)
+    state = capture_training_state(run.progress, run.networks, run.phases, run.loss, run.device, run.world_size)
+    if run.cfg.get('finetune'):
+        state['finetune'] = run.cfg.finetune
+    return state
 
 
 def save_run_snapshot(run, state):
@@ -298,16 +302,22 @@ def prune_states(run_dir, keep):
 #----------------------------------------------------------------------------
 # Weights-only resume from a network pickle (ours or stylegan2-ada-pytorch's).
 
+_OTHER_GENERATOR = dict(G='G_ema', G_ema='G')
+
+
 def load_snapshot_weights(path, networks, trust=False):
     """Copy same-named weights from a snapshot pickle into `networks`; returns the pickle's `cur_nimg` or None.
 
-    Keys missing from the pickle are skipped (an NVIDIA pickle without augment_pipe); shapes must match.
+    Keys missing from the pickle are skipped (an NVIDIA pickle without augment_pipe); shapes must match. A file
+    with one generator (e.g. only an EMA generator) starts both G and G_ema from it.
     """
     with open(path, 'rb') as f:
         data = checkpoint.load_network_pkl(f, trust=trust)
     missing = []
     for key, module in networks.items():
         src = data.get(key)
+        if src is None and key in _OTHER_GENERATOR:
+            src = data.get(_OTHER_GENERATOR[key])
         if module is None:
             continue
         if src is None:
