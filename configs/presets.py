@@ -144,9 +144,6 @@ def _validate(o):
     need(o.pl_rows in PL_ROW_REDUCTIONS, f"--pl-rows must be one of {', '.join(PL_ROW_REDUCTIONS)}, got '{o.pl_rows}'")
     need(o.kimg > 0 and o.tick > 0 and o.snap >= 1, '--kimg and --tick must be positive and --snap >= 1')
     need(not o.cond or o.has_labels, f'--cond=1 needs labels in {o.data}/dataset.json')
-    widest = min(o.cbase // 4, o.cmax)
-    need(o.rows is None or o.rows == 1 or o.rows >= max(widest, 3),
-         f'--rows={o.rows} is too small: the widest layer has {widest} channels, one row each')
     need(o.resume_kimg >= 0, '--resume-kimg must be >= 0')
     need(o.row_start is None or o.row_start in ROW_STARTS,
          f"--row-start must be one of {', '.join(ROW_STARTS)}, got '{o.row_start}'")
@@ -200,7 +197,17 @@ def build_training_kwargs(o):
     c.resume_kimg = o.resume_kimg
     c.precision = o.precision
     # A network file to resume from decides the architecture; a StyleGAN2 into R rows is a fine-tuning start.
-    return finetune.adopt_resume_source(c, row_start_name=o.row_start, spread_kimg=o.row_spread_kimg)
+    finetune.adopt_resume_source(c, row_start_name=o.row_start, spread_kimg=o.row_spread_kimg)
+    _check_rows(c.G_kwargs)
+    return c
+
+
+def _check_rows(G_kwargs):
+    """Every layer reads one row per output channel: R must cover the widest layer (at 4x4) or be 1."""
+    rows, synthesis = G_kwargs.get('latent_rows'), G_kwargs.get('synthesis_kwargs', {})
+    widest = min(synthesis.get('channel_base', 32768) // 4, synthesis.get('channel_max', 512))
+    if not (rows is None or rows == 1 or rows >= max(widest, 3)):
+        raise ValueError(f'--rows={rows} is too small: the widest layer has {widest} channels, one row each')
 
 
 def setup_training_config(cfg='auto', **opts):
