@@ -185,7 +185,8 @@ def _cli(args):
 @pytest.mark.parametrize('case', ['other-rows', 'rows-to-vector', 'stylegan3', 'resolution', 'labels', 'too-few-rows'])
 def test_refusals_are_one_line(case, tmp_path, data32):
     outdir = tmp_path / 'runs'
-    args = ['--outdir', str(outdir), '--data', data32, '--cfg', 'tiny-overparam', '--workers', '0']
+    short = ['--kimg', '0.004', '--batch', '4', '--mbstd', '2', '--workers', '0', '--device', 'cpu']  # if not refused
+    args = ['--outdir', str(outdir), '--data', data32, '--cfg', 'tiny-overparam'] + short
     expect = {'other-rows': 'already overparameterized with 32 latent rows, not 64; continue it with --rows 32',
               'rows-to-vector': 'already overparameterized with 32 latent rows, not a latent vector',
               'stylegan3': 'StyleGAN3', 'resolution': 'makes 32x32 images with 3 channels but',
@@ -198,7 +199,7 @@ def test_refusals_are_one_line(case, tmp_path, data32):
     elif case == 'resolution':
         data16 = str(tmp_path / 'd16.zip')
         write_tiny_dataset(data16, num_images=4, resolution=16, seed=0)
-        args = ['--outdir', str(outdir), '--data', data16, '--cfg', 'auto', '--rows', '64', '--workers', '0',
+        args = ['--outdir', str(outdir), '--data', data16, '--cfg', 'auto', '--rows', '64', *short,
                 '--resume', str(shared_fixture('nvlabs-sg2ada-32px.pkl'))]
     elif case == 'labels':
         plain = str(tmp_path / 'plain.zip')
