@@ -171,6 +171,20 @@ def adopt_resume_source(c, row_start_name=None, spread_kimg=None):
     return c
 
 
+def adopt_newest_readable_state(c, paths):
+    """`--resume=auto`: adopt what the first readable training state of `paths` (newest first) recorded, as the loop
+    will resume from it (it reports the unreadable ones)."""
+    for path in paths:
+        try:
+            state = snapshot.load_training_state(path)
+        except snapshot.StateError:
+            continue
+        if state.get('finetune'):
+            _adopt_recorded(c, path, state['finetune'])
+        return c
+    return c
+
+
 def _architecture(c, path, data):
     """(G_kwargs, D_kwargs or None, D from the checkpoint?) of the checkpoint with the run's option keys."""
     G = data.get('G') if data.get('G') is not None else data.get('G_ema')

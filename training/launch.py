@@ -49,8 +49,7 @@ def dry_run_report(o, c, outdir, desc, loop_title):
     where = find_auto_resume(outdir, desc) if c.resume_pkl == 'auto' else None
     if where is not None:   # What the run would continue: a fine-tuning run's recorded networks and row start.
         c = copy.deepcopy(c)
-        c.resume_pkl = where[1]
-        finetune.adopt_resume_source(c)
+        finetune.adopt_newest_readable_state(c, snapshot.list_states(where[0])[::-1])
     return '\n'.join([f'Preset {o.cfg}; options:', json.dumps({k: o[k] for k in sorted(o)}, indent=2),
                       f'{loop_title}:', json.dumps(c, indent=2),
                       f'Run directory: {where[0] if where else next_run_dir(outdir, desc)}', 'Dry run: exiting.'])
@@ -70,7 +69,7 @@ def prepare_run_dir(outdir, desc, c, options=None):
         if found is not None:
             run_dir, c.resume_pkl = found
             c.resume_fallbacks = snapshot.list_states(run_dir)[-2::-1]
-            finetune.adopt_resume_source(c)
+            finetune.adopt_newest_readable_state(c, [c.resume_pkl, *c.resume_fallbacks])
     if run_dir is None:
         run_dir = next_run_dir(outdir, desc)
     os.makedirs(run_dir, exist_ok=True)
