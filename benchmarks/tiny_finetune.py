@@ -42,24 +42,22 @@ from inversion.runner import load_generator, run_inversion
 from metrics import metric_main
 from metrics.reconstruction import pixel_metrics, read_inversion_run, reconstruction_metrics
 from torch_utils.image_io import save_json
-from training import launch
+from training import launch, snapshot
+from training.training_loop import TrainingRun
 from training.row_start import ROW_STARTS
 from training.tiny_data import TRAIN_SEED, write_tiny_dataset, write_tiny_images
 
 #----------------------------------------------------------------------------
 
-FULL = dict(images=16, steps=200, kimg=30.0, lengths=(2.0, 5.0, 10.0), spread_kimg=2.0, fid_gen=1000,
+FULL = dict(images=16, steps=200, kimg=30.0, lengths=(0.0, 2.0, 5.0, 10.0), spread_kimg=2.0, fid_gen=1000,
             train_images=1000)
-SMOKE = dict(images=3, steps=4, kimg=0.016, lengths=(0.016, 0.032), spread_kimg=0.016, fid_gen=32, train_images=64)
+SMOKE = dict(images=3, steps=4, kimg=0.016, lengths=(0.0, 0.016, 0.032), spread_kimg=0.016, fid_gen=32, train_images=64)
 BASELINE_RUNS = (('baseline', 'w'), ('baseline', 'w+'), ('overparam', 'W'))   # tables' run folders
 
 
-def finetune_label(name, kimg):
-    return f'fine-tuned {name} {kimg:g} kimg'
-
-
 def finetune_tag(name, kimg):
-    return f'finetune-{name}-{kimg:g}'
+    """'finetune-paper-5'; length 0 (the start, the same network for every row start) is 'finetune-start-0'."""
+    return 'finetune-start-0' if kimg == 0 else f'finetune-{name}-{kimg:g}'
 
 
 def inversion_folder(tag):
@@ -80,13 +78,18 @@ def finetune_run(outdir, zip_path, base_pkl, name, s, seed, smoke, log):
         if str(kimg) in snaps and Path(snaps[str(kimg)]).is_file():
             log(f'fine-tuning {name}: reusing {snaps[str(kimg)]}')
             continue
+        if kimg == 0:
+            snaps[str(kimg)] = start_snapshot(folder / 'start', zip_path, base_pkl, seed)
+            save_json(marker, dict(key=key, snapshots=snaps))
+            continue
+        started = any(float(k) > 0 for k in snaps)           # a training segment ran: continue that run
         extra = dict(tick=max(kimg / 2, 0.008), snap=1000, workers=0) if smoke else dict(tick=1, snap=1000)
         spread = dict(row_spread_kimg=s['spread_kimg']) if name == 'spread' else {}
         o = presets.resolve_options(cfg='tiny-overparam', data=str(zip_path), kimg=kimg, seed=seed,
-                                    resume=str(base_pkl) if not snaps else 'auto', row_start=name, **spread, **extra)
+                                    resume='auto' if started else str(base_pkl), row_start=name, **spread, **extra)
         c = presets.build_training_kwargs(o)
         desc = f'{presets.run_description(o)}-finetune-{name}'
-        log(f'fine-tuning {name} to {kimg:g} kimg ({"from " + str(base_pkl) if not snaps else "continued"}) ...')
+        log(f'fine-tuning {name} to {kimg:g} kimg ({"continued" if started else "from " + str(base_pkl)}) ...')
         run_dir = launch.launch_training(c, str(folder), desc, gpus=1, device_type='cpu',
                                          options=dict(cfg=o.cfg, num_gpus=1, desc=desc))
         snaps[str(kimg)] = str(sorted(Path(run_dir).glob('network-snapshot-*.pkl'))[-1])
@@ -104,7 +107,8 @@ def snapshot_progress(pkl):
     m = _SNAPSHOT.search(Path(pkl).name)
     kimg = int(m.group(1)) + int(m.group(2) or 0) / 1000
     segments, last = [], None
-    for line in (Path(pkl).parent / 'log.txt').read_text(errors='replace').splitlines():
+    log = Path(pkl).parent / 'log.txt'
+    for line in (log.read_text(errors='replace') if log.is_file() else '').splitlines():
         if line.startswith('Training for'):
             if last is not None:
                 segments.append(last)
@@ -114,6 +118,21 @@ def snapshot_progress(pkl):
             last = sum(int(v) * {'d': 86400, 'h': 3600, 'm': 60, 's': 1}[u]
                        for v, u in re.findall(r'(\d+)([dhms])', tick.group(2)))
     return kimg, sum(segments) + (last or 0)
+
+
+def start_snapshot(folder, zip_path, base_pkl, seed):
+    """The fine-tuning start before its first step (the pretrained StyleGAN2 read with R rows), as a snapshot."""
+    pkl = Path(folder) / snapshot.snapshot_name(0)
+    if not pkl.is_file():
+        o = presets.resolve_options(cfg='tiny-overparam', data=str(zip_path), seed=seed, resume=str(base_pkl),
+                                    workers=0)
+        run = TrainingRun.from_kwargs(run_dir=str(folder), verbose=False, **presets.build_training_kwargs(o))
+        try:
+            snapshot.save_network_snapshot(str(pkl), run.networks, run.cfg.training_set_kwargs, cur_nimg=0,
+                                           latent_rows=run.G.latent_rows)
+        finally:
+            run.close()
+    return str(pkl)
 
 
 def finished_snapshots(outdir, name):
@@ -155,7 +174,8 @@ def inversion_metrics(folder, distance, features):
 @click.option('--steps', type=click.IntRange(min=1), default=None, help='Inversion steps [default: 200; smoke 4]')
 @click.option('--kimg', type=click.FloatRange(min=0, min_open=True), default=None,
               help='Training length of both generators when trained here [default: 30]')
-@click.option('--lengths', default=None, metavar='KIMG,...', help='Fine-tuning lengths [default: 2,5,10]')
+@click.option('--lengths', default=None, metavar='KIMG,...',
+              help='Fine-tuning lengths; 0 = the start, before any step [default: 0,2,5,10]')
 @click.option('--row-starts', default=','.join(ROW_STARTS), show_default=True, metavar='NAMES',
               help='Row starts to fine-tune with (training.row_start)')
 @click.option('--spread-kimg', type=click.FloatRange(min=0, min_open=True), default=None,
@@ -182,8 +202,8 @@ def main(outdir, networks, smoke, images, steps, kimg, lengths, row_starts, spre
             s['lengths'] = tuple(sorted({float(x) for x in lengths.split(',') if x.strip()}))
         except ValueError:
             raise click.ClickException(f'--lengths {lengths}: give kimg values separated by commas, e.g. 2,5,10')
-        if not s['lengths'] or min(s['lengths']) <= 0:
-            raise click.ClickException(f'--lengths {lengths}: give positive kimg values, e.g. 2,5,10')
+        if not s['lengths'] or min(s['lengths']) < 0:
+            raise click.ClickException(f'--lengths {lengths}: give kimg values >= 0, e.g. 0,2,5,10')
     names = [n.strip() for n in row_starts.split(',') if n.strip()]
     if not names or set(names) - set(ROW_STARTS):
         raise click.ClickException(f'--row-starts {row_starts}: use a comma-separated list of {", ".join(ROW_STARTS)}')

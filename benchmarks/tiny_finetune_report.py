@@ -53,7 +53,7 @@ def goal(result, thresholds=GOAL):
     within = [r for r in rows if r['kimg_ok'] and math.isfinite(r['gain_fraction'])]
     per_start = {}
     for name in dict.fromkeys(r['row_start'] for r in rows):
-        mine = [r for r in rows if r['row_start'] == name]
+        mine = [r for r in rows if r['row_start'] == name and r['kimg'] > 0] or [r for r in rows if r['row_start'] == name]
         per_start[name] = dict(mean_psnr=float(np.mean([r['psnr'] for r in mine])),
                                mean_fid_ratio=float(np.mean([r['fid_ratio'] for r in mine])), lengths=len(mine))
     return dict(thresholds=dict(thresholds), baseline_wplus_psnr=base, scratch_W_psnr=scratch, scratch_gain_db=gain,
@@ -197,7 +197,7 @@ def markdown(result):
             last = max(mine, key=lambda f: f['kimg'])
             how = ("the paper's sampling from the first step" if name == 'paper' else
                    f'rows identical at the start, spread to the paper\'s correlation over {s["spread_kimg"]:g} kimg')
-            at = ', '.join(f'{f["kimg"]:g}' for f in mine)
+            at = ', '.join(f'{f["kimg"]:g}' for f in mine if f['kimg'] > 0)
             lines.append(f'- fine-tuned from the pretrained one into R = {s["rows"]} rows (`train.py --cfg '
                          f'tiny-overparam --resume BASE.pkl`), row start `{name}` ({how}): one run, snapshots at '
                          f'{at} kimg, {_fmt_time(last["seconds"])} to {last["kimg"]:g} kimg')
@@ -216,9 +216,16 @@ def markdown(result):
         share = '0 %' if label == 'baseline w+' else '100 %' if label == 'overparam W' else '—'
         lines.append(f'| {name} | {space} | — | {fid[model]:.4f} | {r["lpips"]:.4f} | {r["psnr"]:.2f} | '
                      f'{r["ssim"]:.3f} | {share} | {"1.00" if model == "overparam" else "—"} | — |')
+    shown_start = False
     for f, row in zip(result['finetunes'], g['rows']):
         share = f'{100 * row["gain_fraction"]:.0f} %' if math.isfinite(row['gain_fraction']) else '—'
-        lines.append(f'| fine-tuned, {f["row_start"]} row start | W | {f["kimg"]:g} | {f["fid"]:.4f} | '
+        if f['kimg'] == 0:                  # the same network for every row start: one row
+            if shown_start:
+                continue
+            shown_start = True
+        who = ('start: the pretrained StyleGAN2 read with R rows, no step' if f['kimg'] == 0
+               else f'fine-tuned, {f["row_start"]} row start')
+        lines.append(f'| {who} | W | {f["kimg"]:g} | {f["fid"]:.4f} | '
                      f'{f["W"]["lpips"]:.4f} | {f["W"]["psnr"]:.2f} | {f["W"]["ssim"]:.3f} | {share} | '
                      f'{row["fid_ratio"]:.2f} | {"met" if row["met"] else "not met"} |')
     t = g['thresholds']
@@ -242,7 +249,7 @@ def markdown(result):
                          f'{(t["gain_fraction"] - b["gain_fraction"]) * g["scratch_gain_db"]:.2f} dB) with FID '
                          f'{b["fid_ratio"]:.2f} x ({_mark(b["fid_ok"])} for the FID bound).')
     lines.append('')
-    lines.append('Row starts (mean over the lengths): ' + '; '.join(
+    lines.append('Row starts (mean over the fine-tuned lengths): ' + '; '.join(
         f'`{k}` W PSNR {v["mean_psnr"]:.2f} dB, FID {v["mean_fid_ratio"]:.2f} x scratch'
         for k, v in g['row_starts'].items()) + '.')
     inv_s = result.get('inversion_seconds') or {}
