@@ -123,9 +123,15 @@ def xy_plot(series, hlines, title, xlabel, ylabel, size=(820, 520)):
     return np.asarray(img)
 
 
+def finetune_key(f):
+    """The per-image key of a fine-tuned snapshot (benchmarks.tiny_finetune.finetune_tag)."""
+    return 'finetune-start-0' if f['target_kimg'] == 0 else f'finetune-{f["row_start"]}-{f["target_kimg"]:g}'
+
+
 def write_figures(outdir, result, per_image):
     """FIG_PSNR (W-inversion PSNR against fine-tuning kimg, per row start; from-scratch W and baseline w+ as
-    lines) and FIG_RECON (targets | baseline w+ | from-scratch W | each row start's longest fine-tuning, W)."""
+    lines) and FIG_RECON (targets | baseline w+ | from-scratch W | the start and each row start's shortest and
+    longest fine-tuning within the Goal's kimg budget, W)."""
     outdir = Path(outdir)
     inv = result['inversions']
     series = {}
@@ -137,13 +143,15 @@ def write_figures(outdir, result, per_image):
     n = len(per_image['baseline w+']['names'])
     save_png(outdir / FIG_PSNR, xy_plot(series, hlines, f'PSNR of {n} held-out images inverted into W, against '
                                         'fine-tuning length', 'fine-tuning kimg', 'PSNR (dB)'))
-    longest = {}
-    for f in result['finetunes']:
-        if f['kimg'] >= longest.get(f['row_start'], dict(kimg=-1))['kimg']:
-            longest[f['row_start']] = f
+    budget = scratch_kimg * GOAL['kimg_fraction'] + 1e-9
+    shown = [f for f in result['finetunes'] if f['kimg'] == 0][:1]        # the start (one network for all)
+    for name in dict.fromkeys(f['row_start'] for f in result['finetunes']):
+        tuned = [f for f in result['finetunes'] if f['row_start'] == name and 0 < f['kimg']]
+        within = [f for f in tuned if f['kimg'] <= budget] or tuned
+        shown += list({id(f): f for f in (within[:1] + within[-1:])}.values())
     runs = [('baseline w+', 'baseline w+'), ('overparam W', f'scratch W ({scratch_kimg:g} kimg)')]
-    runs += [(f'finetune-{f["row_start"]}-{f["target_kimg"]:g}', f'fine-tuned {name} W ({f["kimg"]:g} kimg)')
-             for name, f in longest.items()]
+    runs += [(finetune_key(f), 'start W (0 kimg)' if f['kimg'] == 0 else f'{f["row_start"]} W ({f["kimg"]:g} kimg)')
+             for f in shown]
     first = per_image['baseline w+']
     k = min(RECON_ROWS, len(first['names']))
     columns = [list(first['target'][:k])] + [list(per_image[key]['recon'][:k]) for key, _ in runs]
