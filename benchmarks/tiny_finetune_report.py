@@ -190,6 +190,8 @@ def markdown(result):
         cmd += ' --networks BASE.pkl OVER.pkl'
     if s['smoke']:
         cmd += ' --smoke'
+    else:
+        cmd += ' --lengths ' + ','.join(f'{k:g}' for k in s['lengths'])
     lines = [BEGIN, '', f'Generated {s["date"]} by `{cmd}`' + (' (**smoke mode: meaningless numbers**)' if s['smoke']
                                                                else '') + '.', '']
     lines.append(f'Generators on the bundled shapes (`tiny32.zip`, {s["train_images"]} images, 32 px), seed '
@@ -242,10 +244,18 @@ def markdown(result):
               f'{g["baseline_wplus_psnr"]:.2f} = {g["scratch_gain_db"]:.2f} dB) within a third of its '
               f'{g["scratch_kimg"]:g} kimg, with an FID <= {t["fid_ratio"]:g} x its {g["scratch_fid"]:.4f}.', '']
     if g['met']:
+        tuned = [r for r in g['rows'] if r['met'] and r['kimg'] > 0]
         r = g['first_met']
-        lines.append(f'**Goal met**: the `{r["row_start"]}` row start at {r["kimg"]:g} kimg '
-                     f'({100 * r["kimg_fraction"]:.0f} % of the from-scratch kimg) reaches '
-                     f'{100 * r["gain_fraction"]:.0f} % of the gain with FID {r["fid_ratio"]:.2f} x.')
+        if r['kimg'] == 0:
+            lines.append(f'**Goal met, already at the start**: the pretrained StyleGAN2 read with R rows, before any '
+                         f'fine-tuning step, reaches {100 * r["gain_fraction"]:.0f} % of the gain with FID '
+                         f'{r["fid_ratio"]:.2f} x.')
+            lines.append('')
+        for r in ([min(tuned, key=lambda r: (r['kimg'], -r['gain_fraction']))] if tuned else []):
+            lines.append(f'{"The first fine-tuned snapshot meeting it" if g["first_met"]["kimg"] == 0 else "**Goal met**"}:'
+                         f' the `{r["row_start"]}` row start at {r["kimg"]:g} kimg ({100 * r["kimg_fraction"]:.0f} % of '
+                         f'the from-scratch kimg) reaches {100 * r["gain_fraction"]:.0f} % of the gain with FID '
+                         f'{r["fid_ratio"]:.2f} x.')
     else:
         b = g['best_within']
         if b is None:
