@@ -2,7 +2,7 @@
 
 Three layers of checks:
 - build: the CUDA plugin compiles with nvcc (explicit arch list, no GPU needed);
-- emulated: the same kernel source, compiled for the host with -DMC_EMULATE (one OS
+- emulated: the same kernel source, compiled for the host with -DOPS_EMULATE (one OS
   thread per CUDA thread, a barrier for __syncthreads), runs on CPU tensors against the
   reference path: forward, gradients wrt x / weight / styles / noise, every tile config
   and grid split, up = 2, second order;
@@ -16,7 +16,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import OPS_DIR, have_compiler as _have_compiler, skip_without_toolchain
+from conftest import OPS_DIR, emulated_plugin
 from torch_utils import custom_ops
 from torch_utils.ops import modulated_conv2d_cuda as mcc
 from torch_utils.ops import upfirdn2d
@@ -52,11 +52,7 @@ def test_compile_cuda_plugin(needs_nvcc, plugin_build_dir):
 @pytest.fixture(scope='module')
 def emu(plugin_build_dir):
     """The kernels compiled for the host, in the shared build cache (keyed by content hash)."""
-    if not _have_compiler():
-        skip_without_toolchain('needs a C++ compiler and ninja')
-    return custom_ops.get_plugin('modulated_conv2d_emu', ['modulated_conv2d.cpp'],
-                                 headers=['modulated_conv2d.h', 'modulated_conv2d.cu'], source_dir=OPS_DIR,
-                                 build_dir=plugin_build_dir, extra_cflags=['-DMC_EMULATE', '-O2'])
+    return emulated_plugin(plugin_build_dir, 'modulated_conv2d')
 
 def _inputs(N, I, O, H, W, k, rows, dtype, device='cpu', seed=0):
     gen = torch.Generator().manual_seed(seed)
