@@ -18,6 +18,12 @@ if str(REPO) not in sys.path:
 
 OPS_DIR = str(REPO / 'torch_utils' / 'ops')
 
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: multi-process or end-to-end tests of 10 s and more; CI runs them, '
+                                       '`-m "not slow"` leaves them out of a quick run')
+    config.addinivalue_line('markers', 'pins_numbers: compares values with pins or tolerances that another CPU\'s '
+                                       'kernels could move; tests/cpu_matrix.sh runs these under other kernel sets')
+
 # The CUDA ops' self-check (torch_utils/ops/self_check.py) falls back to the reference path when a
 # kernel disagrees with it: in tests that would hide the very bug a CUDA-vs-reference test looks
 # for, so it is off unless a test turns it on (tests/test_self_check.py).

@@ -194,6 +194,7 @@ def test_overview_after_a_resume_shows_the_earlier_images(checkpoints, image_dir
     assert PIL.Image.open(out / 'overview.png').size[0] > one_batch[0] + 128
 
 
+@pytest.mark.pins_numbers
 def test_first_steps_follow_adam_with_the_papers_betas(checkpoints, tmp_path):
     """invert.py's defaults take the paper's Adam steps: lr 0.05, betas (0.9, 0.999), eps 1e-8. Three steps from the
     mean latent (truncation off) against Adam written out here, with gradients of the same loss on the same image.

@@ -22,7 +22,7 @@ from inversion.spaces import LatentSpace
 from torch_utils import checkpoint
 
 RES = 16
-pytestmark = pytest.mark.filterwarnings('ignore:.*torch.jit.*:FutureWarning')
+pytestmark = [pytest.mark.pins_numbers, pytest.mark.filterwarnings('ignore:.*torch.jit.*:FutureWarning')]
 
 
 def make_G(resolution=RES, seed=1, latent_rows=None):

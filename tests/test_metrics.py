@@ -20,6 +20,8 @@ from training.networks import Generator
 from training.tiny_data import write_tiny_dataset
 
 
+pytestmark = pytest.mark.pins_numbers
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     """Empty dnnlib cache per test, no network, no detector shared between tests."""

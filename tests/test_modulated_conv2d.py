@@ -7,6 +7,8 @@ import torch
 from torch_utils.ops import conv2d_resample, upfirdn2d
 from torch_utils.ops.modulated_conv2d import demodulation_coefficients, modulated_conv2d
 
+pytestmark = pytest.mark.pins_numbers
+
 
 def einsum_modconv(x, weight, styles, demodulate=True):
     """Independent eq. 2: unfold patches, per-sample weight `W[o,i] * S[n,o,i]`, demodulate, contract."""

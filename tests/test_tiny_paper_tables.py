@@ -14,6 +14,8 @@ from click.testing import CliRunner
 from benchmarks import tiny_paper_tables as tables
 from benchmarks import tiny_tables_report as report
 
+pytestmark = pytest.mark.slow
+
 #----------------------------------------------------------------------------
 
 @pytest.fixture(scope='module')
