@@ -216,7 +216,7 @@ def test_first_steps_follow_adam_with_the_papers_betas(checkpoints, tmp_path):
     G = checkpoint.load_network(checkpoints['overparam']).eval().requires_grad_(False)
     loss = build_loss('vgg-random', mse_weight=0.5)
     image = decode_target_with_mask(tmp_path / 'in' / 'a.png', G.img_resolution)[0]
-    target = loss.prepare_target(to_tensor(image[None]))
+    target = loss.prepare_target(to_tensor(image[None].copy()))
     space = LatentSpace.for_generator(G, 'W')
     x = space.init_from(G.mapping.w_avg, 1).double()
     m, v = torch.zeros_like(x), torch.zeros_like(x)
