@@ -193,7 +193,7 @@ class MappingNetwork(nn.Module):
             self.embed = FullyConnectedLayer(c_dim, label_width)
         hidden = w_dim if layer_features is None else layer_features
         widths = [z_dim + label_width] + [hidden] * (num_layers - 1) + [w_dim]
-        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:num_layers + 1])):   # none for 0 layers
             self.add_module(f'fc{i}', FullyConnectedLayer(fan_in, fan_out, activation=activation,
                                                           lr_multiplier=lr_multiplier))
         if self.tracks_w_avg:
