@@ -6,6 +6,7 @@ Each payload is written as raw pickle opcodes (or through a `__reduce__` helper)
 MemoryError or a torch allocation failure: those would mean it was refused after allocating).
 """
 
+import argparse
 import builtins
 import collections
 import functools
@@ -22,7 +23,7 @@ import pytest
 import torch
 
 import dnnlib
-from torch_utils import checkpoint, persistence, safe_pickle
+from torch_utils import checkpoint, persistence, safe_pickle, tf_records
 
 MAX_PYTHON_PEAK = 64 << 20          # Bytes of Python allocations any payload may cause (tracemalloc peak).
 
@@ -49,7 +50,9 @@ EXPECTED_ALLOW_LIST = {
     ('numpy._core.multiarray', '_reconstruct'): safe_pickle._array_start,
     ('numpy.core.multiarray', 'scalar'): safe_pickle._numpy_scalar,
     ('numpy._core.multiarray', 'scalar'): safe_pickle._numpy_scalar,
+    ('dnnlib.tflib.network', 'Network'): tf_records.TFNetworkRecord,       # inert: checks and keeps its state
 }
+EXPECTED_TORCH_SAVE_GLOBALS = (argparse.Namespace,)                      # rosinality's `args`
 
 
 def test_allow_list_is_exactly_the_pinned_one():
@@ -58,6 +61,7 @@ def test_allow_list_is_exactly_the_pinned_one():
     assert set(allowed) == set(EXPECTED_ALLOW_LIST)
     for key, obj in EXPECTED_ALLOW_LIST.items():
         assert allowed[key] is obj, key
+    assert safe_pickle.TORCH_SAVE_GLOBALS == EXPECTED_TORCH_SAVE_GLOBALS
     unpickler = safe_pickle.SafeUnpickler(io.BytesIO(b''))
     assert unpickler.find_class('torch', 'float16') is torch.float16          # torch dtypes besides the list...
     for module, name in [('torch', 'load'), ('torch', 'tensor'), ('builtins', 'getattr'), ('builtins', 'eval'),
