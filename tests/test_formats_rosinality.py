@@ -124,7 +124,8 @@ def his_generator_shapes(size, style_dim, n_mlp, channels):
         cin, cout = channels[2 ** (i - 1)], channels[2 ** i]
         rows += styled_conv(f'convs.{index}', cin, cout, True) + styled_conv(f'convs.{index + 1}', cout, cout, False)
         index += 2
-    rows += [row for k, i in enumerate(range(3, log_size + 1)) for row in to_rgb(f'to_rgbs.{k}', channels[2 ** i], True)]
+    rows += [row for k, i in enumerate(range(3, log_size + 1))
+             for row in to_rgb(f'to_rgbs.{k}', channels[2 ** i], True)]
     rows += [(f'noises.noise_{j}', [1, 1, 2 ** ((j + 5) // 2), 2 ** ((j + 5) // 2)]) for j in range(log_size * 2 - 3)]
     return rows
 
@@ -164,7 +165,8 @@ def test_nvidia_networks_export_with_his_keys_and_our_outputs(source):
 
 def test_his_default_table_is_recognised():
     G = networks.Generator(z_dim=16, c_dim=0, w_dim=16, img_resolution=64, img_channels=3,
-                           mapping_kwargs=dict(num_layers=8), synthesis_kwargs=dict(channel_base=16384, channel_max=512))
+                           mapping_kwargs=dict(num_layers=8),
+                           synthesis_kwargs=dict(channel_base=16384, channel_max=512))
     assert rosinality.his_constructor(G) == 'Generator(size=64, style_dim=16, n_mlp=8, channel_multiplier=1)'
     out, _ = rosinality.to_rosinality(G)
     assert _shapes(out['g_ema']) == his_generator_shapes(64, 16, 8, {4: 512, 8: 512, 16: 512, 32: 512, 64: 256})

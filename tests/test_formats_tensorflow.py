@@ -65,7 +65,8 @@ def test_writer_matches_the_fixture_format(fixture_nets):
     written = tf_generator_variables(data['G_ema'])
     original = Gs_rec.all_variables()
     ours = {**{f'mapping/{k}': v for k, v in written['mapping'].items()},
-            **{f'synthesis/{k}': v for k, v in written['synthesis'].items()}, 'dlatent_avg': written['top']['dlatent_avg']}
+            **{f'synthesis/{k}': v for k, v in written['synthesis'].items()},
+            'dlatent_avg': written['top']['dlatent_avg']}
     assert set(ours) == set(original)
     for name, value in original.items():
         tol = 1e-7 if name.endswith('mod_bias') else 0            # x + 1 - 1 rounds

@@ -82,7 +82,7 @@ def _explain(err, head):
     if isinstance(err, PickleLoadError) and (str(err).startswith('Refusing') or torch_save):
         return dnnlib.util.one_line(err)                  # Refusals first: they say what to do.
     if torch_save:
-        return (f'the torch.save file is damaged or truncated ({dnnlib.util.one_line(err)[:160]}); '
+        return (f'the torch.save file is damaged or truncated ({dnnlib.util.one_line(err).split(". ")[0][:160]}); '
                 f'copy or download it again')
     if head[:1] != b'\x80':                                # Every network pickle uses protocol 2 or later.
         return f'it is not a network file (neither a pickle nor a torch.save file); pass {_FORMATS_HINT}'

@@ -245,7 +245,8 @@ def _from_ours(module, rows):
 def _default_filter(module):
     from torch_utils.ops import upfirdn2d
     default = upfirdn2d.setup_filter(list(BLUR_TAPS))
-    return all(torch.equal(buf.cpu(), default) for name, buf in module.named_buffers() if name.endswith('resample_filter'))
+    return all(torch.equal(buf.cpu(), default) for name, buf in module.named_buffers()
+               if name.endswith('resample_filter'))
 
 
 def _clamped(modules):

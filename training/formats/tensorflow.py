@@ -58,7 +58,8 @@ _DISCRIMINATOR_KWARGS = {
     'num_fp16_res': ('num_fp16_res', 0), 'conv_clamp': ('conv_clamp', None),
     'resample_kernel': ('block_kwargs.resample_filter', [1, 3, 3, 1]),
     'freeze_layers': ('block_kwargs.freeze_layers', 0), 'mapping_layers': ('mapping_kwargs.num_layers', 0),
-    'mapping_lrmul': ('mapping_kwargs.lr_multiplier', 0.1), 'mbstd_num_features': ('epilogue_kwargs.mbstd_num_channels', 1),
+    'mapping_lrmul': ('mapping_kwargs.lr_multiplier', 0.1),
+    'mbstd_num_features': ('epilogue_kwargs.mbstd_num_channels', 1),
 }
 # Read separately: fmap_base (x 2), the w_avg decay, nonlinearity of D, minibatch-std group, mapping widths.
 _SPECIAL = {'fmap_base', 'dlatent_avg_beta', 'w_avg_beta', 'nonlinearity', 'mbstd_group_size', 'mapping_fmaps',
@@ -107,7 +108,7 @@ _MODULATED_FIELDS = {'weight': ('weight', None), 'bias': ('bias', _same), 'mod_w
 def _modulated(resolution, layer, field):
     """(our name, layout change) of field `field` of the TF modulated layer `{res}x{res}/{layer}`, or None."""
     at_4x4 = resolution == '4'
-    if field not in _MODULATED_FIELDS or (layer == 'Conv' and not at_4x4) or (layer in ('Conv0_up', 'Conv1') and at_4x4):
+    if field not in _MODULATED_FIELDS or (layer == 'Conv') != at_4x4 and layer != 'ToRGB':
         return None
     ours, change = _MODULATED_FIELDS[field]
     if change is None:
@@ -146,13 +147,13 @@ _DISCRIMINATOR_RULES = (
 def _rename(name, rules):
     """(our name, layout change) of TF variable `name`, or None when no rule knows it."""
     for pattern, *target in rules:
-        match = re.fullmatch(pattern, name)
-        if match is None:
+        found = re.fullmatch(pattern, name)
+        if found is None:
             continue
         if len(target) == 1:
-            return target[0](*match.groups())
+            return target[0](*found.groups())
         template, change = target
-        return template.format(*match.groups()), change
+        return template.format(*found.groups()), change
     return None
 
 
@@ -237,7 +238,8 @@ def discriminator_kwargs(record, variables):
     _check_kwargs(tf_kwargs, _DISCRIMINATOR_KWARGS, what)
     if record.build_func_name == 'D_stylegan2' and tf_kwargs.get('label_size', 0) > 0:
         raise UnsupportedNetworkError(f'{what}: the conditional discriminator of the original StyleGAN2 code projects '
-                                      f'onto the raw labels, which this project\'s (StyleGAN2-ADA) discriminator does not')
+                                      f'onto the raw labels, which this project\'s (StyleGAN2-ADA) discriminator '
+                                      f'does not')
     kwargs = _translate_kwargs(tf_kwargs, _DISCRIMINATOR_KWARGS)
     kwargs['channel_base'] = 2 * tf_kwargs.get('fmap_base', 16384)
     activation = tf_kwargs.get('nonlinearity', 'lrelu')
@@ -292,9 +294,9 @@ def generator_from_tf(record):
     """A TF G_main record -> (our Generator kwargs, state dict)."""
     variables = record.all_variables()
     if any(name.startswith('mapping/LabelConcat/') for name in variables):
-        raise UnsupportedNetworkError(f'the TensorFlow generator {record.name!r} embeds labels the way of the original '
-                                      f'StyleGAN2 code (LabelConcat, normalised together with z), which this project\'s '
-                                      f'(StyleGAN2-ADA) mapping does not compute')
+        raise UnsupportedNetworkError(f'the TensorFlow generator {record.name!r} embeds labels the way of the '
+                                      f'original StyleGAN2 code (LabelConcat, normalised together with z), which '
+                                      f'this project\'s (StyleGAN2-ADA) mapping does not compute')
     if any(re.fullmatch(r'synthesis/ToRGB_lod\d+/.*', name) for name in variables):
         raise UnsupportedNetworkError(f'the TensorFlow generator {record.name!r} has progressive-growing ToRGB_lod '
                                       f'layers (StyleGAN2 configs B-D), which this project does not implement')
