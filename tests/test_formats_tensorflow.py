@@ -30,17 +30,17 @@ def fixture_nets():
 
 def test_fixture_reproduces_nvidia_conversion(fixture_nets):
     """G_ema = Gs and D give the outputs of NVIDIA's legacy.py conversion run through NVIDIA's networks
-    (measured: equal to the bit on this CPU; pinned at 1e-6 relative)."""
+    (measured: equal to the bit on this CPU, D 1.4e-6 relative with ATEN_CPU_CAPABILITY=default; pinned at 1e-5)."""
     fmt, data, ex = fixture_nets
     assert fmt == checkpoint.TENSORFLOW and set(data) == {'G', 'D', 'G_ema'}
     G, D = data['G_ema'], data['D']
     assert isinstance(G, networks.Generator) and isinstance(D, networks.Discriminator) and data['G'] is not G
     with torch.no_grad():
-        assert rel_err(G.mapping(ex['z'], ex['c']), ex['ws']) <= 1e-6
-        assert rel_err(G.mapping(ex['z'], ex['c'], truncation_psi=0.7), ex['ws_psi07']) <= 1e-6
-        assert rel_err(G.synthesis(ex['ws'], noise_mode='const', force_fp32=True), ex['img_const']) <= 1e-6
-        assert rel_err(G.synthesis(ex['ws_psi07'], noise_mode='none', force_fp32=True), ex['img_psi07_nonoise']) <= 1e-6
-        assert rel_err(D(ex['img_const'], ex['c']), ex['d_logits']) <= 1e-6
+        assert rel_err(G.mapping(ex['z'], ex['c']), ex['ws']) <= 1e-5
+        assert rel_err(G.mapping(ex['z'], ex['c'], truncation_psi=0.7), ex['ws_psi07']) <= 1e-5
+        assert rel_err(G.synthesis(ex['ws'], noise_mode='const', force_fp32=True), ex['img_const']) <= 1e-5
+        assert rel_err(G.synthesis(ex['ws_psi07'], noise_mode='none', force_fp32=True), ex['img_psi07_nonoise']) <= 1e-5
+        assert rel_err(D(ex['img_const'], ex['c']), ex['d_logits']) <= 1e-5
     assert G.synthesis.b32.conv0.weight.shape == (32, 64, 3, 3)                # fmap_base 512 = channel_base 1024
     assert D.b4.mbstd.group_size == 4
 
