@@ -2,6 +2,8 @@
 other configurations written here from the format's description load to the very networks they were written
 from, and what the format has but we do not is refused in one line."""
 
+import contextlib
+import io
 import os
 
 import numpy as np
@@ -212,10 +214,23 @@ def test_tiny_generator_writes_and_loads(tmp_path):
 
 
 def test_allow_list_has_the_tensorflow_record_only_as_inert_data():
-    unpickler = safe_pickle.SafeUnpickler(__import__('io').BytesIO(b''))
+    unpickler = safe_pickle.SafeUnpickler(io.BytesIO(b''))
     cls = unpickler.find_class('dnnlib.tflib.network', 'Network')
     with pytest.raises(checkpoint.PickleLoadError, match='without arguments'):
         cls.__new__(cls, 'x')
     record = cls.__new__(cls)
     with pytest.raises(checkpoint.PickleLoadError, match='unknown fields'):
         record.__setstate__(dict(version=4, name='G', variables=[], exec='x'))
+
+
+@pytest.mark.parametrize('name', [f'{FIXTURE}.pkl', 'rosinality-stylegan2-32px-narrow.pt'])
+def test_trusted_loading_gives_the_same_networks(name):
+    """--trust-pickle reads the same formats (TF records stay inert: dnnlib.tflib is not importable here)."""
+    notice = (lambda: pytest.warns(UserWarning, match='latent_avg')) if name.endswith('.pt') else contextlib.nullcontext
+    with notice():
+        safe = checkpoint.load_network_pkl(shared_fixture(name))
+    with notice():
+        trusted = checkpoint.load_network_pkl(shared_fixture(name), trust=True)
+    for key in ('G', 'D', 'G_ema'):
+        a, b = safe[key].state_dict(), trusted[key].state_dict()
+        assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
