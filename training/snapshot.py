@@ -317,10 +317,13 @@ def prune_states(run_dir, keep):
 def load_snapshot_weights(path, networks, trust=False):
     """Copy same-named weights from a snapshot pickle into `networks`; returns the pickle's `cur_nimg` or None.
 
-    Keys missing from the pickle are skipped (an NVIDIA pickle without augment_pipe); shapes must match.
+    Keys missing from the pickle are skipped (an NVIDIA pickle without augment_pipe); shapes must match. A file
+    with a G_ema but no G (a released generator: NVIDIA's Gs alone, rosinality's g_ema) starts G from G_ema.
     """
     with open(path, 'rb') as f:
         data = checkpoint.load_network_pkl(f, trust=trust)
+    if data.get('G') is None and data.get('G_ema') is not None:
+        data['G'] = data['G_ema']
     missing = []
     for key, module in networks.items():
         src = data.get(key)
