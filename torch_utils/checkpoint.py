@@ -85,7 +85,7 @@ def _explain(err, head):
         return (f'the torch.save file is damaged or truncated ({dnnlib.util.one_line(err).split(". ")[0][:160]}); '
                 f'copy or download it again')
     if head[:1] != b'\x80':                                # Every network pickle uses protocol 2 or later.
-        return f'it is not a network file (neither a pickle nor a torch.save file); pass {_FORMATS_HINT}'
+        return f'it is not a pickle nor a torch.save file (wrong first bytes); pass {_FORMATS_HINT}'
     if isinstance(err, PickleLoadError):
         return dnnlib.util.one_line(err)
     if isinstance(err, EOFError) or 'truncated' in str(err):
