@@ -64,7 +64,7 @@ class RandomDetector(torch.nn.Module):
     def forward(self, images, return_features=False, return_lpips=False, resize_images=True, **_unused):
         """images `[N, C, H, W]` in [0, 255] (C = 1 or 3) -> `[N, dim]` features, `[N, F]` LPIPS
         features, or `[N, dim]` softmax "probabilities" (neither flag)."""
-        x = images.to(torch.float32)
+        x = images.to(self.head.dtype)           # float32; float64 for a `.double()` copy (exact test references)
         if x.shape[1] == 1:
             x = x.repeat([1, 3, 1, 1])
         x = x / 127.5 - 1
@@ -235,11 +235,15 @@ def lpips_distance_fn(spec=VGG16_URL, device=None, num_gpus=1, rank=0, verbose=F
     img0, img1: `[N, 3, H, W]` float in [0, 255], already at the resolution to compare
     (no resizing inside, as `resize_images=False` in NVIDIA's PPL).
     """
-    detector = get_detector(spec, device=device, num_gpus=num_gpus, rank=rank, verbose=verbose)
+    return lpips_distance(get_detector(spec, device=device, num_gpus=num_gpus, rank=rank, verbose=verbose))
 
+
+def lpips_distance(detector):
+    """`fn(img0, img1) -> [N]`: squared distance of `detector`'s LPIPS features (see `lpips_distance_fn`), in float32,
+    or in float64 for a detector that computes in float64."""
     def distance(img0, img1):
         feats = detector(torch.cat([img0, img1]), resize_images=False, return_lpips=True)
-        f0, f1 = feats.to(torch.float32).chunk(2)
+        f0, f1 = feats.to(torch.promote_types(feats.dtype, torch.float32)).chunk(2)
         return (f0 - f1).square().sum(dim=1)
     distance.detector = detector
     return distance

@@ -19,6 +19,8 @@ from inversion import losses, outputs, targets
 from inversion.optimize import Inverter, invert, truncation_steps
 from inversion.spaces import LatentSpace
 
+pytestmark = pytest.mark.pins_numbers
+
 R = 32   # rows of the tiny overparameterized latent (>= widest layer)
 VALID = [(None, 'w'), (None, 'w+'), (R, 'w'), (R, 'w+'), (R, 'W'), (R, 'W+')]
 

@@ -22,7 +22,7 @@ from inversion.spaces import LatentSpace
 from torch_utils import checkpoint
 
 RES = 16
-pytestmark = pytest.mark.filterwarnings('ignore:.*torch.jit.*:FutureWarning')
+pytestmark = [pytest.mark.pins_numbers, pytest.mark.filterwarnings('ignore:.*torch.jit.*:FutureWarning')]
 
 
 def make_G(resolution=RES, seed=1, latent_rows=None):
@@ -277,8 +277,13 @@ def test_cli_alpha_mask_dir_and_missing_mask(network, tmp_path):
     skipped = json.loads((out / 'skipped.json').read_text())
     assert [(s['name'], 'no mask' in s['reason']) for s in skipped] == [('y', True)]
     assert json.loads((out / 'run.json').read_text())['settings']['mask'] == str(tmp_path / 'masks')
-    # A white mask file keeps the alpha mask as it was (batch of 1 here, of 2 there: float rounding only).
-    np.testing.assert_allclose(np.load(out / 'x.npy'), np.load(tmp_path / 'ot1' / 'x.npy'), rtol=1e-4, atol=1e-5)
+    # A white mask file keeps the alpha mask as it was. x is alone in its batch there (y is skipped), so the
+    # reference inverts it alone too: the same kernels on the same shapes give the same bits on any CPU, where a
+    # batch of 2 against a batch of 1 differs by float rounding that Adam's first steps amplify (up to 8.5e-4
+    # relative seen on another CPU).
+    alone = tmp_path / 'alpha-only-batch-1'
+    assert run_cli(*base_args(network, tmp_path / 't1', alone, '--batch', 1)).exit_code == 0
+    assert np.array_equal(np.load(out / 'x.npy'), np.load(alone / 'x.npy'))
 
 
 def test_cli_crop_pad_coffee_end_to_end(network, tmp_path):

@@ -30,6 +30,8 @@ from inversion.jobs import _plan_batches
 from torch_utils import checkpoint, distributed
 from training import networks
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = [f'im{i}' for i in range(6)]
 

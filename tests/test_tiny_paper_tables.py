@@ -15,6 +15,8 @@ from benchmarks import tiny_paper_tables as tables
 from benchmarks import tiny_tables_report as report
 from torch_utils import checkpoint
 
+pytestmark = pytest.mark.slow
+
 #----------------------------------------------------------------------------
 
 @pytest.fixture(scope='module')

@@ -94,8 +94,8 @@ def _explain(err, head):
             f'copy or download it again')
 
 
-# What reading a damaged or hostile file can raise besides our own refusals.
-_READ_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError,
+# What reading a damaged or hostile file (a pickle, or a torch.save archive) can raise besides our own refusals.
+READ_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError,
                 RuntimeError, MemoryError, RecursionError, OverflowError, UnicodeDecodeError, zipfile.BadZipFile,
                 ImportError, LookupError, struct.error)
 
@@ -113,7 +113,7 @@ def _reading(name, f):
         yield
     except CheckpointError:
         raise
-    except _READ_ERRORS as err:
+    except READ_ERRORS as err:
         raise _refuse(name, _explain(err, head)) from err
 
 

@@ -13,7 +13,6 @@ never leaves a partial file, damages the previous one, or pairs files of differe
 import copy
 import glob
 import os
-import pickle
 import re
 import zipfile
 
@@ -266,7 +265,7 @@ def load_training_state(path):
         raise StateError(f'{path} is not a readable training state (empty file)')
     try:
         state = torch.load(os.fspath(path), map_location='cpu', weights_only=True)
-    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as err:
+    except (OSError, *checkpoint.READ_ERRORS) as err:    # random bytes alone raise IndexError, KeyError, ...
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise StateError(f'{path} is not a readable training state ({detail[:160]})') from None
     if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
