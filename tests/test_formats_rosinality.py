@@ -15,6 +15,7 @@ from torch_utils import checkpoint
 from training import networks
 from training.formats import rosinality
 
+pytestmark = pytest.mark.pins_numbers
 FIXTURE = 'rosinality-stylegan2-32px-narrow'
 
 

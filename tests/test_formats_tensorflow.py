@@ -15,6 +15,7 @@ from format_writers import Network, dumps_tf, fmap_kwargs, tf_discriminator, tf_
 from torch_utils import checkpoint, safe_pickle
 from training import networks
 
+pytestmark = pytest.mark.pins_numbers
 FIXTURE = 'tf-stylegan2-32px'
 
 

@@ -213,7 +213,7 @@ class MappingNetwork(nn.Module):
     def _inputs(self, z, c, num_images, rows_per_image):
         """Normalized latent rows, each followed by its image's normalized label embedding: `[N*R, F]`."""
         parts = []
-        dtype = float_dtype_of(self.fc0.weight)
+        dtype = float_dtype_of(next(self.parameters()))          # fc0's, or the label embedding's
         if self.z_dim > 0:
             parts.append(normalize_2nd_moment(z.to(dtype).reshape(-1, self.z_dim)))
         if self.c_dim > 0:
