@@ -3,11 +3,12 @@
 His files are `torch.save` dicts: `g_ema` (+ `latent_avg`) as his `convert_weight.py` writes them, or
 training checkpoints with `g`, `d`, `g_ema`, `g_optim`, `d_optim`, `args` (an argparse.Namespace) and
 `ada_aug_p`. His networks compute StyleGAN2 config F (skip generator, resnet discriminator, blur [1, 3, 3, 1],
-mapping learning rate 0.01, minibatch-std groups of 4) with the same arithmetic as ours up to rounding: his
-equalized-lr scale sits inside the demodulated weight, which moves demodulation's epsilon (1e-8) by a
-factor fan_in (a relative change below 1e-8), and sums are taken in other orders. So the tensors map one to
-one, only re-shaped (`_GENERATOR_SHAPES`): names in `generator_names` / `discriminator_names`, both directions
-from the same table. Sizes are read from the tensors (resolution from the number of `to_rgbs`, widths from the
+mapping learning rate 0.01, minibatch-std groups of 4) with the same operations as ours (his upsampling conv is
+a stride-2 transposed conv then the x4 blur padded (1, 1), his skip upsampler pads (2, 1), as ours) up to
+rounding: his equalized-lr scale sits inside the demodulated weight, which moves demodulation's epsilon (1e-8)
+by a factor fan_in (a relative change below 1e-8), and sums run in other orders. So the tensors map one to
+one, only re-shaped (`_SHAPES`): names in `generator_names` / `discriminator_names`, both directions from the
+same table. Sizes are read from the tensors (resolution from the number of `to_rgbs`, widths from the
 weights, `n_mlp` and `style_dim` from `style.*`), since widths are not always his default table.
 
 Noise buffers `noises.noise_i` become the layers' `noise_const` (noise_mode='const' reproduces his fixed
