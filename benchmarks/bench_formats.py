@@ -24,7 +24,8 @@ FIXTURES = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'fixtur
 def _files(folder):
     torch.manual_seed(0)
     G = networks.Generator(z_dim=512, c_dim=0, w_dim=512, img_resolution=256, img_channels=3,
-                           mapping_kwargs=dict(num_layers=8), synthesis_kwargs=dict(channel_base=32768, channel_max=512))
+                           mapping_kwargs=dict(num_layers=8),
+                           synthesis_kwargs=dict(channel_base=32768, channel_max=512))
     ours = os.path.join(folder, 'g256.pkl')
     checkpoint.save_network_pkl(ours, dict(G_ema=G))
     his, _ = rosinality.to_rosinality(G)
