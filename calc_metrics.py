@@ -78,14 +78,8 @@ def main(network_pkl, metric_list, data, encoder_pkl, mirror, gpus, detector_pat
     if any(metric_main.needs_generator(m) for m in names):
         if not network_pkl:
             raise click.UsageError(f'--network is required for {", ".join(m for m in names if metric_main.needs_generator(m))}')
-        try:
-            with dnnlib.util.open_url(network_pkl, verbose=rank == 0) as f:
-                pkl = checkpoint.load_network_pkl(f, trust=trust_pickle, device=device)
-        except (OSError, ValueError) as err:
-            raise click.ClickException(str(err))
-        G = next((pkl[k] for k in ('G_ema', 'G', 'net') if pkl.get(k) is not None), None)
-        if G is None:
-            raise click.ClickException(f'{network_pkl} holds no G_ema/G network')
+        pkl = checkpoint.load_network_pkl(network_pkl, trust=trust_pickle, device=device)
+        G = checkpoint.network_in(pkl, network_pkl, 'G_ema', option='--network')
         recorded_data = (pkl.get('training_set_kwargs') or {}).get('path')
     if any(m in ('recon', 'recon_pixel') for m in names) and not inversion_run:
         raise click.UsageError('--inversion-run is required for the recon metrics')

@@ -46,10 +46,11 @@ from dnnlib.util import OutdirError, atomic_write, cli_errors, make_outdir
 from inversion.interpolate import load_inversion_ws, real_feature_stats
 from inversion.losses import build_loss
 from inversion.outputs import read_curves
-from inversion.runner import load_generator, run_inversion
+from inversion.runner import run_inversion
 from metrics import detectors, metric_main
 from metrics import interpolation as interp
 from metrics.reconstruction import pixel_metrics, read_inversion_run, reconstruction_metrics
+from torch_utils import checkpoint
 from torch_utils.image_io import save_json
 from training import launch
 from training.tiny_data import TRAIN_SEED, write_tiny_dataset, write_tiny_images
@@ -206,7 +207,7 @@ def table1(nets, zip_path, s, device, distance):
     """{model: dict(fid, ppl)}: FID (random features) of s['fid_gen'] images vs all training images, PPL in w / W."""
     rows = {}
     for model, pkl in nets.items():
-        G, _sha = load_generator(pkl, device=device)
+        G = checkpoint.load_frozen_network(pkl, device=device)[0]
         common = dict(G=G, dataset_kwargs=dataset_kwargs(zip_path, G.img_resolution), device=device, num_workers=0,
                       cache=False, seed=0)
         fid = metric_main.calc_metric('fid50k_full', detector_path=FEATURE_DETECTOR, num_gen=s['fid_gen'], **common)
@@ -239,7 +240,7 @@ def table3(outdir, nets, zip_path, device, distance, features):
     rows = {}
     real = None
     for model, space in RUNS:
-        G, _sha = load_generator(nets[model], device=device)
+        G = checkpoint.load_frozen_network(nets[model], device=device)[0]
         if real is None:
             real = real_feature_stats(str(zip_path), G.img_resolution, FEATURE_DETECTOR, device, cache=False)
         _names, ws, _space, _run_sha = load_inversion_ws(G, outdir / run_folder(model, space), device)

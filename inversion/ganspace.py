@@ -29,12 +29,12 @@ import torch
 from tqdm import tqdm
 
 from dnnlib.util import atomic_write, check_outdir, make_outdir, parse_range
+from torch_utils import checkpoint
 from torch_utils.annotate import labelled_grid, titled, upscale_nearest
 from torch_utils.image_io import save_json, save_png
 
 from . import latents as saved_latents
 from .outputs import save_npz
-from .runner import load_generator
 from .spaces import LatentSpace
 
 #----------------------------------------------------------------------------
@@ -261,7 +261,7 @@ def run_fit(network, outdir, *, num_samples=100000, num_components=20, seed=0, b
         raise ValueError(f'--batch {batch}: must be a positive integer')
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     check_outdir(outdir)
-    G, sha256 = load_generator(network, trust_pickle=trust_pickle, device=device)
+    G, _local, sha256 = checkpoint.load_frozen_network(network, trust=trust_pickle, device=device, option='--network')
     G = G.to(device)
     rows = G.latent_rows or 1
     if batch is None:
@@ -321,7 +321,7 @@ def run_edit(network, outdir, components, *, component, strengths, layers='all',
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     check_outdir(outdir)
     pca = load_pca(components)
-    G, sha256 = load_generator(network, trust_pickle=trust_pickle, device=device)
+    G, _local, sha256 = checkpoint.load_frozen_network(network, trust=trust_pickle, device=device, option='--network')
     G = G.to(device)
     fitted_on = str(pca.get('network_sha256', ''))
     if fitted_on and fitted_on != sha256 and not allow_other_network:

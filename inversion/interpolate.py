@@ -25,11 +25,11 @@ from metrics import detectors
 from metrics import interpolation as interp
 from metrics.feature_stats import MetricOptions, compute_feature_stats_for_dataset
 from torch_utils.image_io import save_json, save_png, to_uint8
-from torch_utils import distributed
+from torch_utils import checkpoint, distributed
 from torch_utils.annotate import labelled_grid, upscale_nearest
 from training.sampling import class_label, latent_from_seed
 
-from .runner import InversionError, load_generator
+from .runner import InversionError
 from .spaces import LatentSpace
 
 OVERVIEW_MAX_ROWS = 64
@@ -195,7 +195,7 @@ def run_interpolation(network, outdir, *, inversion_run=None, seeds=None, pairs=
     if steps < 2:
         raise InversionError(f'--steps {steps}: a path needs at least 2 frames')
     device = torch.device(device)
-    G, sha = load_generator(network, trust_pickle=trust_pickle, device=device)
+    G, _local, sha = checkpoint.load_frozen_network(network, trust=trust_pickle, device=device, option='--network')
     if inversion_run is not None:
         names, ws, space, run_sha = load_inversion_ws(G, inversion_run, device)
         if run_sha and run_sha != sha and log is not None:

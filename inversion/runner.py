@@ -3,7 +3,8 @@
 `run_inversion(...)` loads the generator and the loss and hands an `InversionJob` (the optimisation
 of `optimize.Inverter` with the LPIPS loss) to the per-image runner `jobs.run_job`, which lists the
 targets, batches, resumes, locks the output folder and writes the run files. Per-image files are
-described in `inversion.outputs`. Also here: loading and checking a generator for per-image jobs,
+described in `inversion.outputs`. Also here: checking a generator for per-image jobs (loading one is
+`checkpoint.load_frozen_network`, for every file format),
 and the encoder start (`init='encoder:PKL'`): each batch starts from an encoder's prediction
 `E(targets) [N, *param_shape]` instead of the mean latent (`steps=0`: the encoder alone).
 """
@@ -35,16 +36,6 @@ INIT_MEAN, INIT_ENCODER = 'mean', 'encoder:'
 DEFAULT_TRUNCATION = {INIT_MEAN: 0.9, INIT_ENCODER: 1.0}   # psi when none is given, by start
 
 #----------------------------------------------------------------------------
-
-def load_generator(network, trust_pickle=False, device=None):
-    """Checkpoint path or URL -> (G in eval mode, frozen; sha256 of the checkpoint file)."""
-    try:
-        G, _local, sha256 = checkpoint.load_frozen_network(network, key='G_ema', trust=trust_pickle, device=device)
-    except (OSError, ValueError) as err:
-        reason = getattr(err, 'reason', None) or dnnlib.util.one_line(err)
-        raise InversionError(f'Cannot load --network {network}: {reason}') from err
-    return G, sha256
-
 
 def parse_init(init):
     """'mean' -> None; 'encoder:PKL' -> 'PKL'; anything else raises InversionError (one line naming --init)."""
@@ -301,7 +292,7 @@ def run_inversion(network, target, outdir, *, space=None, steps=1000, lr=0.05, b
         raise InversionError(f'--steps {steps}: must be 0 or more')
     encoder_path = parse_init(init)
     check_job_outdir(outdir)
-    G, sha256 = load_generator(network, trust_pickle=trust_pickle, device=device)
+    G, _local, sha256 = checkpoint.load_frozen_network(network, trust=trust_pickle, device=device, option='--network')
     check_generator(G)
     encoder = encoder_sha256 = None
     if encoder_path is not None:

@@ -30,13 +30,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from torch_utils import checkpoint
 from torch_utils.image_io import save_png, to_uint8
 
 from . import outputs
 from .jobs import InversionError, check_job_outdir, default_summary, list_job_targets, run_job
 from .losses import DEFAULT_LPIPS, build_loss, lpips_network_name, pixel_metrics
 from .optimize import Inverter
-from .runner import check_generator, load_generator, resolve_space
+from .runner import check_generator, resolve_space
 from .targets import to_tensor
 
 #----------------------------------------------------------------------------
@@ -301,7 +302,7 @@ def run_upsample(network, outdir, *, target=None, lowres=None, factor=16, space=
     input_path = target if target is not None else lowres
     sources, ignored = list_job_targets(input_path)
     check_job_outdir(outdir)
-    G, sha256 = load_generator(network, trust_pickle=trust_pickle, device=device)
+    G, _local, sha256 = checkpoint.load_frozen_network(network, trust=trust_pickle, device=device, option='--network')
     check_generator(G)
     lspace = resolve_space(G, space)
     res = G.img_resolution

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from benchmarks import tiny_paper_tables as tables
 from benchmarks import tiny_tables_report as report
+from torch_utils import checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +86,7 @@ def test_table2_matches_psnr_and_lpips_recomputed_from_the_pngs(smoke):
 def test_table3_path_length_recomputed_frame_by_frame(smoke):
     run, _doc, res = smoke
     model = lpips_package_model()
-    G, _ = tables.load_generator(res['networks']['overparam'])
+    G = checkpoint.load_frozen_network(res['networks']['overparam'])[0]
     with np.load(run / 'invert-overparam-W' / 'latents.npz') as data:
         latents = torch.from_numpy(np.asarray(data['latents'], dtype=np.float32))       # [N, R, w_dim]
     assert latents.shape[1:] == (G.latent_rows, G.w_dim)

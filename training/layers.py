@@ -199,7 +199,7 @@ class MappingNetwork(nn.Module):
             self.embed = FullyConnectedLayer(c_dim, label_width)
         hidden = w_dim if layer_features is None else layer_features
         widths = [z_dim + label_width] + [hidden] * (num_layers - 1) + [w_dim]
-        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:num_layers + 1])):   # none for 0 layers
             self.add_module(f'fc{i}', FullyConnectedLayer(fan_in, fan_out, activation=activation,
                                                           lr_multiplier=lr_multiplier))
         if self.tracks_w_avg:
@@ -213,7 +213,7 @@ class MappingNetwork(nn.Module):
     def _inputs(self, z, c, num_images, rows_per_image):
         """Normalized latent rows, each followed by its image's normalized label embedding: `[N*R, F]`."""
         parts = []
-        dtype = float_dtype_of(self.fc0.weight)
+        dtype = float_dtype_of(next(self.parameters()))          # fc0's, or the label embedding's
         if self.z_dim > 0:
             parts.append(normalize_2nd_moment(z.to(dtype).reshape(-1, self.z_dim)))
         if self.c_dim > 0:

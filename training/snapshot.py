@@ -14,6 +14,7 @@ import copy
 import glob
 import os
 import re
+import zipfile
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from torch_utils import checkpoint, misc
 from torch_utils.image_io import make_grid, save_png, to_uint8
 from training.phases import optimizers
 
-STATE_FORMAT = 'overparam-stylegan-training-state'
+STATE_FORMAT = checkpoint.TRAINING_STATE_FORMAT
 STATE_VERSION = 1
 _TAG = r'(\d{6,})(?:\.(\d{3}))?'           # kimg, with the remainder in images when not a whole kimg
 _STATE_RE = re.compile(rf'training-state-{_TAG}\.pt$')
@@ -65,6 +66,21 @@ def state_for_snapshot(pkl_path):
         return None
     path = os.path.join(os.path.dirname(os.path.abspath(pkl_path)), state_name(_nimg_of(m)))
     return path if os.path.isfile(path) else None
+
+
+def is_training_state_file(path):
+    """Whether `path` is (meant to be) a training state: by its name (training-state-*.pt, so that a damaged one
+    is reported as such) or by its content (the format marker in its pickle); other files, `.pt` ones included
+    (rosinality's checkpoints), are network files for `checkpoint.load_network_pkl`."""
+    path = os.fspath(path)
+    if _STATE_RE.search(os.path.basename(path)):
+        return True
+    try:
+        with zipfile.ZipFile(path) as archive:
+            member = next((name for name in archive.namelist() if name.endswith('data.pkl')), None)
+            return member is not None and STATE_FORMAT.encode() in archive.read(member)
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return False
 
 
 def list_states(run_dir):
@@ -300,10 +316,13 @@ def prune_states(run_dir, keep):
 def load_snapshot_weights(path, networks, trust=False):
     """Copy same-named weights from a snapshot pickle into `networks`; returns the pickle's `cur_nimg` or None.
 
-    Keys missing from the pickle are skipped (an NVIDIA pickle without augment_pipe); shapes must match.
+    Keys missing from the pickle are skipped (an NVIDIA pickle without augment_pipe); shapes must match. A file
+    with a G_ema but no G (a released generator: NVIDIA's Gs alone, rosinality's g_ema) starts G from G_ema.
     """
     with open(path, 'rb') as f:
         data = checkpoint.load_network_pkl(f, trust=trust)
+    if data.get('G') is None and data.get('G_ema') is not None:
+        data['G'] = data['G_ema']
     missing = []
     for key, module in networks.items():
         src = data.get(key)
