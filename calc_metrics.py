@@ -7,7 +7,8 @@ import torch
 
 import dnnlib
 from metrics import detectors, metric_main
-from dnnlib.util import check_outdir, cli_errors
+from torch_utils.files import check_outdir
+from dnnlib.cli import cli_errors
 from torch_utils import checkpoint, distributed
 from training.encoder import load_encoder_pkl
 

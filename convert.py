@@ -2,7 +2,7 @@
 
 import click
 
-from dnnlib.util import cli_errors
+from dnnlib.cli import cli_errors
 from training.formats.convert import FORMAT_NAMES, TARGETS, convert
 
 

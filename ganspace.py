@@ -9,7 +9,7 @@ et al., sec. 5.2): a thin CLI over `inversion.ganspace`. See docs/downstream.md.
 
 import click
 
-from dnnlib.util import cli_errors, parse_range
+from dnnlib.cli import cli_errors, parse_range
 from inversion.ganspace import run_edit, run_fit
 from inversion.runner import InversionError
 

@@ -7,8 +7,10 @@ import click
 import torch
 
 from torch_utils import checkpoint
-from torch_utils.image_io import make_grid, save_json, save_png, to_uint8
-from dnnlib.util import check_outdir, cli_errors, make_outdir, parse_range
+from torch_utils.image_io import make_grid, save_png, to_uint8
+from torch_utils.files import save_json
+from torch_utils.files import check_outdir, make_outdir
+from dnnlib.cli import cli_errors, parse_range
 from inversion import latents as saved_latents
 from inversion.spaces import SPACES
 from training.sampling import generate_images

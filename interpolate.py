@@ -5,7 +5,7 @@
 import click
 import torch
 
-from dnnlib.util import cli_errors, parse_range
+from dnnlib.cli import cli_errors, parse_range
 from inversion.interpolate import run_interpolation
 from inversion.runner import InversionError
 from torch_utils import distributed

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import torch
 
-from dnnlib.util import cli_errors
+from dnnlib.cli import cli_errors
 from inversion.losses import parse_lpips_spec
 from inversion.runner import InversionError, parse_init, run_inversion
 from inversion.spaces import SPACES

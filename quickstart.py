@@ -23,12 +23,15 @@ import click
 import torch
 
 from configs import offline_inversion, presets
-from dnnlib.util import cli_errors, make_outdir, url_cache_path
+from dnnlib.util import url_cache_path
+from torch_utils.files import make_outdir
+from dnnlib.cli import cli_errors
 from inversion.losses import DEFAULT_LPIPS, NVLABS_VGG16_URL, LpipsUnavailableError, build_loss
 from inversion.runner import run_inversion
 from metrics.reconstruction import pixel_metrics, read_inversion_run, reconstruction_metrics
-from torch_utils.comparison_figures import comparison_sheet
-from torch_utils.image_io import save_json, save_png
+from figures.sheets import comparison_sheet
+from torch_utils.image_io import save_png
+from torch_utils.files import save_json
 from training import launch
 from training.tiny_data import write_tiny_dataset, write_tiny_images
 

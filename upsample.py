@@ -4,7 +4,7 @@ latents.npz). See docs/downstream.md."""
 
 import click
 
-from dnnlib.util import cli_errors
+from dnnlib.cli import cli_errors
 from inversion.spaces import SPACES
 from inversion.upsample import LOSSES, MODES, run_upsample
 

@@ -42,7 +42,8 @@ import torch
 
 from benchmarks import tiny_tables_report as report
 from configs import presets
-from dnnlib.util import OutdirError, atomic_write, cli_errors, make_outdir
+from torch_utils.files import OutdirError, atomic_write, make_outdir
+from dnnlib.cli import cli_errors
 from inversion.interpolate import load_inversion_ws, real_feature_stats
 from inversion.losses import build_loss
 from inversion.outputs import read_curves
@@ -51,7 +52,7 @@ from metrics import detectors, metric_main
 from metrics import interpolation as interp
 from metrics.reconstruction import pixel_metrics, read_inversion_run, reconstruction_metrics
 from torch_utils import checkpoint
-from torch_utils.image_io import save_json
+from torch_utils.files import save_json
 from training import launch
 from training.tiny_data import TRAIN_SEED, write_tiny_dataset, write_tiny_images
 
@@ -158,7 +159,7 @@ def train_pair(outdir, zip_path, kimg, seed, smoke, log):
     return nets
 
 def folder_busy(folder):
-    """True while another process holds `folder`'s outdir lock (`dnnlib.util.outdir_lock`), checked without
+    """True while another process holds `folder`'s outdir lock (`files.outdir_lock`), checked without
     loading anything."""
     path = Path(folder) / '.lock'
     if not path.is_file():

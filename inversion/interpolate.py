@@ -20,13 +20,14 @@ import PIL.Image
 import torch
 from tqdm import tqdm
 
-from dnnlib.util import check_outdir, make_outdir
+from torch_utils.files import check_outdir, make_outdir
+from figures import sheets
 from metrics import detectors
 from metrics import interpolation as interp
 from metrics.feature_stats import MetricOptions, compute_feature_stats_for_dataset
-from torch_utils.image_io import save_json, save_png, to_uint8
+from torch_utils.image_io import save_png, to_uint8
+from torch_utils.files import save_json
 from torch_utils import checkpoint, distributed
-from torch_utils.annotate import labelled_grid, upscale_nearest
 from training.sampling import class_label, latent_from_seed
 
 from .runner import InversionError
@@ -87,9 +88,9 @@ def save_gif(path, frames, duration_ms=80):
 def pair_strip(frames, title):
     """uint8 frames `[T, H, W, C]` of one path -> one titled strip: every frame upscaled (nearest) to
     >= `MIN_FRAME_PX`, its t = k / (T - 1) above it."""
-    big = np.stack([upscale_nearest(f, MIN_FRAME_PX) for f in frames])
+    big = np.stack([sheets.upscale(f, MIN_FRAME_PX) for f in frames])
     ts = [f't = {k / (len(frames) - 1):.3g}' for k in range(len(frames))] if len(frames) > 1 else None
-    return labelled_grid(big[None], col_labels=ts, title=title)
+    return sheets.labelled_grid(big[None], col_labels=ts, title=title)
 
 
 def write_pair_images(G, ws, pairs, outdir, steps=8, midpoints_only=False, grid=True, gif=False, batch_size=8,
@@ -121,13 +122,6 @@ def overview_rows(outdir, pairs, midpoints_only=False):
         rows.append(row[:, :, None] if row.ndim == 2 else row)
     return rows
 
-
-def stack_rows(rows):
-    """Rows of different widths -> one image, each row padded with white on the right."""
-    width = max(r.shape[1] for r in rows)
-    rows = [np.repeat(r, 3, axis=2) if r.shape[2] == 1 else r for r in rows]
-    return np.concatenate([np.pad(r, [(0, 0), (0, width - r.shape[1]), (0, 0)], constant_values=255) for r in rows],
-                          axis=0)
 
 #----------------------------------------------------------------------------
 # Metrics.
@@ -219,7 +213,7 @@ def run_interpolation(network, outdir, *, inversion_run=None, seeds=None, pairs=
                       batch_size, names=names)
     distributed.barrier()
     if grid and distributed.get_rank() == 0:
-        save_png(outdir / 'overview.png', stack_rows(overview_rows(outdir, pair_list, midpoints_only)))
+        save_png(outdir / 'overview.png', sheets.stack_rows(overview_rows(outdir, pair_list, midpoints_only)))
     record = dict(network=str(network), network_sha256=sha, inversion_run=None if inversion_run is None else str(inversion_run),
                   seeds=None if seeds is None else [int(s) for s in seeds], space=space, names=names,
                   pairs=[list(p) for p in pair_list], steps=int(steps), midpoints_only=bool(midpoints_only),

@@ -42,10 +42,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dnnlib.util import check_outdir, make_outdir, one_line, outdir_lock, remove_stale_temporaries
+from dnnlib.util import one_line
+from torch_utils.files import check_outdir, make_outdir, outdir_lock, remove_stale_temporaries
 from torch_utils import distributed
-from torch_utils.image_io import IMAGE_EXTENSIONS, save_json
+from torch_utils.image_io import IMAGE_EXTENSIONS
+from torch_utils.files import save_json
 
+from figures.curves import lpips_curves
 from . import outputs, sharding
 from .optimize import truncation_steps
 from .targets import TargetError, decode_target, list_targets
@@ -264,9 +267,8 @@ class _Runner:
         truncation_end = None
         if s.get('truncation', 1) != 1 and s.get('truncation_until', 1) < 1:
             truncation_end = truncation_steps(s['steps'], s['truncation_until'])
-        outputs.plot_curves(self.outdir / 'lpips_curve.png',
-                            {n: c for n, c in self.curves.items() if n in self.results},
-                            truncation_end=truncation_end, title=job.curve_title)
+        lpips_curves(self.outdir / 'lpips_curve.png', {n: c for n, c in self.curves.items() if n in self.results},
+                     truncation_end=truncation_end, title=job.curve_title)
         summary = job.summarize(self.results, self.skipped)
         outputs.write_summary(self.outdir, summary)
         return summary

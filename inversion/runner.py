@@ -17,6 +17,7 @@ import PIL.Image
 import torch
 
 import dnnlib
+from torch_utils import files
 from torch_utils import checkpoint
 from torch_utils.image_io import to_uint8
 from training.encoder import generator_mismatch, load_encoder_pkl
@@ -56,7 +57,7 @@ def load_init_encoder(path, G, trust_pickle=False, device=None):
     what = f'--init {INIT_ENCODER}{path}'
     try:
         E = load_encoder_pkl(path, device=device, trust_pickle=trust_pickle)['E']
-        sha256 = dnnlib.util.file_sha256(dnnlib.util.open_url(path, return_filename=True))   # cached by now
+        sha256 = files.file_sha256(dnnlib.util.open_url(path, return_filename=True))   # cached by now
     except (OSError, ValueError) as err:
         reason = getattr(err, 'reason', None) or dnnlib.util.one_line(err)
         raise InversionError(f'Cannot load {what}: {reason}') from err

@@ -17,7 +17,7 @@ it. Merging is idempotent: a merge killed half-way is simply done again.
 import json
 from pathlib import Path
 
-from torch_utils.image_io import save_json
+from torch_utils.files import save_json
 
 from . import outputs
 

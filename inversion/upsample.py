@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from torch_utils import checkpoint
+from figures import sheets
 from torch_utils.image_io import save_png, to_uint8
 
 from . import outputs
@@ -211,11 +212,6 @@ def highres_metrics(images, truth, lpips_loss=None):
 
 #----------------------------------------------------------------------------
 
-def _concat_row(tiles):
-    """uint8 `[H, W, C]` tiles (same size) -> one `[H, sum W, C]` row."""
-    return np.concatenate(tiles, axis=1)
-
-
 class UpsampleJob:
     """The upsampling job for `jobs.run_job`: optimise so that `downsample(G(w))` matches the low-res target.
 
@@ -262,7 +258,7 @@ class UpsampleJob:
         for i, name in enumerate(names):
             outputs.save_npy(outdir / f'{name}.npy', latents[i].astype(np.float32))
             save_png(outdir / f'{name}_upsampled.png', tiles[2][i])
-            save_png(outdir / f'{name}_compare.png', _concat_row([t[i] for t in tiles]))
+            save_png(outdir / f'{name}_compare.png', sheets.side_by_side([t[i] for t in tiles]))
             rec = dict(lowres_mse=float(out['mse'][i]))
             if self.loss_module.kind != 'mse':
                 rec['lowres_lpips'] = float(out['lpips'][i])

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 import dnnlib
-from torch_utils.image_io import append_jsonl
+from torch_utils.files import append_jsonl
 from . import encoder_reconstruction, frechet, ppl, precision_recall, reconstruction
 from .feature_stats import MetricOptions
 

@@ -13,7 +13,8 @@ from conftest import tiny_generator_kwargs
 from inversion.runner import run_inversion
 from metrics import interpolation as interp
 from metrics.ppl import l2_distance
-from torch_utils import annotate, checkpoint
+from figures import sheets
+from torch_utils import checkpoint
 from training import networks
 from training.tiny_data import write_tiny_images
 
@@ -126,7 +127,7 @@ def test_cli_end_to_end(tiny_run, tmp_path):
     assert np.isfinite(s['fid_midpoints'])
     assert s['lpips_network'] == 'random:64:0'                  # which LPIPS the path lengths come from
     strip = np.asarray(PIL.Image.open(out / 'pair-0-2.png'))
-    assert strip.shape == (2 * annotate.LINE_PX + 8 + 128 + 2, 4 * (128 + 2), 3)  # Title, t labels, 4 frames.
+    assert strip.shape == (2 * sheets.LINE_PX + 8 + 128 + 2, 4 * (128 + 2), 3)  # Title, t labels, 4 frames.
     with PIL.Image.open(out / 'overview.png') as im:
         assert im.size == (strip.shape[1], 3 * strip.shape[0])
     with PIL.Image.open(out / 'pair-1-2.gif') as im:
@@ -193,7 +194,7 @@ def test_cli_seed_endpoints_equal_generate_images(tmp_path, rows):
 
 def strip_frame(strip, k, px=128, gap=2):
     """Frame k (upscaled) of a pair-<i>-<j>.png strip: below the title line and the t labels."""
-    top = 2 * annotate.LINE_PX + 8
+    top = 2 * sheets.LINE_PX + 8
     return strip[top:top + px, k * (px + gap):k * (px + gap) + px]
 
 

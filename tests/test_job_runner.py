@@ -14,8 +14,7 @@ from click.testing import CliRunner
 import invert
 import upsample as upsample_cli
 from conftest import Killed, kill_inversion_at, tiny_generator_kwargs
-from dnnlib import util
-from torch_utils import checkpoint
+from torch_utils import checkpoint, files
 from training import networks
 
 
@@ -70,7 +69,7 @@ def test_damaged_state_and_latents_are_redone(setup, tmp_path):
 def test_second_process_on_the_same_outdir_is_refused(setup, tmp_path):
     out = tmp_path / 'out'
     out.mkdir()
-    with util.outdir_lock(out):                             # Another open file: flock conflicts as across processes.
+    with files.outdir_lock(out):                             # Another open file: flock conflicts as across processes.
         result = _invert(setup, out)
     assert result.exit_code == 1 and 'in use by another invert run' in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (out / 'results.jsonl').exists()

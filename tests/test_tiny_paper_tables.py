@@ -158,7 +158,7 @@ def test_missing_network_is_one_line(tmp_path):
 
 
 def test_folder_busy_sees_another_holder_of_the_outdir_lock(tmp_path):
-    from dnnlib.util import outdir_lock
+    from torch_utils.files import outdir_lock
     assert not tables.folder_busy(tmp_path)                                  # no .lock yet
     with outdir_lock(tmp_path, 'invert run'):
         assert tables.folder_busy(tmp_path)

@@ -36,6 +36,7 @@ import zipfile
 import torch
 
 import dnnlib
+from torch_utils import files
 from . import persistence, safe_pickle, tf_records
 
 PickleLoadError = persistence.PickleLoadError
@@ -310,7 +311,7 @@ def load_frozen_network(path_or_url, key='G_ema', trust=False, device=None, opti
     """
     local = _local_file(path_or_url, option)
     net = _load_one(path_or_url, local, key, trust, device, option)
-    return net.eval().requires_grad_(False), local, dnnlib.util.file_sha256(local)
+    return net.eval().requires_grad_(False), local, files.file_sha256(local)
 
 
 def save_network_pkl(path, data_dict):
@@ -324,4 +325,4 @@ def save_network_pkl(path, data_dict):
     def write(tmp):
         with open(tmp, 'wb') as f:
             pickle.dump(data_dict, f, protocol=4)
-    dnnlib.util.atomic_write(path, write, fsync=True)
+    files.atomic_write(path, write, fsync=True)

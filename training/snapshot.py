@@ -19,7 +19,7 @@ import zipfile
 import numpy as np
 import torch
 
-import dnnlib
+from torch_utils import files
 from torch_utils import checkpoint, misc
 from torch_utils.image_io import make_grid, save_png, to_uint8
 from training.phases import optimizers
@@ -188,7 +188,7 @@ def save_snapshot_pair(run_dir, cur_nimg, data, state, pkl_name=None, write_pkl=
     def write_both(tmp_pkl):
         write_pkl(tmp_pkl, data)
         save_training_state(state_path, state)
-    dnnlib.util.atomic_write(pkl_path, write_both, fsync=True)
+    files.atomic_write(pkl_path, write_both, fsync=True)
     return pkl_path, state_path
 
 _PER_RANK_BUFFERS = r'.*\.w_avg'    # running mean of each rank's own latents: allowed to differ
@@ -256,7 +256,7 @@ def save_training_state(path, state):
     def write(tmp):
         with open(tmp, 'wb') as f:
             torch.save(state, f)
-    dnnlib.util.atomic_write(path, write, fsync=True)
+    files.atomic_write(path, write, fsync=True)
 
 
 def load_training_state(path):

@@ -6,6 +6,7 @@ import warnings
 import torch
 
 import dnnlib
+from torch_utils import files
 from torch_utils import checkpoint
 from training.formats import rosinality
 
@@ -22,7 +23,7 @@ def _write_torch(path, obj):
     def write(tmp):
         with open(tmp, 'wb') as f:
             torch.save(obj, f)
-    dnnlib.util.atomic_write(path, write, fsync=True)
+    files.atomic_write(path, write, fsync=True)
 
 
 def convert(source, dest, to, trust=False, log=print):
