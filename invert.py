@@ -8,7 +8,7 @@ import click
 import torch
 
 from dnnlib.cli import cli_errors
-from inversion.losses import parse_lpips_spec
+from metrics.lpips import parse_lpips_spec
 from inversion.runner import InversionError, parse_init, run_inversion
 from inversion.spaces import SPACES
 from inversion.targets import CROP_MODES

@@ -26,7 +26,8 @@ from configs import offline_inversion, presets
 from dnnlib.util import url_cache_path
 from torch_utils.files import make_outdir
 from dnnlib.cli import cli_errors
-from inversion.losses import DEFAULT_LPIPS, NVLABS_VGG16_URL, LpipsUnavailableError, build_loss
+from inversion.losses import build_loss
+from metrics.lpips import DEFAULT_LPIPS, VGG16_URL, LpipsUnavailableError
 from inversion.runner import run_inversion
 from metrics.reconstruction import pixel_metrics, read_inversion_run, reconstruction_metrics
 from figures.sheets import comparison_sheet
@@ -43,7 +44,7 @@ def pick_lpips():
         build_loss(DEFAULT_LPIPS)
         return DEFAULT_LPIPS, None
     except LpipsUnavailableError:
-        return 'vgg-random', (f"NVIDIA's vgg16.pt is not available offline (cache: {url_cache_path(NVLABS_VGG16_URL)}), "
+        return 'vgg-random', (f"NVIDIA's vgg16.pt is not available offline (cache: {url_cache_path(VGG16_URL)}), "
                               f"so LPIPS uses the random stand-in vgg-random: its values are not comparable to "
                               f"published ones (MSE/PSNR/SSIM are)")
 

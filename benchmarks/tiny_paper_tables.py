@@ -45,10 +45,9 @@ from configs import presets
 from torch_utils.files import OutdirError, atomic_write, make_outdir
 from dnnlib.cli import cli_errors
 from inversion.interpolate import load_inversion_ws, real_feature_stats
-from inversion.losses import build_loss
 from inversion.outputs import read_curves
 from inversion.runner import run_inversion
-from metrics import detectors, metric_main
+from metrics import detectors, lpips, metric_main
 from metrics import interpolation as interp
 from metrics.reconstruction import pixel_metrics, read_inversion_run, reconstruction_metrics
 from torch_utils import checkpoint
@@ -84,14 +83,7 @@ def run_tag(model, space):
 def lpips_distance_fn(seed=0, device='cpu'):
     """`fn(img0, img1) -> [N]`: LPIPS of the random VGG16 trunk `vgg-random` (seed `seed`, the inversion's
     loss network) on images `[N, 3, H, W]` float in [0, 255], the metrics' convention."""
-    loss = build_loss(LPIPS, device=device, seed=seed)
-
-    @torch.no_grad()
-    def distance(img0, img1):
-        a, b = (img.to(torch.float32) / 127.5 - 1 for img in (img0, img1))
-        return loss.perceptual.distance(loss.features(a), loss.features(b))
-    distance.lpips_network = LPIPS
-    return distance
+    return lpips.lpips_distance_fn(LPIPS, device=device, seed=seed)
 
 
 def feature_fn(device='cpu'):

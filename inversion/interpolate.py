@@ -23,6 +23,7 @@ from tqdm import tqdm
 from torch_utils.files import check_outdir, make_outdir
 from figures import sheets
 from metrics import detectors
+from metrics import lpips as lpips_lib
 from metrics import interpolation as interp
 from metrics.feature_stats import MetricOptions, compute_feature_stats_for_dataset
 from torch_utils.image_io import save_png, to_uint8
@@ -135,27 +136,16 @@ def real_feature_stats(data, resolution, detector_spec, device, max_real=None, b
                                              capture_mean_cov=True).get_mean_cov()
 
 
-def lpips_detector_spec(lpips=None, detector_path=None):
-    """The detector spec of an interpolate.py --lpips value (see `compute_metrics`)."""
-    if lpips is None:
-        return detectors.resolve_detector(detectors.VGG16_URL, detector_path)
-    kind, sep, path = str(lpips).partition(':')
-    if kind == 'vgg16-nvlabs':
-        return path if sep and path else detectors.VGG16_URL
-    return lpips
-
-
 def compute_metrics(G, ws, pairs, *, lpips=None, detector_path=None, data=None, max_real=None, device='cpu',
                     batch_size=8, progress=False, cache=True):
     """Table-3 metrics (`metrics.interpolation.interpolation_metrics`) plus what they were measured with.
 
-    lpips: None (NVIDIA's vgg16.pt, `vgg16-nvlabs`, resolved through detector_path),
-    'vgg16-nvlabs', 'vgg16-nvlabs:PATH' (as invert.py's --lpips), or any detector spec (a
-    TorchScript path or URL, 'random:<dim>:<seed>'). FID of the midpoints only when `data`
-    (real images) is given.
+    lpips: an LPIPS spec (`metrics.lpips`, as invert.py's --lpips), or None: NVIDIA's vgg16.pt resolved through
+    `detector_path` as the metrics resolve it. FID of the midpoints only when `data` (real images) is given.
     """
-    lpips_spec = lpips_detector_spec(lpips, detector_path)
-    distance_fn = detectors.lpips_distance_fn(lpips_spec, device=device)
+    if lpips is None:
+        lpips = lpips_lib.spec_from_detector(detectors.resolve_detector(detectors.VGG16_URL, detector_path))
+    distance_fn = lpips_lib.lpips_distance_fn(lpips, device=device)
     feature_fn = real = inception_spec = None
     if data is not None:
         inception_spec = detectors.resolve_detector(detectors.INCEPTION_URL, detector_path)
@@ -167,7 +157,7 @@ def compute_metrics(G, ws, pairs, *, lpips=None, detector_path=None, data=None, 
     with tqdm(total=len(pairs), desc='pairs', disable=not progress, leave=False) as bar:
         result = interp.interpolation_metrics(G, ws, pairs, distance_fn, feature_fn=feature_fn, real_features=real,
                                               batch_size=batch_size, progress=bar.update)
-    result.update(lpips=str(lpips_spec), lpips_network=detectors.lpips_network_name(lpips_spec),
+    result.update(lpips=str(lpips), lpips_network=distance_fn.lpips_network,
                   inception=None if inception_spec is None else str(inception_spec))
     return result
 

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from .losses import pixel_metrics
+from metrics.reconstruction import pixel_metrics
 
 #----------------------------------------------------------------------------
 
@@ -148,7 +148,8 @@ class Inverter:
         with precision_context(self.precision):
             images = self.synthesize()
             lpips = self.loss(images, self.target_state)['lpips']
-        return dict(images=images, lpips=lpips, **pixel_metrics(images, self.target_state['image']))
+        pixels = pixel_metrics(images, self.target_state['image'], drange=(-1, 1), with_ssim=False, dtype=torch.float32)
+        return dict(images=images, lpips=lpips, **pixels)
 
     # ------------------------------------------------------------------
     # Resumable state.

@@ -24,7 +24,10 @@ from training.encoder import generator_mismatch, load_encoder_pkl
 
 from . import outputs
 from .jobs import InversionError, check_job_outdir, list_job_targets, run_job
-from .losses import DEFAULT_LPIPS, MaskedLoss, MaskUnsupportedError, build_loss, lpips_network_name, pixel_metrics
+from metrics.lpips import DEFAULT_LPIPS, MaskUnsupportedError, lpips_network_name
+from metrics.reconstruction import pixel_metrics
+
+from .losses import MaskedLoss, build_loss
 from .optimize import Inverter
 from .spaces import LatentSpace
 from .targets import TargetError, decode_target_with_mask, to_tensor
@@ -230,7 +233,8 @@ class InversionJob:
         final = inverter.evaluate()
         mask = mask_tensor(masks, self.device)
         if mask is not None:                                                # MSE/PSNR over the kept pixels
-            final.update(pixel_metrics(final['images'], inverter.target_state['image'], mask))
+            final.update(pixel_metrics(final['images'], inverter.target_state['image'], drange=(-1, 1), mask=mask,
+                                       with_ssim=False, dtype=torch.float32))
         recon = to_uint8(final['images'])
         latents = inverter.params.detach().cpu().numpy()
         metrics = {k: final[k].cpu().tolist() for k in ('lpips', 'mse', 'psnr')}

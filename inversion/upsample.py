@@ -36,7 +36,10 @@ from torch_utils.image_io import save_png, to_uint8
 
 from . import outputs
 from .jobs import InversionError, check_job_outdir, default_summary, list_job_targets, run_job
-from .losses import DEFAULT_LPIPS, build_loss, lpips_network_name, pixel_metrics
+from metrics.lpips import DEFAULT_LPIPS, lpips_network_name
+from metrics.reconstruction import pixel_metrics
+
+from .losses import build_loss
 from .optimize import Inverter
 from .runner import check_generator, resolve_space
 from .targets import to_tensor
@@ -205,7 +208,7 @@ def upsample_invert(G, lowres, space, *, factor=16, steps=100, truncation=0.9, l
 @torch.no_grad()
 def highres_metrics(images, truth, lpips_loss=None):
     """Upsampled `[N, C, H, W]` vs ground truth -> dict(psnr `[N]`, mse `[N]`, lpips `[N]` if a loss is given)."""
-    out = pixel_metrics(images, truth)
+    out = pixel_metrics(images, truth, drange=(-1, 1), with_ssim=False, dtype=torch.float32)
     if lpips_loss is not None:
         out['lpips'] = lpips_loss(images.clamp(-1, 1), lpips_loss.prepare_target(truth))['lpips']
     return out

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import dnnlib
-from . import detectors
+from . import detectors, lpips
 
 #----------------------------------------------------------------------------
 
@@ -69,10 +69,10 @@ class MetricOptions(dnnlib.EasyDict):
         if fn is not None:
             self.lpips_network = getattr(fn, 'lpips_network', 'distance_fn')
             return fn
-        spec = self.detector(detectors.VGG16_URL)
-        self.lpips_network = detectors.lpips_network_name(spec)
-        return detectors.lpips_distance_fn(spec, device=self.device, num_gpus=self.num_gpus, rank=self.rank,
-                                           verbose=self.progress)
+        fn = lpips.lpips_distance_fn(lpips.spec_from_detector(self.detector(detectors.VGG16_URL)), device=self.device,
+                                     num_gpus=self.num_gpus, rank=self.rank, verbose=self.progress)
+        self.lpips_network = fn.lpips_network
+        return fn
 
     def load_detector(self, spec):
         return detectors.get_detector(spec, device=self.device, num_gpus=self.num_gpus, rank=self.rank, verbose=self.progress)

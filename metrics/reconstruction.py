@@ -30,6 +30,7 @@ from torch_utils import distributed
 from torch_utils.image_io import IMAGE_EXTENSIONS
 
 from . import detectors
+from .lpips import normalised_weights
 from .frechet import frechet_distance
 
 
@@ -69,13 +70,26 @@ def ssim(img0, img1, data_range=255.0, window_size=11, sigma=1.5, k1=0.01, k2=0.
     return smap.mean(dim=(1, 2, 3))
 
 
-def pixel_metrics(recon, target):
-    """uint8-valued `[N, C, H, W]` tensors -> dict(mse, psnr, ssim), each `[N]`; MSE and PSNR on
-    [0, 1] intensities (as the inversion's log), SSIM on [0, 255]."""
-    r, t = recon.to(torch.float64), target.to(torch.float64)
-    mse = ((r - t) / 255).square().mean(dim=(1, 2, 3))
-    psnr = -10 * torch.log10(mse.clamp_min(1e-12))
-    return dict(mse=mse, psnr=psnr, ssim=ssim(r, t))
+@torch.no_grad()
+def pixel_metrics(img, target, drange=(0, 255), mask=None, with_ssim=True, dtype=torch.float64):
+    """Images `[N, C, H, W]` with values in `drange` -> dict(mse `[N]`, psnr `[N]` in dB, ssim `[N]`): MSE and PSNR
+    on [0, 1] intensities with `img` clamped to `drange`, SSIM on [0, 255]; computed in `dtype`.
+
+    The reconstruction metrics pass uint8-valued images (the default); an inversion passes its float32 images
+    in [-1, 1] (`drange=(-1, 1), with_ssim=False, dtype=torch.float32`), where a mask (None, or `[N, 1, H, W]`
+    in [0, 1]) weights the pixels of the means (SSIM ignores it).
+    """
+    lo, hi = drange
+    x, y = img.to(dtype).clamp(lo, hi), target.to(dtype)
+    sq = ((x - y) / (hi - lo)).square()
+    if mask is not None:
+        sq = sq * normalised_weights(mask.to(device=sq.device, dtype=dtype))
+    mse = sq.mean(dim=(1, 2, 3))
+    out = dict(mse=mse, psnr=-10 * torch.log10(mse.clamp_min(1e-12)))
+    if with_ssim:
+        scale = 255 / (hi - lo)
+        out['ssim'] = ssim((x - lo) * scale, (y - lo) * scale)
+    return out
 
 
 def to_lpips_resolution(img, max_res=256):

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from conftest import tiny_generator_with_mean
 from inversion import losses, outputs, targets
+from metrics import lpips
 from inversion.optimize import Inverter, invert, truncation_steps
 from inversion.spaces import LatentSpace
 
@@ -255,10 +256,10 @@ class _FakeNvlabsVGG(torch.nn.Module):
 def test_nvlabs_torchscript_loss_from_local_path(tmp_path):
     path = tmp_path / 'vgg16.pt'
     torch.jit.save(torch.jit.script(_FakeNvlabsVGG()), str(path))
-    assert losses.parse_lpips_spec(f'vgg16-nvlabs:{path}') == ('vgg16-nvlabs', str(path))
-    assert losses.parse_lpips_spec('vgg16-nvlabs') == ('vgg16-nvlabs', losses.NVLABS_VGG16_URL)
+    assert lpips.parse_lpips_spec(f'vgg16-nvlabs:{path}') == ('vgg16-nvlabs', str(path))
+    assert lpips.parse_lpips_spec('vgg16-nvlabs') == ('vgg16-nvlabs', lpips.VGG16_URL)
     with pytest.raises(ValueError):
-        losses.parse_lpips_spec('alex')
+        lpips.parse_lpips_spec('alex')
     loss = losses.build_loss(f'vgg16-nvlabs:{path}')
     x, y = random_targets(2, seed=1), random_targets(2, seed=2)
     fx, fy = F.normalize(x.flatten(1), dim=1), F.normalize(y.flatten(1), dim=1)   # (x+1)*127.5 - 127.5 = 127.5 x

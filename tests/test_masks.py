@@ -17,6 +17,7 @@ from click.testing import CliRunner
 import invert
 from conftest import tiny_generator_with_mean
 from inversion import losses, targets
+from metrics import lpips, reconstruction
 from inversion.optimize import Inverter
 from inversion.spaces import LatentSpace
 from torch_utils import checkpoint
@@ -150,7 +151,8 @@ def test_masked_pixel_terms_and_metrics_average_over_kept_pixels(package_loss):
     x, y, mask = random_images(2, seed=5), random_images(2, seed=6), left_half_mask(2, soft=True)
     d2 = ((x - y) / 2).square()
     expected_mse = (d2 * mask).sum(dim=(1, 2, 3)) / (3 * mask.sum(dim=(1, 2, 3)))
-    torch.testing.assert_close(losses.pixel_metrics(x, y, mask)['mse'], expected_mse)
+    torch.testing.assert_close(reconstruction.pixel_metrics(x, y, drange=(-1, 1), mask=mask, with_ssim=False,
+                                                          dtype=torch.float32)['mse'], expected_mse)
     loss = losses.InversionLoss(package_loss.perceptual, mse_weight=2.0)
     out = loss(x, loss.prepare_target(y, mask))
     torch.testing.assert_close(out['loss'] - out['lpips'], 2.0 * expected_mse)
@@ -158,7 +160,7 @@ def test_masked_pixel_terms_and_metrics_average_over_kept_pixels(package_loss):
 
 def test_nvlabs_without_spatial_layout_refuses_masks(fake_nvlabs):
     loss = losses.build_loss(f'vgg16-nvlabs:{fake_nvlabs["global"]}')
-    with pytest.raises(losses.MaskUnsupportedError, match='no spatial map'):
+    with pytest.raises(lpips.MaskUnsupportedError, match='no spatial map'):
         loss.prepare_target(random_images(1), left_half_mask(1))
     loss(random_images(1), loss.prepare_target(random_images(1)))          # unmasked still works
 

@@ -15,7 +15,7 @@ import torch
 
 import dnnlib
 from conftest import float64_copy, tiny_generator_kwargs
-from metrics import detectors, feature_stats, frechet, metric_main, ppl, precision_recall, reconstruction
+from metrics import detectors, feature_stats, frechet, lpips, metric_main, ppl, precision_recall, reconstruction
 from training.networks import Generator
 from training.tiny_data import write_tiny_dataset
 
@@ -571,7 +571,7 @@ def test_metric_values_did_not_move(pinned_setup, rows, name):
 
 @pytest.mark.parametrize('rows, name', list(PINNED_FLOAT64))
 def test_ppl_values_in_float64_did_not_move(pinned_setup, rows, name):
-    lpips64 = detectors.lpips_distance(float64_copy(detectors.get_detector('random:16:1')))
+    lpips64 = lpips.lpips_distance(float64_copy(detectors.get_detector('random:16:1')))
     got = metric_main.calc_metric(name, G=float64_copy(pinned_setup[1][rows]), device='cpu', distance_fn=lpips64,
                                   **_pinned_kwargs(name)).results
     assert dict(got) == pytest.approx(PINNED_FLOAT64[(rows, name)], rel=3e-5, abs=0)
@@ -584,7 +584,7 @@ def test_interpolation_values_did_not_move(pinned_setup):
     G = pinned_setup[1][32]
     ws = G.mapping(G.sample_z(4, torch.Generator().manual_seed(1)), torch.zeros([4, 0]))
     inception = detectors.get_detector('random:16:2')
-    res = interp.interpolation_metrics(G, ws, interp.all_pairs(4), detectors.lpips_distance_fn('random:16:1'),
+    res = interp.interpolation_metrics(G, ws, interp.all_pairs(4), lpips.lpips_distance_fn('random:16:1'),
                                        feature_fn=lambda im: inception(im, return_features=True),
                                        real_features=np.random.RandomState(0).randn(50, 16), batch_size=3)
     assert res['path_lengths'] == pytest.approx([0.9906461536884308, 2.0770636051893234, 1.8892269730567932,
