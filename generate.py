@@ -12,7 +12,7 @@ from torch_utils.files import save_json
 from torch_utils.files import check_outdir, make_outdir
 from dnnlib.cli import cli_errors, parse_range
 from inversion import latents as saved_latents
-from inversion.spaces import SPACES
+from training.latent_spaces import SPACES
 from training.sampling import generate_images
 
 

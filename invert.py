@@ -10,7 +10,7 @@ import torch
 from dnnlib.cli import cli_errors
 from metrics.lpips import parse_lpips_spec
 from inversion.runner import InversionError, parse_init, run_inversion
-from inversion.spaces import SPACES
+from training.latent_spaces import SPACES
 from inversion.targets import CROP_MODES
 from preprocess.align_folder import MULTIPLE_MODES, AlignFolderError, align_folder, paste_back_folder
 from torch_utils import distributed

@@ -5,7 +5,7 @@ latents.npz). See docs/downstream.md."""
 import click
 
 from dnnlib.cli import cli_errors
-from inversion.spaces import SPACES
+from training.latent_spaces import SPACES
 from inversion.upsample import LOSSES, MODES, run_upsample
 
 #----------------------------------------------------------------------------

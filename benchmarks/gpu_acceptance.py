@@ -344,7 +344,7 @@ def part_inversion(part, cfg, ctx):
     _kwargs, G, _D = _networks(ctx, cfg['presets'][1])
     G.eval().requires_grad_(False)
     loss = losses.build_loss('vgg-random', device=device, resolution=ctx['res'])
-    space = runner.resolve_space(G, None)
+    space = G.latent_space()
     out = []
     for batch in cfg['inv_batches']:
         if batch == 'auto':

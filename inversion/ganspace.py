@@ -37,7 +37,7 @@ from torch_utils.files import save_json
 
 from . import latents as saved_latents
 from .outputs import save_npz
-from .spaces import LatentSpace
+from training.latent_spaces import LatentSpace
 
 #----------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from torch_utils import checkpoint, distributed
 from training.sampling import class_label, latent_from_seed
 
 from .runner import InversionError
-from .spaces import LatentSpace
+from training.latent_spaces import LatentSpace
 
 OVERVIEW_MAX_ROWS = 64
 MIN_FRAME_PX = 128                   # Frames of the PNG strips are upscaled (nearest) to at least this.

@@ -12,7 +12,7 @@ A job supplies its optimisation through this interface:
 
     kind                 'invert' | 'upsample' (for messages)
     settings             dict of result-affecting settings (JSON-serialisable)
-    space                `spaces.LatentSpace` (shape of `<name>.npy`)
+    space                `training.latent_spaces.LatentSpace` (shape of `<name>.npy`)
     decode_resolution, channels, crop
                          how target files are decoded (uint8 `[N, H, W, C]` batches)
     decode(source)       optional, instead of the three above: `TargetSource` -> (uint8 `[H, W, C']`, note or

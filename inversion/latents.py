@@ -19,7 +19,7 @@ import torch
 from torch_utils.image_io import to_uint8
 
 from .optimize import precision_context
-from .spaces import SPACES, LatentSpace
+from training.latent_spaces import SPACES, LatentSpace
 
 
 def infer_space(G, shape):

@@ -63,7 +63,7 @@ class Inverter:
                           It is put in eval mode with requires_grad False on its parameters.
         loss:             `losses.InversionLoss` (per-image losses `[N]`), on the targets' device.
         targets:          `[N, C, H, W]` float in [-1, 1], on the device to run on.
-        space:            `spaces.LatentSpace` for G.
+        space:            `training.latent_spaces.LatentSpace` for G.
         steps:            number of Adam steps; 0 = just evaluate the start (`init`).
         lr, betas, eps:   Adam settings (paper: 0.05, (0.9, 0.999), 1e-8).
         truncation_psi:   pull toward the mean before each early step; 1 = never.

@@ -29,7 +29,6 @@ from metrics.reconstruction import pixel_metrics
 
 from .losses import MaskedLoss, build_loss
 from .optimize import Inverter
-from .spaces import LatentSpace
 from .targets import TargetError, decode_target_with_mask, to_tensor
 
 #----------------------------------------------------------------------------
@@ -77,16 +76,6 @@ def check_generator(G):
     if G.img_resolution < MIN_RESOLUTION:
         raise InversionError(f'The generator makes {G.img_resolution} px images; LPIPS (VGG16) needs at least '
                              f'{MIN_RESOLUTION} px')
-
-
-def resolve_space(G, name=None):
-    """'w' | 'w+' | 'W' | 'W+' | None/'auto' (W for overparameterized networks, w+ otherwise) -> LatentSpace."""
-    if name in (None, 'auto'):
-        name = 'W' if G.latent_rows is not None else 'w+'
-    try:
-        return LatentSpace.for_generator(G, name)
-    except ValueError as err:
-        raise InversionError(str(err)) from err
 
 
 def auto_batch_size(G, loss, space, device, precision='fp32', limit=AUTO_BATCH_MAX, headroom=0.8):
@@ -308,7 +297,7 @@ def run_inversion(network, target, outdir, *, space=None, steps=1000, lr=0.05, b
             raise InversionError(f'--space {space} does not match the encoder of --init {INIT_ENCODER}{encoder_path}, '
                                  f'which predicts {encoder.space}: leave --space out (auto) or pass --space '
                                  f'{encoder.space}')
-    latent_space = resolve_space(G, space)
+    latent_space = G.latent_space(space)
     if truncation is None:
         truncation = DEFAULT_TRUNCATION[INIT_MEAN if encoder is None else INIT_ENCODER]
     settings = dict(network_sha256=sha256, target=os.path.abspath(os.path.expanduser(str(target))),

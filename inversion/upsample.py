@@ -41,7 +41,7 @@ from metrics.reconstruction import pixel_metrics
 
 from .losses import build_loss
 from .optimize import Inverter
-from .runner import check_generator, resolve_space
+from .runner import check_generator
 from .targets import to_tensor
 
 #----------------------------------------------------------------------------
@@ -175,7 +175,7 @@ def upsample_invert(G, lowres, space, *, factor=16, steps=100, truncation=0.9, l
     Args:
         G:           generator (images `[N, C, res, res]`), `res` divisible by `factor`.
         lowres:      `[N, C, res/factor, res/factor]` in [-1, 1], on the device to run on.
-        space:       `spaces.LatentSpace` for G.
+        space:       `training.latent_spaces.LatentSpace` for G.
         truncation:  psi applied before EVERY step (`truncation_until=1.0`); 1 = off.
         loss, mode, lpips: see `LowResLoss` / `build_lowres_loss` (ignored when `loss_module` is given).
         callback:    called with (inverter, step_info) after every step (e.g. progress, instrumentation).
@@ -303,7 +303,7 @@ def run_upsample(network, outdir, *, target=None, lowres=None, factor=16, space=
     check_job_outdir(outdir)
     G, _local, sha256 = checkpoint.load_frozen_network(network, trust=trust_pickle, device=device, option='--network')
     check_generator(G)
-    lspace = resolve_space(G, space)
+    lspace = G.latent_space(space)
     res = G.img_resolution
     if res % int(factor) or res // int(factor) < 1:
         raise InversionError(f'--factor {factor}: the generator\'s resolution {res} is not divisible by it')

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import tiny_generator_with_mean
-from inversion.spaces import LatentSpace
+from training.latent_spaces import LatentSpace
 from torch_utils import checkpoint, safe_pickle
 from training import encoder
 from training.encoder import Encoder, load_encoder, load_encoder_pkl, parameter_count, save_encoder_pickle

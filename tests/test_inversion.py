@@ -18,7 +18,7 @@ from conftest import tiny_generator_with_mean
 from inversion import losses, outputs, targets
 from metrics import lpips
 from inversion.optimize import Inverter, invert, truncation_steps
-from inversion.spaces import LatentSpace
+from training.latent_spaces import LatentSpace
 
 pytestmark = pytest.mark.pins_numbers
 

@@ -202,7 +202,7 @@ def test_first_steps_follow_adam_with_the_papers_betas(checkpoints, tmp_path):
     Adam's first step is lr * sign(g) for any betas; the second and third show them (swapped betas move them by
     ~lr)."""
     from inversion.losses import build_loss
-    from inversion.spaces import LatentSpace
+    from training.latent_spaces import LatentSpace
     from inversion.targets import decode_target_with_mask, to_tensor
     rng = np.random.RandomState(3)
     (tmp_path / 'in').mkdir()

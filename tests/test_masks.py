@@ -19,7 +19,7 @@ from conftest import tiny_generator_with_mean
 from inversion import losses, targets
 from metrics import lpips, reconstruction
 from inversion.optimize import Inverter
-from inversion.spaces import LatentSpace
+from training.latent_spaces import LatentSpace
 from torch_utils import checkpoint
 
 RES = 16

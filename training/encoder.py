@@ -5,7 +5,7 @@ Shapes (N = batch, L = `num_ws`, R = `latent_rows`, D = `w_dim`):
 
     img     `[N, C, H, W]` float in [-1, 1], H = W = `img_resolution`
     params  `[N, *param_shape]` with `param_shape` = (D,) for w, (L, D) for w+, (R, D) for W, (L, R, D) for W+,
-            the layout of `inversion.spaces.LatentSpace.param_shape`, so a prediction is an inversion start.
+            the layout of `training.latent_spaces.LatentSpace.param_shape`, so a prediction is an inversion start.
 
 Design. A W latent is R rows of D numbers: 512 x 512 = 262,144 numbers per image at 256 px, so a dense
 head from a pooled feature vector (512 x 262,144 = 134M weights per layer group) is out. Instead:
@@ -65,23 +65,12 @@ import dnnlib
 from torch_utils import checkpoint, misc
 from torch_utils.persistence import persistent_class
 from training.discriminator import DiscriminatorBlock
+from training.latent_spaces import LatentSpace
 from training.layers import FullyConnectedLayer, channels_at, normalize_2nd_moment, remember
 
-SPACES = ('w', 'w+', 'W', 'W+')
 
 #----------------------------------------------------------------------------
 # Geometry shared by the module and the parameter-count formula.
-
-
-def param_shape_of(space, num_ws, w_dim, latent_rows=None):
-    """Per-image shape of a latent in `space`: (D,), (L, D), (R, D) or (L, R, D) (as inversion.spaces)."""
-    if space not in SPACES:
-        raise ValueError(f'Unknown latent space {space!r}; choose one of {", ".join(SPACES)}')
-    if space in ('W', 'W+') and latent_rows is None:
-        raise ValueError(f'Space {space} needs an overparameterized generator (latent matrices); '
-                         f'this network has latent vectors: use w or w+')
-    rows = (int(latent_rows), int(w_dim)) if space in ('W', 'W+') else (int(w_dim),)
-    return ((int(num_ws),) + rows) if space.endswith('+') else rows
 
 
 def _design(img_resolution, w_dim, channel_base=None, channel_max=None, token_resolution=None, attn_dim=None,
@@ -108,7 +97,7 @@ def _query_grid(space, num_ws, latent_rows):
 
 def parameter_count(img_resolution, img_channels, space, num_ws, w_dim, latent_rows=None, **design_kwargs):
     """Trainable parameters of `Encoder(...)` with these arguments, from the docstring's formula."""
-    param_shape_of(space, num_ws, w_dim, latent_rows)
+    LatentSpace(space, num_ws, w_dim, latent_rows).param_shape
     d = _design(img_resolution, w_dim, **design_kwargs)
     ch = lambda r: channels_at(r, d['channel_base'], d['channel_max'])  # noqa: E731
     t, a = d['token_resolution'], d['attn_dim']
@@ -139,7 +128,7 @@ class Encoder(nn.Module):
         **design_kwargs,            # channel_base, channel_max, token_resolution, attn_dim, num_heads.
     ):
         super().__init__()
-        shape = param_shape_of(space, num_ws, w_dim, latent_rows)
+        shape = LatentSpace(space, num_ws, w_dim, latent_rows).param_shape
         design = _design(img_resolution, w_dim, **design_kwargs)
         remember(self, img_resolution=int(img_resolution), img_channels=int(img_channels), space=space,
                  num_ws=int(num_ws), w_dim=int(w_dim), latent_rows=None if latent_rows is None else int(latent_rows),
@@ -217,11 +206,7 @@ class Encoder(nn.Module):
         """params `[N, *param_shape]` -> ws `[N, num_ws, *w_shape]` for `G.synthesis` (expand views, no copies)
         with w_shape (D,) or (R, D); vector spaces on an overparameterized generator repeat the vector over rows."""
         misc.assert_shape(params, [None, *self.param_shape])
-        ws = params if self.space.endswith('+') else params.unsqueeze(1)        # [N, L or 1, (R,) D]
-        w_shape = (self.w_dim,) if self.latent_rows is None else (self.latent_rows, self.w_dim)
-        if self.latent_rows is not None and self.space in ('w', 'w+'):
-            ws = ws.unsqueeze(2)                                                 # [N, L or 1, 1, D]
-        return ws.expand(params.shape[0], self.num_ws, *w_shape)
+        return LatentSpace(self.space, self.num_ws, self.w_dim, self.latent_rows).to_ws(params)
 
     def extra_repr(self):
         return (f'space={self.space}, param_shape={self.param_shape}, img_resolution={self.img_resolution}, '

@@ -26,6 +26,7 @@ from torch_utils.ops import upfirdn2d
 from torch_utils.ops.modulated_conv2d import modulated_conv2d
 from torch_utils.persistence import persistent_class
 from training import nvlabs_layouts
+from training.latent_spaces import AUTO, LatentSpace
 from training.discriminator import Discriminator, DiscriminatorBlock, DiscriminatorEpilogue, MinibatchStdLayer  # noqa: F401  (re-export)
 from training.layers import (Conv2dLayer, FullyConnectedLayer, MappingNetwork, activate, channels_at,  # noqa: F401
                              compute_format, default_gain, float_dtype_of, lowest_fp16_resolution, memory_format_of,
@@ -375,6 +376,11 @@ class Generator(nn.Module):
     def w_shape(self):
         """Per-image, per-layer intermediate latent shape: `(w_dim,)` or `(R, w_dim)`."""
         return (self.w_dim,) if self.latent_rows is None else (self.latent_rows, self.w_dim)
+
+    def latent_space(self, name=AUTO):
+        """The `LatentSpace` `name` of this generator ('w', 'w+', 'W', 'W+'; 'auto' or None: W when it is
+        overparameterized, w+ otherwise); ValueError for W or W+ of a StyleGAN2 generator."""
+        return LatentSpace.for_generator(self, name)
 
     def sample_z(self, n, generator=None, device=None):
         """`[n, *z_shape]` latents. Latent matrices use the paper's correlated rows
