@@ -11,7 +11,7 @@ from torch_utils.image_io import make_grid, save_png, to_uint8
 from torch_utils.files import save_json
 from torch_utils.files import check_outdir, make_outdir
 from dnnlib.cli import cli_errors, parse_range
-from inversion import latents as saved_latents
+from inversion import optimize, run_files
 from training.latent_spaces import SPACES
 from training.sampling import generate_images
 
@@ -95,13 +95,13 @@ def _save_images(outdir, names, images):
 
 def render_saved(G, sha256, network_pkl, latents_path, space, outdir, batch_size, device, allow_other_network):
     """--latents: <name>.png per latent (the run's <name>-recon.png), grid.png, generate.json."""
-    names, latent_space, latents, recorded = saved_latents.read_latents(latents_path, G, space)
+    names, latent_space, latents, recorded = run_files.read_latents(latents_path, G, space)
     if recorded is not None and recorded != sha256 and not allow_other_network:
         raise click.ClickException(f'--latents {latents_path} was fitted to a network with sha256 {recorded[:12]}..., '
                                    f'--network {network_pkl} is {sha256[:12]}...; pass that network, or '
                                    f'--allow-other-network')
     start = time.time()
-    images = saved_latents.render(G, latent_space, latents, batch_size=batch_size, device=device)
+    images = optimize.render(G, latent_space, latents, batch_size=batch_size, device=device)
     outdir, files = _save_images(outdir, names, images)
     save_json(outdir / 'generate.json', dict(network=str(network_pkl), network_sha256=sha256, latents=str(latents_path),
                                              latents_sha256=recorded, space=latent_space.name, names=names,

@@ -29,7 +29,8 @@ from dnnlib.cli import cli_errors
 from inversion.losses import build_loss
 from metrics.lpips import DEFAULT_LPIPS, VGG16_URL, LpipsUnavailableError
 from inversion.runner import run_inversion
-from metrics.reconstruction import pixel_metrics, read_inversion_run, reconstruction_metrics
+from inversion.run_files import read_pairs
+from metrics.reconstruction import pixel_metrics, reconstruction_metrics
 from figures.sheets import comparison_sheet
 from torch_utils.image_io import save_png
 from torch_utils.files import save_json
@@ -118,7 +119,7 @@ def main(outdir, kimg, cfg, num_images, steps, seed):
         inv_dir = outdir / f'invert-{space.replace("+", "plus")}'
         inv = run_inversion(str(pkl), str(outdir / 'heldout'), str(inv_dir), space=space, steps=steps,
                             batch=num_images, seed=seed, progress=False, **loss)
-        run = read_inversion_run(inv_dir)
+        run = read_pairs(inv_dir)
         recon = reconstruction_metrics(run['recon'], run['target'])        # MSE, PSNR, SSIM on uint8 images
         summary['inversions'][space] = dict(outdir=str(inv_dir), lpips=inv['lpips_mean'], **recon)
         per_image = run['recorded_lpips'] if run['recorded_lpips'] is not None else [float('nan')] * len(run['names'])

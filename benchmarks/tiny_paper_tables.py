@@ -44,12 +44,12 @@ from benchmarks import tiny_tables_report as report
 from configs import presets
 from torch_utils.files import OutdirError, atomic_write, make_outdir
 from dnnlib.cli import cli_errors
-from inversion.interpolate import load_inversion_ws, real_feature_stats
-from inversion.outputs import read_curves
+from inversion.interpolate import real_feature_stats
+from inversion.run_files import read_curves, read_pairs, read_run_ws
 from inversion.runner import run_inversion
 from metrics import detectors, lpips, metric_main
 from metrics import interpolation as interp
-from metrics.reconstruction import pixel_metrics, read_inversion_run, reconstruction_metrics
+from metrics.reconstruction import pixel_metrics, reconstruction_metrics
 from torch_utils import checkpoint
 from torch_utils.files import save_json
 from training import launch
@@ -216,7 +216,7 @@ def table2(outdir, distance, features):
     """{label: metrics} of each inversion run, plus per-image values for the figure."""
     rows, per_image = {}, {}
     for model, space in RUNS:
-        run = read_inversion_run(outdir / run_folder(model, space))
+        run = read_pairs(outdir / run_folder(model, space))
         m = reconstruction_metrics(run['recon'], run['target'], distance_fn=distance, feature_fn=features)
         r, t = (torch.from_numpy(a).permute(0, 3, 1, 2) for a in (run['recon'], run['target']))
         px = pixel_metrics(r, t)
@@ -236,7 +236,7 @@ def table3(outdir, nets, zip_path, device, distance, features):
         G = checkpoint.load_frozen_network(nets[model], device=device)[0]
         if real is None:
             real = real_feature_stats(str(zip_path), G.img_resolution, FEATURE_DETECTOR, device, cache=False)
-        _names, ws, _space, _run_sha = load_inversion_ws(G, outdir / run_folder(model, space), device)
+        _names, ws, _space, _run_sha = read_run_ws(G, outdir / run_folder(model, space), device)
         pairs = interp.all_pairs(ws.shape[0])
         res = interp.interpolation_metrics(G, ws, pairs, distance, feature_fn=features, real_features=real)
         res.pop('path_lengths')

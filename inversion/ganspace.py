@@ -35,8 +35,8 @@ from torch_utils import checkpoint
 from torch_utils.image_io import save_png
 from torch_utils.files import save_json
 
-from . import latents as saved_latents
-from .outputs import save_npz
+from . import optimize, run_files
+from .run_files import save_npz
 from training.latent_spaces import LatentSpace
 
 #----------------------------------------------------------------------------
@@ -317,7 +317,7 @@ def run_edit(network, outdir, components, *, component, strengths, layers='all',
             space = LatentSpace.for_generator(G, 'W' if G.latent_rows else 'w')
             params = ws[:, 0].clone()                                     # Every layer gets the same latent.
         else:
-            names, space, params, _sha = saved_latents.read_latents(latents, G)
+            names, space, params, _sha = run_files.read_latents(latents, G)
             params = params.to(device)
     out_names, out_latents, out_space, blocks, stds = [], [], None, [], []
     outdir_path = Path(make_outdir(outdir))
@@ -327,7 +327,7 @@ def run_edit(network, outdir, components, *, component, strengths, layers='all',
         cells = []                                                        # [S][N, H, W, C]
         for s in strengths:
             edited, out_space = edit_params(params, space, pca['components'], comp, s, layer_list, std=std)
-            images = saved_latents.render(G, out_space, edited, device=device)
+            images = optimize.render(G, out_space, edited, device=device)
             cells.append(images)
             for i, name in enumerate(names):
                 label = f'{name}-c{comp}-s{_strength_label(s)}'

@@ -31,40 +31,15 @@ from torch_utils.files import save_json
 from torch_utils import checkpoint, distributed
 from training.sampling import class_label, latent_from_seed
 
+from . import run_files
 from .runner import InversionError
-from training.latent_spaces import LatentSpace
 
 OVERVIEW_MAX_ROWS = 64
 MIN_FRAME_PX = 128                   # Frames of the PNG strips are upscaled (nearest) to at least this.
 
 #----------------------------------------------------------------------------
-# Where the latents come from.
+# Where the latents come from: an inversion run (`run_files.read_run_ws`), or seeds.
 
-def load_inversion_ws(G, run_dir, device='cpu'):
-    """(names, ws `[N, num_ws, *G.w_shape]`, space name, checkpoint sha256 or None) of the
-    latents in `<run_dir>/latents.npz`, as synthesis inputs on `device`.
-
-    ws is an expanded view of the stored latents (W+ of 100 images at R = 512 would take
-    gigabytes as a copy per layer); indexing a subset materialises only that subset.
-    """
-    path = Path(run_dir) / 'latents.npz'
-    if not path.is_file():
-        raise InversionError(f'{path} not found: --inversion-run must be a finished invert.py output folder')
-    with np.load(path) as data:
-        names = [str(n) for n in data['names']]
-        stored = torch.from_numpy(np.asarray(data['latents'], dtype=np.float32)).to(device)
-        space_name = str(data['space'])
-        sha = str(data['checkpoint_sha256']) if 'checkpoint_sha256' in data.files else None
-    if not names:
-        raise InversionError(f'{path} holds no latents')
-    try:
-        ws = LatentSpace.for_generator(G, space_name).to_ws(stored)
-    except (ValueError, AssertionError) as err:
-        raise InversionError(f'{path} does not fit this --network: {err}') from err
-    return names, ws, space_name, sha
-
-
-@torch.no_grad()
 def seed_ws(G, seeds, truncation_psi=1.0, truncation_cutoff=None, class_idx=None, device='cpu'):
     """(names 'seedNNNN', ws `[N, num_ws, *w_shape]`) of the latents generate.py draws for these
     seeds (`training.sampling.latent_from_seed`, NVIDIA's convention), mapped with the same
@@ -181,7 +156,7 @@ def run_interpolation(network, outdir, *, inversion_run=None, seeds=None, pairs=
     device = torch.device(device)
     G, _local, sha = checkpoint.load_frozen_network(network, trust=trust_pickle, device=device, option='--network')
     if inversion_run is not None:
-        names, ws, space, run_sha = load_inversion_ws(G, inversion_run, device)
+        names, ws, space, run_sha = run_files.read_run_ws(G, inversion_run, device)
         if run_sha and run_sha != sha and log is not None:
             log(f'Warning: {inversion_run} was inverted with another checkpoint (sha256 {run_sha[:12]}...)')
     else:

@@ -49,7 +49,7 @@ from torch_utils.image_io import IMAGE_EXTENSIONS
 from torch_utils.files import save_json
 
 from figures.curves import lpips_curves
-from . import outputs, sharding
+from . import run_files, sharding
 from .optimize import truncation_steps
 from .targets import TargetError, decode_target, list_targets
 
@@ -100,7 +100,7 @@ class _Runner:
     def __init__(self, job, outdir, *, opt, log, device):
         self.job, self.outdir, self.opt, self.log, self.device = job, Path(outdir), opt, log, device
         self.results_path = self.outdir / 'results.jsonl'
-        self.results = outputs.read_results(self.results_path)
+        self.results = run_files.read_results(self.results_path)
         self.curves = {}
         self.skipped = {}                                                   # {source: record}
         self.skipped_path = self.outdir / 'skipped.json'
@@ -165,9 +165,9 @@ class _Runner:
             del self.results[name]
             self.log(f'{name}.npy is missing or damaged: redoing {name}')
         if bad:
-            outputs.rewrite_results(self.results_path, self.results)
+            run_files.rewrite_results(self.results_path, self.results)
         try:
-            self.curves = outputs.read_curves(self.outdir / 'lpips_curves.npz')
+            self.curves = run_files.read_curves(self.outdir / 'lpips_curves.npz')
         except (OSError, ValueError, KeyError, EOFError):
             self.log('lpips_curves.npz is damaged; the curves of earlier images are lost')
             self.curves = {}
@@ -177,7 +177,7 @@ class _Runner:
         groups = []
         for path in sorted((self.outdir / 'state').glob('*.pt')):
             try:
-                state = outputs.load_state(path)
+                state = run_files.load_state(path)
                 names = list(state['names'])
             except Exception as err:  # noqa: BLE001 - any damage means: start this batch again.
                 self.log(f'Resume state {path.name} is damaged ({type(err).__name__}); redoing its images')
@@ -199,7 +199,7 @@ class _Runner:
     def save_state(self, names, inverter, seconds):
         state = dict(version=STATE_VERSION, names=list(names), settings=self.job.settings, seconds=float(seconds),
                      **inverter.state_dict())
-        outputs.save_state(self.state_path(names), state)
+        run_files.save_state(self.state_path(names), state)
 
     def run_group(self, names, sources, images, state=None, images_bar=None):
         """Optimise one batch. images: uint8 `[N, H, W, C]`; state: a saved resume state or None."""
@@ -241,11 +241,11 @@ class _Runner:
         for i in todo:
             final = metrics[i].get(self.job.curve_key, np.nan)
             self.curves[names[i]] = np.append(history[:, i], final).astype(np.float32)
-        outputs.write_curves(self.curves_path, self.curves)
+        run_files.write_curves(self.curves_path, self.curves)
         for i in todo:
             record = dict(name=names[i], source=sources[i], **metrics[i], steps=inverter.steps, seconds=seconds / n,
                           batch_seconds=seconds, batch_size=n)
-            outputs.append_result(self.results_path, record)
+            run_files.append_result(self.results_path, record)
             self.results[names[i]] = record
         state_path = self.state_path(names)
         if state_path.exists():
@@ -261,7 +261,7 @@ class _Runner:
         job, s = self.job, self.job.settings
         if latents:
             space = job.space
-            outputs.write_latents_npz(self.outdir, list(self.results), space.name, s['network_sha256'],
+            run_files.write_latents_npz(self.outdir, list(self.results), space.name, s['network_sha256'],
                                       num_ws=space.num_ws, w_dim=space.w_dim,
                                       latent_rows=-1 if space.latent_rows is None else space.latent_rows)
         truncation_end = None
@@ -270,7 +270,7 @@ class _Runner:
         lpips_curves(self.outdir / 'lpips_curve.png', {n: c for n, c in self.curves.items() if n in self.results},
                      truncation_end=truncation_end, title=job.curve_title)
         summary = job.summarize(self.results, self.skipped)
-        outputs.write_summary(self.outdir, summary)
+        run_files.write_summary(self.outdir, summary)
         return summary
 
 #----------------------------------------------------------------------------
@@ -304,7 +304,7 @@ def run_job(job, sources, ignored, outdir, *, batch, device, save_every=100, pro
             raise error
         if message is not None:
             raise InversionError(message)
-        base_log = outputs.RunLog(outdir / 'log.txt', echo=progress and rank == 0)
+        base_log = run_files.RunLog(outdir / 'log.txt', echo=progress and rank == 0)
         log = base_log if world == 1 else (lambda msg, echo=True: base_log(f'[rank {rank}/{world}] {msg}', echo))
         if header and rank == 0:
             log(header)
@@ -323,7 +323,7 @@ def run_job(job, sources, ignored, outdir, *, batch, device, save_every=100, pro
             runner.skipped = sharding._read_skipped(runner.skipped_path) or {}
             runner.curves = {}
             with contextlib.suppress(OSError, ValueError, KeyError, EOFError):
-                runner.curves = outputs.read_curves(runner.curves_path)
+                runner.curves = run_files.read_curves(runner.curves_path)
         by_name = {s.name: s for s in sources}
         groups = runner.saved_groups(by_name)
         distributed.barrier()                                              # Every rank has listed state/.
@@ -367,7 +367,7 @@ def run_job(job, sources, ignored, outdir, *, batch, device, save_every=100, pro
                 sharding.merge_shards(outdir, log)
                 runner = _Runner(job, outdir, opt=opt, log=log, device=device)
                 runner.skipped = sharding._read_skipped(runner.skipped_path) or {}
-                runner.curves = outputs.read_curves(runner.curves_path)
+                runner.curves = run_files.read_curves(runner.curves_path)
         if rank == 0:
             summary = runner.write_run_files(latents=True)
             log(f'Done: {summary["images"]} images, {len(runner.skipped)} skipped -> {outdir}', echo=False)

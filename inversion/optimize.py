@@ -16,9 +16,11 @@ bars, snapshots and resumable state (`state_dict`/`load_state_dict`) easy for th
 import contextlib
 import math
 
+import numpy as np
 import torch
 
 from metrics.reconstruction import pixel_metrics
+from torch_utils.image_io import to_uint8
 
 #----------------------------------------------------------------------------
 
@@ -188,3 +190,16 @@ def invert(G, loss, targets, space, **kwargs):
     return inverter.params.detach(), inverter.evaluate()
 
 #----------------------------------------------------------------------------
+
+@torch.no_grad()
+def render(G, space, latents, batch_size=8, device=None):
+    """Latents `[N, *param_shape]` -> uint8 images `[N, H, W, C]`, `batch_size` at a time: the final rendering of an
+    inversion (`G.synthesis(space.to_ws(latents), noise_mode='const', force_fp32=True)` in strict fp32), so the
+    images equal a run's `<name>-recon.png` when the batches are the same."""
+    device = torch.device(device) if device is not None else G.mapping.w_avg.device
+    out = []
+    with precision_context('fp32'):
+        for i in range(0, latents.shape[0], int(batch_size)):
+            params = latents[i:i + int(batch_size)].to(device)
+            out.append(to_uint8(G.synthesis(space.to_ws(params), noise_mode='const', force_fp32=True)))
+    return np.concatenate(out) if out else np.zeros([0, G.img_resolution, G.img_resolution, G.img_channels], np.uint8)

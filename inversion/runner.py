@@ -22,7 +22,7 @@ from torch_utils import checkpoint
 from torch_utils.image_io import to_uint8
 from training.encoder import generator_mismatch, load_encoder_pkl
 
-from . import outputs
+from . import run_files
 from .jobs import InversionError, check_job_outdir, list_job_targets, run_job
 from metrics.lpips import DEFAULT_LPIPS, MaskUnsupportedError, lpips_network_name
 from metrics.reconstruction import pixel_metrics
@@ -164,10 +164,10 @@ class InversionJob:
         return (name, target[0], recon, record.get('lpips'), mask[0] if (mask[0] != 255).any() else None)
 
     def write_overview(self, outdir):
-        """overview.png of the first `outputs.OVERVIEW_MAX` finished images by name."""
+        """overview.png of the first `run_files.OVERVIEW_MAX` finished images by name."""
         outdir = Path(outdir)
-        results = outputs.read_results(outdir / 'results.jsonl', repair=False)
-        finished = sorted(set(results) | set(self.shown))[:outputs.OVERVIEW_MAX]
+        results = run_files.read_results(outdir / 'results.jsonl', repair=False)
+        finished = sorted(set(results) | set(self.shown))[:run_files.OVERVIEW_MAX]
         for name in finished:
             if name not in self.shown:
                 entry = self.overview_entry(outdir, name, results[name])
@@ -177,7 +177,7 @@ class InversionJob:
         entries = list(self.shown.values())
         total = len(set(results) | set(self.shown))
         more = f', the first {len(entries)} of {total}' if total > len(entries) else ''
-        outputs.write_overview(outdir / 'overview.png', entries,
+        run_files.write_overview(outdir / 'overview.png', entries,
                                f'Inversion into {self.space.name}: target (top), reconstruction (bottom){more}')
 
     def decode(self, src):
@@ -215,7 +215,7 @@ class InversionJob:
             images, _masks = split_mask(images)
             frames = to_uint8(info['images'])
             for i, name in enumerate(names):
-                outputs.write_frame(outdir, name, step - 1, images[i], frames[i])
+                run_files.write_frame(outdir, name, step - 1, images[i], frames[i])
 
     def finish(self, outdir, names, images, inverter):
         images, masks = split_mask(images)
@@ -231,13 +231,13 @@ class InversionJob:
         for i, name in enumerate(names):
             masked = bool((masks[i] != 255).any())
             shown = masks[i] if masked else None
-            outputs.write_image_outputs(outdir, name, latents[i], images[i], recon[i], mask=shown,
+            run_files.write_image_outputs(outdir, name, latents[i], images[i], recon[i], mask=shown,
                                         lpips=metrics['lpips'][i])
             if self.opt['save_video']:
-                outputs.write_frame(outdir, name, inverter.steps, images[i], recon[i])
+                run_files.write_frame(outdir, name, inverter.steps, images[i], recon[i])
             records.append(dict({k: metrics[k][i] for k in metrics}, lpips_network=self.lpips_network, masked=masked,
                                 mask_coverage=round(float(masks[i].mean()) / 255, 6), init=self.init_name))
-            if len(self.shown) < outputs.OVERVIEW_MAX or name < max(self.shown):
+            if len(self.shown) < run_files.OVERVIEW_MAX or name < max(self.shown):
                 self.shown[name] = (name, images[i], recon[i], metrics['lpips'][i], shown)
         self.write_overview(outdir)
         return records
@@ -249,7 +249,7 @@ class InversionJob:
 
     def summarize(self, results, skipped):
         s = self.settings
-        return outputs.summarize(
+        return run_files.summarize(
             results, self.space.name, s['steps'], self.opt['args'],
             extra=dict(checkpoint_sha256=s['network_sha256'], precision=s['precision'], lpips=s['lpips'],
                        lpips_network=self.lpips_network, device=str(self.device), skipped=len(skipped), mask=s.get('mask'),

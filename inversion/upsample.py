@@ -34,7 +34,7 @@ from torch_utils import checkpoint
 from figures import sheets
 from torch_utils.image_io import save_png, to_uint8
 
-from . import outputs
+from . import run_files
 from .jobs import InversionError, check_job_outdir, default_summary, list_job_targets, run_job
 from metrics.lpips import DEFAULT_LPIPS, lpips_network_name
 from metrics.reconstruction import pixel_metrics
@@ -259,7 +259,7 @@ class UpsampleJob:
         latents = inverter.params.detach().cpu().numpy()
         metrics = []
         for i, name in enumerate(names):
-            outputs.save_npy(outdir / f'{name}.npy', latents[i].astype(np.float32))
+            run_files.save_npy(outdir / f'{name}.npy', latents[i].astype(np.float32))
             save_png(outdir / f'{name}_upsampled.png', tiles[2][i])
             save_png(outdir / f'{name}_compare.png', sheets.side_by_side([t[i] for t in tiles]))
             rec = dict(lowres_mse=float(out['mse'][i]))

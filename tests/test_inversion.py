@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_generator_with_mean
-from inversion import losses, outputs, targets
+from inversion import losses, run_files, targets
 from metrics import lpips
 from inversion.optimize import Inverter, invert, truncation_steps
 from training.latent_spaces import LatentSpace
@@ -198,11 +198,11 @@ def test_resume_after_kill_reproduces_uninterrupted(lpips_loss, tmp_path):
     first = Inverter(G, lpips_loss, tg, space, **kwargs)
     for info in first.run():
         if info['step'] == 2:                      # Snapshot inside the truncated phase...
-            outputs.save_state(tmp_path / 'state.pt', first.state_dict())
+            run_files.save_state(tmp_path / 'state.pt', first.state_dict())
         if info['step'] == 5:                      # ... and "killed" later: steps 3-5 are lost.
             break
     resumed = Inverter(G, lpips_loss, tg, space, **kwargs)
-    resumed.load_state_dict(outputs.load_state(tmp_path / 'state.pt'))
+    resumed.load_state_dict(run_files.load_state(tmp_path / 'state.pt'))
     assert resumed.step == 2
     for _ in resumed.run():
         pass
@@ -356,9 +356,9 @@ def test_target_name_collisions_are_made_unique(tmp_path):
 
 def test_results_jsonl_survives_a_torn_write(tmp_path):
     path = tmp_path / 'results.jsonl'
-    outputs.append_result(path, dict(name='a', lpips=0.1))
+    run_files.append_result(path, dict(name='a', lpips=0.1))
     with open(path, 'a') as f:
         f.write('{"name": "b", "lpi')                                  # Killed mid-write.
-    assert list(outputs.read_results(path)) == ['a']
-    outputs.append_result(path, dict(name='c', lpips=0.2))
-    assert list(outputs.read_results(path)) == ['a', 'c']
+    assert list(run_files.read_results(path)) == ['a']
+    run_files.append_result(path, dict(name='c', lpips=0.2))
+    assert list(run_files.read_results(path)) == ['a', 'c']

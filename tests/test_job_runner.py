@@ -136,15 +136,15 @@ def test_upsample_resume_after_kill_matches_uninterrupted(setup, tmp_path, monke
 
 
 def test_full_disk_is_one_line_naming_the_folder(setup, tmp_path, monkeypatch):
-    from inversion import outputs
+    from inversion import run_files
     out = tmp_path / 'out'
-    real = outputs.np.save
+    real = run_files.np.save
 
     def full(f, arr, *args, **kwargs):
         raise OSError(28, 'No space left on device')
-    monkeypatch.setattr(outputs.np, 'save', full)
+    monkeypatch.setattr(run_files.np, 'save', full)
     result = _invert(setup, out)
-    monkeypatch.setattr(outputs.np, 'save', real)
+    monkeypatch.setattr(run_files.np, 'save', real)
     assert result.exit_code == 1 and isinstance(result.exception, (SystemExit, type(None)))
     errors = [line for line in result.stderr.splitlines() if line.startswith('Error:')]   # (Progress bars aside.)
     assert len(errors) == 1 and 'Traceback' not in result.stderr

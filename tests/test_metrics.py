@@ -15,6 +15,7 @@ import torch
 
 import dnnlib
 from conftest import float64_copy, tiny_generator_kwargs
+from inversion import run_files
 from metrics import detectors, feature_stats, frechet, lpips, metric_main, ppl, precision_recall, reconstruction
 from training.networks import Generator
 from training.tiny_data import write_tiny_dataset
@@ -429,23 +430,25 @@ def _fake_inversion_run(tmp_path, n=4, res=16):
 
 def test_read_inversion_run_and_recon_metrics(tmp_path):
     run, targets, recons = _fake_inversion_run(tmp_path)
-    data = reconstruction.read_inversion_run(run)
+    data = run_files.read_pairs(run)
     assert data['names'] == ['img0', 'img1', 'img2', 'img3'] and data['missing'] == []
     np.testing.assert_array_equal(data['target'], targets)
     np.testing.assert_array_equal(data['recon'], recons)
-    res = metric_main.calc_metric('recon_pixel', inversion_run=str(run), device='cpu').results
+    res = metric_main.calc_metric('recon_pixel', inversion_pairs=run_files.read_pairs(run), device='cpu').results
     mse = ((recons.astype(np.float64) - targets) / 255) ** 2
     assert res.recon_mse == pytest.approx(mse.mean()) and res.recon_num_images == 4
     assert res.recon_psnr == pytest.approx(np.mean(-10 * np.log10(mse.mean(axis=(1, 2, 3)))))
     assert 0 < res.recon_ssim < 1 and res.recon_recorded_lpips == pytest.approx(0.15)
-    full_result = metric_main.calc_metric('recon', inversion_run=str(run), device='cpu', detector_path='random:16:0')
+    full_result = metric_main.calc_metric('recon', inversion_pairs=run_files.read_pairs(run), device='cpu',
+                                          detector_path='random:16:0')
     full = full_result.results
     assert full.recon_lpips > 0 and np.isfinite(full.recon_fid) and full.recon_fid > 0
     assert full_result.lpips_network == 'random:16:0'              # recon_lpips says which LPIPS it is
     # Perfect reconstructions: zero LPIPS and FID, SSIM 1.
     for i in range(4):
         PIL.Image.fromarray(targets[i]).save(run / f'img{i}-recon.png')
-    perfect = metric_main.calc_metric('recon', inversion_run=str(run), device='cpu', detector_path='random:16:0').results
+    perfect = metric_main.calc_metric('recon', inversion_pairs=run_files.read_pairs(run), device='cpu',
+                                      detector_path='random:16:0').results
     assert perfect.recon_lpips == pytest.approx(0, abs=1e-9) and perfect.recon_fid == pytest.approx(0, abs=1e-4)
     assert perfect.recon_ssim == pytest.approx(1)
 
