@@ -28,7 +28,7 @@ from torch_utils.files import make_outdir
 from dnnlib.cli import cli_errors
 from inversion.losses import build_loss
 from metrics.lpips import DEFAULT_LPIPS, VGG16_URL, LpipsUnavailableError
-from inversion.runner import run_inversion
+from inversion.inversion_job import InversionConfig, run_inversion
 from inversion.run_files import read_pairs
 from metrics.reconstruction import pixel_metrics, reconstruction_metrics
 from figures.sheets import comparison_sheet
@@ -51,7 +51,7 @@ def pick_lpips():
 
 
 def loss_settings(lpips):
-    """run_inversion's loss keyword arguments for the LPIPS `pick_lpips` chose: the paper's loss (LPIPS only)
+    """InversionConfig's loss fields for the LPIPS `pick_lpips` chose: the paper's loss (LPIPS only)
     with NVIDIA's VGG16, LPIPS + a pixel term (`configs.offline_inversion`) with the random stand-in."""
     if lpips == offline_inversion.LPIPS:
         return offline_inversion.loss_kwargs()
@@ -117,8 +117,9 @@ def main(outdir, kimg, cfg, num_images, steps, seed):
     shown = {}
     for space in spaces:
         inv_dir = outdir / f'invert-{space.replace("+", "plus")}'
-        inv = run_inversion(str(pkl), str(outdir / 'heldout'), str(inv_dir), space=space, steps=steps,
-                            batch=num_images, seed=seed, progress=False, **loss)
+        cfg = InversionConfig(network=str(pkl), target=str(outdir / 'heldout'), space=space, steps=steps,
+                              batch=num_images, seed=seed, progress=False, **loss)
+        inv = run_inversion(cfg, cfg.target, str(inv_dir))
         run = read_pairs(inv_dir)
         recon = reconstruction_metrics(run['recon'], run['target'])        # MSE, PSNR, SSIM on uint8 images
         summary['inversions'][space] = dict(outdir=str(inv_dir), lpips=inv['lpips_mean'], **recon)

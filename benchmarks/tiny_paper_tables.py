@@ -44,9 +44,9 @@ from benchmarks import tiny_tables_report as report
 from configs import presets
 from torch_utils.files import OutdirError, atomic_write, make_outdir
 from dnnlib.cli import cli_errors
-from inversion.interpolate import real_feature_stats
+from inversion.edit.interpolate import real_feature_stats
 from inversion.run_files import read_curves, read_pairs, read_run_ws
-from inversion.runner import run_inversion
+from inversion.inversion_job import InversionConfig, run_inversion
 from metrics import detectors, lpips, metric_main
 from metrics import interpolation as interp
 from metrics.reconstruction import pixel_metrics, reconstruction_metrics
@@ -330,10 +330,11 @@ def main(outdir, networks, smoke, images, steps, kimg, mse_weight, l1_weight, ba
         t0 = time.time()
         wait_for(nets[model], wait_minutes, log)
         log(f'inverting {s["images"]} images into {run_label(model, space)} ({s["steps"]} steps) ...')
-        invert_when_free(lambda: run_inversion(
-            nets[model], str(heldout), str(outdir / run_folder(model, space)), space=space, steps=s['steps'],
-            batch=min(batch, s['images']), lpips=LPIPS, mse_weight=mse_weight, l1_weight=l1_weight, seed=seed,
-            progress=not smoke, device=device), outdir / run_folder(model, space), log)
+        cfg = InversionConfig(network=nets[model], target=str(heldout), space=space, steps=s['steps'],
+                              batch=min(batch, s['images']), lpips=LPIPS, mse_weight=mse_weight, l1_weight=l1_weight,
+                              seed=seed, progress=not smoke, device=device)
+        invert_when_free(lambda: run_inversion(cfg, cfg.target, str(outdir / run_folder(model, space))),
+                         outdir / run_folder(model, space), log)
         stage(f'invert {run_label(model, space)}', t0)
     if only is not None:
         log(f'--invert-only {",".join(only)}: done')

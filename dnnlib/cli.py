@@ -63,3 +63,36 @@ def parse_range(text):
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         values.extend(range(lo, hi + 1))
     return values
+
+
+class BatchType(click.ParamType):
+    """A batch-size option: 'auto' or a positive integer."""
+    name = 'N|auto'
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or str(value).lower() == 'auto':
+            return value if isinstance(value, int) else 'auto'
+        try:
+            n = int(value)
+        except ValueError:
+            self.fail(f'{value!r} is neither a positive integer nor "auto"', param, ctx)
+        if n < 1:
+            self.fail(f'{n} is not a positive integer', param, ctx)
+        return n
+
+
+def checked_by(parse):
+    """A click callback that runs `parse(value)` and reports its ValueError as a bad value of the option (exit 2);
+    the value itself passes through unchanged."""
+    def callback(ctx, param, value):
+        try:
+            parse(value)
+        except ValueError as err:
+            raise click.BadParameter(str(err).split(': ', 1)[-1] if str(err).startswith('--') else str(err)) from err
+        return value
+    return callback
+
+
+def given_options(ctx, options):
+    """The options of `options` that the user set on the command line (not left at their defaults)."""
+    return {k: v for k, v in options.items() if ctx.get_parameter_source(k) != click.core.ParameterSource.DEFAULT}

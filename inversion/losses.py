@@ -128,3 +128,26 @@ def build_loss(spec=DEFAULT_LPIPS, device=None, resolution=256, mse_weight=0.0, 
     return loss.to(device) if device is not None else loss
 
 #----------------------------------------------------------------------------
+
+#----------------------------------------------------------------------------
+# Checks before a run.
+
+MIN_RESOLUTION = 16        # VGG16's relu5_3 is 1x1 at 16 px.
+
+
+def check_lpips_input(G):
+    """Raise ValueError (one line) if LPIPS cannot be computed on G's images."""
+    if G.img_channels not in (1, 3):
+        raise ValueError(f'The generator makes {G.img_channels}-channel images; inversion with LPIPS needs 1 or 3')
+    if G.img_resolution < MIN_RESOLUTION:
+        raise ValueError(f'The generator makes {G.img_resolution} px images; LPIPS (VGG16) needs at least '
+                             f'{MIN_RESOLUTION} px')
+
+
+def check_mask_support(loss, G, device):
+    """Raise MaskUnsupportedError (one line) when `loss`'s LPIPS network gives no spatial map to mask."""
+    r = G.img_resolution
+    probe = torch.zeros([1, G.img_channels, r, r], device=device)
+    half = torch.ones([1, 1, r, r], device=device)
+    half[..., : r // 2] = 0
+    loss.prepare_target(probe, half)

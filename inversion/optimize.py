@@ -203,3 +203,33 @@ def render(G, space, latents, batch_size=8, device=None):
             params = latents[i:i + int(batch_size)].to(device)
             out.append(to_uint8(G.synthesis(space.to_ws(params), noise_mode='const', force_fp32=True)))
     return np.concatenate(out) if out else np.zeros([0, G.img_resolution, G.img_resolution, G.img_channels], np.uint8)
+
+
+AUTO_BATCH_MAX = 64        # `batch='auto'` never goes above this.
+
+
+def auto_batch_size(G, loss, space, device, precision='fp32', limit=AUTO_BATCH_MAX, headroom=0.8):
+    """Largest batch whose optimisation step fits in `headroom` of free CUDA memory (measured with
+    1 and 2 images), at most `limit`. Off CUDA: min(limit, 8)."""
+    device = torch.device(device)
+    if device.type != 'cuda':
+        return max(1, min(limit, 8))
+
+    def peak_bytes(n):
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        targets = torch.zeros([n, G.img_channels, G.img_resolution, G.img_resolution], device=device)
+        inverter = Inverter(G, loss, targets, space, steps=1, precision=precision)
+        for _ in inverter.run():
+            pass
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+
+    one, two = peak_bytes(1), peak_bytes(2)
+    per_image = max(two - one, 1)
+    torch.cuda.empty_cache()
+    free, _total = torch.cuda.mem_get_info(device)
+    n = int((free * headroom - max(one - per_image, 0)) // per_image)
+    return max(1, min(limit, n))

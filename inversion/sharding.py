@@ -58,10 +58,10 @@ def merge_shards(outdir, log=None):
         except (OSError, ValueError, KeyError, EOFError):
             log(f'{path} is damaged; the curves it held are lost')
     skipped_path = outdir / 'skipped.json'
-    skipped = _read_skipped(skipped_path) or {}
+    skipped = read_skipped(skipped_path) or {}
     base = dict(skipped)
     for path in _shard_files(root, 'skipped-*.json'):
-        shard = _read_skipped(path)
+        shard = read_skipped(path)
         if shard is None:
             log(f'{path} is damaged; ignoring it')
             continue
@@ -83,7 +83,7 @@ def merge_shards(outdir, log=None):
     return len(results) - before
 
 
-def _read_skipped(path):
+def read_skipped(path):
     """{source: record} of a skipped.json-format file; {} when missing, None when damaged."""
     path = Path(path)
     if not path.is_file():

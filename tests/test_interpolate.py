@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 import interpolate
 from conftest import tiny_generator_kwargs
-from inversion.runner import run_inversion
+from inversion.inversion_job import InversionConfig, run_inversion
 from metrics import interpolation as interp
 from metrics.ppl import l2_distance
 from figures import sheets
@@ -106,8 +106,8 @@ def tiny_run(tmp_path_factory):
     checkpoint.save_network_pkl(pkl, dict(G_ema=G))
     write_tiny_images(root / 'targets', num_images=3, resolution=32)
     run_dir = root / 'run'
-    run_inversion(str(pkl), str(root / 'targets'), str(run_dir), space='W', steps=2, batch=3, lpips='vgg-random',
-                  progress=False)
+    run_inversion(InversionConfig(network=str(pkl), space='W', steps=2, batch=3, lpips='vgg-random', progress=False),
+                  str(root / 'targets'), str(run_dir))
     return pkl, run_dir
 
 
@@ -162,7 +162,7 @@ def test_cli_errors(tiny_run, tmp_path, args, message):
 def test_seed_latents_follow_generate_convention(tiny_run):
     """--seeds endpoints are generate.py's latents: z = RandomState(seed).randn for vector latents
     (NVIDIA's convention), mapped with the same truncation."""
-    from inversion.interpolate import seed_ws
+    from inversion.edit.interpolate import seed_ws
     torch.manual_seed(0)
     G = networks.Generator(**tiny_generator_kwargs()).eval()
     names, ws = seed_ws(G, [7, 11], truncation_psi=0.7)

@@ -217,7 +217,7 @@ def test_modconv_large_output_is_not_checked(fake_modconv, monkeypatch):
 
 
 def test_verdicts_reach_the_training_and_inversion_logs(checking, monkeypatch, tmp_path):
-    """training.run_log.RunLog and inversion.outputs.RunLog point the self-check at their log.txt."""
+    """training.run_log.RunLog and inversion.run_files.RunLog point the self-check at their log.txt."""
     from inversion import run_files
     from training import run_log
     _plugin(monkeypatch, forward_scale=1.01)

@@ -26,7 +26,7 @@ from click.testing import CliRunner
 import invert
 from conftest import tiny_generator_kwargs
 from torch_utils.files import outdir_lock
-from inversion.jobs import _plan_batches
+from inversion.job_runner import _plan_batches
 from torch_utils import checkpoint, distributed
 from training import networks
 

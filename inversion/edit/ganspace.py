@@ -35,8 +35,8 @@ from torch_utils import checkpoint
 from torch_utils.image_io import save_png
 from torch_utils.files import save_json
 
-from . import optimize, run_files
-from .run_files import save_npz
+from inversion import optimize, run_files
+from inversion.run_files import save_npz
 from training.latent_spaces import LatentSpace
 
 #----------------------------------------------------------------------------

@@ -1,35 +1,16 @@
-"""One resumable runner for per-image optimisation jobs (inversion, upsampling): `run_job(job, ...)`.
+"""The resumable runner of per-image optimisation jobs (inversion, upsampling): `run_job(job, ...)`.
 
-The runner owns everything but the optimisation: listing the targets, the output folder (checked
-before anything is written, locked against a second process, cleared of temporaries a killed run
-left), `run.json` (the settings that change results; other settings into the same folder are
-refused), `skipped.json` (every file of the target that is not processed, with its reason),
-`log.txt`, the progress bars, `results.jsonl` (one line per finished image: the completion marker),
-`state/<group>.pt` (resumable state of an unfinished batch), `lpips_curves.npz`/`lpips_curve.png`,
-`latents.npz` and `summary.json`.
+The runner owns everything but the optimisation: listing the targets, the output folder (checked before anything
+is written, locked against a second process, cleared of temporaries a killed run left), `run.json` (the settings
+that change results; other settings into the same folder are refused), `skipped.json` (every file of the target
+that is not processed, with its reason), `log.txt`, the progress bars, `results.jsonl` (one line per finished
+image: the completion marker), `state/<group>.pt` (resumable state of an unfinished batch), the LPIPS curves,
+`latents.npz` and `summary.json` (formats in `run_files`). A job supplies the optimisation (`Job`).
 
-A job supplies its optimisation through this interface:
-
-    kind                 'invert' | 'upsample' (for messages)
-    settings             dict of result-affecting settings (JSON-serialisable)
-    space                `training.latent_spaces.LatentSpace` (shape of `<name>.npy`)
-    decode_resolution, channels, crop
-                         how target files are decoded (uint8 `[N, H, W, C]` batches)
-    decode(source)       optional, instead of the three above: `TargetSource` -> (uint8 `[H, W, C']`, note or
-                         None), raising `targets.TargetError` (the file goes to skipped.json with the reason);
-                         the inversion job appends the mask as a last channel
-    curve_key            metric that ends each image's curve and is logged per batch ('lpips')
-    curve_title          title of lpips_curve.png
-    make_inverter(images)                        -> `optimize.Inverter` for a uint8 batch
-    on_step(outdir, names, images, info)         after every step (e.g. video frames); may do nothing
-    finish(outdir, names, images, inverter)      write the per-image files, including `<name>.npy`;
-                                                 return one metrics dict per image
-    summarize(results, skipped)                  -> summary.json dict
-
-Resuming: images with a line in `results.jsonl` whose `<name>.npy` still loads are skipped; a batch
-with a readable `state/<group>.pt` continues from its step with its Adam state; damaged state or
-latent files are reported and their images redone. Since the loop has no randomness and each
-image's trajectory does not depend on its batch, the result equals the uninterrupted run.
+Resuming: images with a line in `results.jsonl` whose `<name>.npy` still loads are skipped; a batch with a
+readable `state/<group>.pt` continues from its step with its Adam state; damaged state or latent files are
+reported and their images redone. Since the loop has no randomness and each image's trajectory does not depend
+on its batch, the result equals the uninterrupted run.
 """
 
 import contextlib
@@ -37,6 +18,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -49,15 +31,42 @@ from torch_utils.image_io import IMAGE_EXTENSIONS
 from torch_utils.files import save_json
 
 from figures.curves import lpips_curves
+from training.latent_spaces import LatentSpace
 from . import run_files, sharding
-from .optimize import truncation_steps
-from .targets import TargetError, decode_target, list_targets
+from .optimize import Inverter, truncation_steps
+from .targets import TargetError, TargetSource, list_targets
 
 STATE_VERSION = 1
 
 
 class InversionError(ValueError):
     """A problem with the user's inputs or settings, reported as one line (a ValueError, so `cli_errors` reports it)."""
+
+
+class Job(Protocol):
+    """What `run_job` needs of a job: its settings and the optimisation of a batch of decoded targets."""
+
+    kind: str                   # 'invert' | 'upsample' (for messages)
+    settings: dict              # The settings that change results (JSON); run.json keeps them, resuming compares.
+    space: LatentSpace          # The space of the latents written as `<name>.npy`.
+    curve_key: str              # The metric that ends each image's curve and is logged per batch ('lpips').
+    curve_title: str            # Title of lpips_curve.png.
+
+    def decode(self, source: TargetSource) -> tuple:
+        """(uint8 `[H, W, C']`, note or None) of one target file; raises `targets.TargetError` for a file that
+        cannot be used (it goes to skipped.json with the reason)."""
+
+    def make_inverter(self, images: np.ndarray) -> Inverter:
+        """The optimisation of a uint8 batch `[N, H, W, C']` of decoded targets."""
+
+    def on_step(self, outdir: Path, names: list, images: np.ndarray, info: dict) -> None:
+        """Called after every step (e.g. video frames); may do nothing."""
+
+    def finish(self, outdir: Path, names: list, images: np.ndarray, inverter: Inverter) -> list:
+        """Write the per-image files, including `<name>.npy`; one metrics dict per image."""
+
+    def summarize(self, results: dict, skipped: dict) -> dict:
+        """summary.json of the run."""
 
 #----------------------------------------------------------------------------
 
@@ -133,10 +142,7 @@ class _Runner:
         """uint8 [H, W, C], or None after recording the file in skipped.json."""
         job = self.job
         try:
-            if hasattr(job, 'decode'):                                      # e.g. images with their masks
-                image, note = job.decode(src)
-            else:
-                image, note = decode_target(src, job.decode_resolution, crop=job.crop, channels=job.channels)
+            image, note = job.decode(src)
         except TargetError as err:
             self.skipped[src.source] = dict(name=src.name, source=src.source, reason=str(err))
             self.save_skipped()
@@ -320,7 +326,7 @@ def run_job(job, sources, ignored, outdir, *, batch, device, save_every=100, pro
         distributed.barrier()                                              # results.jsonl etc. are final.
         if rank != 0:
             runner = _Runner(job, outdir, opt=opt, log=log, device=device)
-            runner.skipped = sharding._read_skipped(runner.skipped_path) or {}
+            runner.skipped = sharding.read_skipped(runner.skipped_path) or {}
             runner.curves = {}
             with contextlib.suppress(OSError, ValueError, KeyError, EOFError):
                 runner.curves = run_files.read_curves(runner.curves_path)
@@ -366,7 +372,7 @@ def run_job(job, sources, ignored, outdir, *, batch, device, save_every=100, pro
             if rank == 0:
                 sharding.merge_shards(outdir, log)
                 runner = _Runner(job, outdir, opt=opt, log=log, device=device)
-                runner.skipped = sharding._read_skipped(runner.skipped_path) or {}
+                runner.skipped = sharding.read_skipped(runner.skipped_path) or {}
                 runner.curves = run_files.read_curves(runner.curves_path)
         if rank == 0:
             summary = runner.write_run_files(latents=True)

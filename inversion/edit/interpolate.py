@@ -12,8 +12,10 @@ in `metrics.interpolation`; this module reads and writes files:
     overview.png             one row per pair, at most OVERVIEW_MAX_ROWS rows (grid)
 """
 
+import dataclasses
 import os
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import PIL.Image
@@ -31,8 +33,8 @@ from torch_utils.files import save_json
 from torch_utils import checkpoint, distributed
 from training.sampling import class_label, latent_from_seed
 
-from . import run_files
-from .runner import InversionError
+from inversion import run_files
+from inversion.job_runner import InversionError
 
 OVERVIEW_MAX_ROWS = 64
 MIN_FRAME_PX = 128                   # Frames of the PNG strips are upscaled (nearest) to at least this.
@@ -138,14 +140,45 @@ def compute_metrics(G, ws, pairs, *, lpips=None, detector_path=None, data=None, 
 
 #----------------------------------------------------------------------------
 
-def run_interpolation(network, outdir, *, inversion_run=None, seeds=None, pairs='all', steps=8, midpoints_only=False,
-                      grid=True, gif=False, metrics=False, lpips=None, detector_path=None, data=None, max_real=None,
-                      truncation_psi=1.0, class_idx=None, batch_size=8, device='cpu', trust_pickle=False,
-                      progress=False, cache=True, log=None):
-    """Everything interpolate.py does; writes the files of the module docstring into `outdir` and
-    returns the dict written to interpolation.json. Latents: `inversion_run` (a folder) or
-    `seeds` (a list of ints), exactly one. Bad inputs raise InversionError (one line) before
-    anything is written."""
+@dataclasses.dataclass(frozen=True)
+class InterpolationConfig:
+    """The options of interpolate.py (its --help says more)."""
+    network:        Optional[str] = None        # Generator checkpoint, path or URL.
+    inversion_run:  Optional[str] = None        # invert.py output folder (its latents.npz) ...
+    seeds:          Optional[tuple] = None      # ... or seeds to sample latents from, as generate.py does.
+    pairs:          str = 'all'                 # 'all' or index pairs like '0-1,2-5'.
+    steps:          int = 8                     # Frames per path (images and GIFs).
+    midpoints_only: bool = False                # Only the t = 1/2 image of each pair.
+    grid:           bool = True                 # A PNG per pair (frames side by side) and overview.png.
+    gif:            bool = False                # Also an animated GIF per pair.
+    metrics:        bool = False                # Table-3 metrics: path length, FID of midpoints (with data).
+    lpips:          Optional[str] = None        # LPIPS spec of the path lengths; None = NVIDIA's vgg16.pt through
+                                                # detector_path, as the metrics resolve it.
+    detector_path:  Optional[str] = None        # Where NVIDIA's Inception / VGG16 files are (metrics.detectors).
+    data:           Optional[str] = None        # Real images (zip or folder) for the FID of midpoints.
+    max_real:       Optional[int] = None        # At most this many real images for FID.
+    truncation_psi: float = 1.0                 # Truncation of seed latents.
+    class_idx:      Optional[int] = None        # Class label of seed latents (conditional networks).
+    batch_size:     int = 8                     # Images per generator call.
+    device:         Optional[str] = None        # None = cuda when available.
+    trust_pickle:   bool = False                # Unrestricted unpickling of the checkpoint (trusted files).
+    progress:       bool = False                # tqdm bars.
+    cache:          bool = True                 # Reuse cached real-image features.
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self):
+        return dataclasses.asdict(self)
+
+
+def run_interpolation(cfg, outdir, log=None):
+    """Everything interpolate.py does; writes the files of the module docstring into `outdir` and returns the dict
+    written to interpolation.json. Latents: `cfg.inversion_run` (a folder) or `cfg.seeds` (a list of ints),
+    exactly one. Bad inputs raise InversionError (one line) before anything is written; `log(message)` gets
+    warnings."""
+    c = cfg
+    network, inversion_run, seeds, steps = c.network, c.inversion_run, c.seeds, c.steps
     check_outdir(outdir)                            # Before loading anything: a bad --outdir costs nothing.
     if (inversion_run is None) == (seeds is None):
         raise InversionError('pass exactly one of --inversion-run DIR or --seeds RANGE')
@@ -153,20 +186,20 @@ def run_interpolation(network, outdir, *, inversion_run=None, seeds=None, pairs=
         raise InversionError(f'--inversion-run {inversion_run}: no such folder')
     if steps < 2:
         raise InversionError(f'--steps {steps}: a path needs at least 2 frames')
-    device = torch.device(device)
-    G, _local, sha = checkpoint.load_frozen_network(network, trust=trust_pickle, device=device, option='--network')
+    device = distributed.resolve_device(c.device)
+    G, _local, sha = checkpoint.load_frozen_network(network, trust=c.trust_pickle, device=device, option='--network')
     if inversion_run is not None:
         names, ws, space, run_sha = run_files.read_run_ws(G, inversion_run, device)
         if run_sha and run_sha != sha and log is not None:
             log(f'Warning: {inversion_run} was inverted with another checkpoint (sha256 {run_sha[:12]}...)')
     else:
         try:
-            names, ws = seed_ws(G, seeds, truncation_psi, class_idx=class_idx, device=device)
+            names, ws = seed_ws(G, seeds, c.truncation_psi, class_idx=c.class_idx, device=device)
         except ValueError as err:
             raise InversionError(str(err)) from None
         space = 'W' if G.latent_rows is not None else 'w'
     try:
-        pair_list = interp.parse_pairs(pairs, n=len(names))
+        pair_list = interp.parse_pairs(c.pairs, n=len(names))
     except ValueError as err:
         raise InversionError(f'--pairs: {err}') from None
     if not pair_list:
@@ -174,20 +207,20 @@ def run_interpolation(network, outdir, *, inversion_run=None, seeds=None, pairs=
 
     outdir = Path(make_outdir(outdir))
     # Sharded (torchrun): each rank draws every K-th pair; rank 0 assembles the overview and the JSON.
-    write_pair_images(G, ws, distributed.split_by_rank(pair_list), outdir, steps, midpoints_only, grid, gif,
-                      batch_size, names=names)
+    write_pair_images(G, ws, distributed.split_by_rank(pair_list), outdir, steps, c.midpoints_only, c.grid, c.gif,
+                      c.batch_size, names=names)
     distributed.barrier()
-    if grid and distributed.get_rank() == 0:
-        save_png(outdir / 'overview.png', sheets.stack_rows(overview_rows(outdir, pair_list, midpoints_only)))
+    if c.grid and distributed.get_rank() == 0:
+        save_png(outdir / 'overview.png', sheets.stack_rows(overview_rows(outdir, pair_list, c.midpoints_only)))
     record = dict(network=str(network), network_sha256=sha, inversion_run=None if inversion_run is None else str(inversion_run),
                   seeds=None if seeds is None else [int(s) for s in seeds], space=space, names=names,
-                  pairs=[list(p) for p in pair_list], steps=int(steps), midpoints_only=bool(midpoints_only),
-                  truncation_psi=None if seeds is None else float(truncation_psi))
-    if metrics:
+                  pairs=[list(p) for p in pair_list], steps=int(steps), midpoints_only=bool(c.midpoints_only),
+                  truncation_psi=None if seeds is None else float(c.truncation_psi))
+    if c.metrics:
         try:
-            summary = compute_metrics(G, ws, pair_list, lpips=lpips, detector_path=detector_path, data=data,
-                                      max_real=max_real, device=device, batch_size=batch_size, progress=progress,
-                                      cache=cache)
+            summary = compute_metrics(G, ws, pair_list, lpips=c.lpips, detector_path=c.detector_path, data=c.data,
+                                      max_real=c.max_real, device=device, batch_size=c.batch_size,
+                                      progress=c.progress, cache=c.cache)
         except detectors.DetectorUnavailableError as err:
             raise InversionError(str(err)) from None
         lengths = summary.pop('path_lengths')
