@@ -20,14 +20,14 @@ import dnnlib
 from metrics.lpips import DEFAULT_LPIPS, MaskUnsupportedError, lpips_network_name
 from metrics.reconstruction import pixel_metrics
 from preprocess.align_folder import AlignFolderError, align_folder, paste_back_folder
-from torch_utils import checkpoint, distributed, files
+from torch_utils import distributed, files
 from torch_utils.image_io import to_uint8
 from training.encoder import generator_mismatch, load_encoder_pkl
 from training.latent_spaces import AUTO
 
 from . import run_files
-from .job_runner import InversionError, check_job_outdir, list_job_targets, run_job
-from .losses import MaskedLoss, build_loss, check_lpips_input, check_mask_support
+from .job_runner import InversionError, check_job_outdir, list_job_targets, load_generator, run_job
+from .losses import MaskedLoss, build_loss, check_mask_support
 from .optimize import Inverter, auto_batch_size
 from .targets import TargetError, decode_target_with_mask, mask_tensor, split_mask, to_tensor
 
@@ -291,12 +291,7 @@ def run_inversion(cfg, target, outdir, skipped=()):
         raise InversionError(f'--steps {cfg.steps}: must be 0 or more')
     encoder_path = parse_init(cfg.init)
     check_job_outdir(outdir)
-    G, _local, sha256 = checkpoint.load_frozen_network(cfg.network, trust=cfg.trust_pickle, device=device,
-                                                       option='--network')
-    try:
-        check_lpips_input(G)
-    except ValueError as err:
-        raise InversionError(str(err)) from err
+    G, sha256 = load_generator(cfg.network, cfg.trust_pickle, device)
     space, encoder, encoder_sha256 = cfg.space, None, None
     if encoder_path is not None:
         encoder, encoder_sha256 = load_init_encoder(encoder_path, G, trust_pickle=cfg.trust_pickle, device=device)

@@ -26,13 +26,14 @@ from tqdm import tqdm
 
 from dnnlib.util import one_line
 from torch_utils.files import check_outdir, make_outdir, outdir_lock, remove_stale_temporaries
-from torch_utils import distributed
+from torch_utils import checkpoint, distributed
 from torch_utils.image_io import IMAGE_EXTENSIONS
 from torch_utils.files import save_json
 
 from figures.curves import lpips_curves
 from training.latent_spaces import LatentSpace
 from . import run_files, sharding
+from .losses import check_lpips_input
 from .optimize import Inverter, truncation_steps
 from .targets import TargetError, TargetSource, list_targets
 
@@ -80,6 +81,17 @@ def list_job_targets(target):
         raise InversionError(f'No images ({" ".join(IMAGE_EXTENSIONS)}, or any other format Pillow reads) found in '
                              f'{target}')
     return sources, ignored
+
+
+def load_generator(network, trust_pickle=False, device=None):
+    """(G_ema of the checkpoint `network`, frozen, in eval mode; SHA-256 of its file) for a per-image job:
+    InversionError (one line) for a file that cannot be loaded or a generator whose images LPIPS cannot take."""
+    G, _local, sha256 = checkpoint.load_frozen_network(network, trust=trust_pickle, device=device, option='--network')
+    try:
+        check_lpips_input(G)
+    except ValueError as err:
+        raise InversionError(str(err)) from err
+    return G, sha256
 
 
 def check_job_outdir(outdir):

@@ -35,13 +35,13 @@ import torch.nn.functional as F
 from figures import sheets
 from metrics.lpips import DEFAULT_LPIPS, lpips_network_name
 from metrics.reconstruction import pixel_metrics
-from torch_utils import checkpoint, distributed
+from torch_utils import distributed
 from torch_utils.image_io import save_png, to_uint8
 from training.latent_spaces import AUTO
 
 from . import run_files
-from .job_runner import InversionError, check_job_outdir, default_summary, list_job_targets, run_job
-from .losses import build_loss, check_lpips_input
+from .job_runner import InversionError, check_job_outdir, default_summary, list_job_targets, load_generator, run_job
+from .losses import build_loss
 from .optimize import Inverter
 from .targets import decode_target, to_tensor
 
@@ -336,12 +336,7 @@ def run_upsample(cfg, outdir):
     input_path = cfg.target if cfg.target is not None else cfg.lowres
     sources, ignored = list_job_targets(input_path)
     check_job_outdir(outdir)
-    G, _local, sha256 = checkpoint.load_frozen_network(cfg.network, trust=cfg.trust_pickle, device=device,
-                                                       option='--network')
-    try:
-        check_lpips_input(G)
-    except ValueError as err:
-        raise InversionError(str(err)) from err
+    G, sha256 = load_generator(cfg.network, cfg.trust_pickle, device)
     lspace = G.latent_space(cfg.space)
     res, factor = G.img_resolution, int(cfg.factor)
     if res % factor or res // factor < 1:
