@@ -1,27 +1,5 @@
-"""The files of an inversion run, written atomically (temporary file + rename) and read back: one module for both.
-
-Per image `<name>`: `<name>.npy` (latent `[*space.param_shape]`, float32), `<name>-recon.png`,
-`<name>-pair.png` (titled, upscaled panels: target | reconstruction with its LPIPS [| mask]), optional
-`frames/<name>/step%05d.png`.
-Per run: `results.jsonl` (one line per finished image: the line is the completion marker),
-`overview.png` (targets over reconstructions with LPIPS, the first `OVERVIEW_MAX` by name),
-`latents.npz`, `lpips_curves.npz`, `lpips_curve.png`, `summary.json`, `skipped.json`,
-`run.json` (settings), `log.txt`, and `state/<group>.pt` (resumable state of an unfinished
-batch, removed when the batch is done).
-
-Resume format (`state/<group>.pt`, read with `torch.load(weights_only=True)`): a dict with
-`version`, `names` (the batch's images, in order), `settings` (result-affecting settings),
-`step`, `params` `[N, *param_shape]`, `optimizer` (Adam state_dict, CPU tensors), `history`
-`[step, N]` (LPIPS per step) and `seconds` (optimisation time so far).
-
-Read back by `read_results`, `read_curves`, `read_latents` / `read_run_ws` (latents.npz or one <name>.npy) and
-`read_pairs` (reconstructions and their targets, for the reconstruction metrics). `read_pairs` needs only the
-`<name>-recon.png`; each target is, in this order: a `targets/<name>.<ext>` file, the left half of
-`<name>-pair.png`, or the result record's 'source' (a path, or 'archive.zip:member') or a file under the
-recorded target (run.json 'settings.target', summary.json 'args.target') whose name gives <name>, re-read,
-centre-cropped to a square and resized (LANCZOS) to the reconstruction's size. The first two are exactly what
-the inversion compared against; the last is an approximation of its preprocessing.
-"""
+"""The files of an inversion run, written (atomically) and read back: one module for both. What each file holds:
+docs/files.md."""
 
 import json
 import os

@@ -1,58 +1,21 @@
 """An image encoder into the generator's own latent space: w, w+ (StyleGAN2) or W, W+ (Poirier-Ginter
 et al., "Overparameterization Improves StyleGAN Inversion"; the paper leaves the encoder as future work).
+A pyramid of discriminator blocks reads the image as tokens, one cross-attention with a query per predicted latent
+row and layer reads them, and a zero-initialised head adds the offset to `w_avg` (design: docs/encoder.md).
 
-Shapes (N = batch, L = `num_ws`, R = `latent_rows`, D = `w_dim`):
+Shapes (N = batch, L = `num_ws`, R = `latent_rows`, D = `w_dim`): img `[N, C, H, W]` in [-1, 1];
+params `[N, *LatentSpace.param_shape]`, so a prediction is an inversion start.
 
-    img     `[N, C, H, W]` float in [-1, 1], H = W = `img_resolution`
-    params  `[N, *param_shape]` with `param_shape` = (D,) for w, (L, D) for w+, (R, D) for W, (L, R, D) for W+,
-            the layout of `training.latent_spaces.LatentSpace.param_shape`, so a prediction is an inversion start.
+Parameters (`parameter_count()` computes them; a test compares it with the module), with
+`ch(r) = min(channel_base // r, channel_max)` and blocks at r = res, res/2, ..., 2t (tmp = ch(r), out = ch(r/2)):
 
-Design. A W latent is R rows of D numbers: 512 x 512 = 262,144 numbers per image at 256 px, so a dense
-head from a pooled feature vector (512 x 262,144 = 134M weights per layer group) is out. Instead:
-
-1. A conv pyramid of StyleGAN2 discriminator blocks (`training.discriminator.DiscriminatorBlock`,
-   'resnet': fromRGB, two 3x3 convolutions, the second halving the size, and a 1x1 shortcut) from
-   `img_resolution` down to a `t x t` feature map (`t = token_resolution`), read as T = t^2 tokens of
-   `c_t` channels, each normalised to unit second moment, plus a learned position embedding `[T, c_t]`.
-2. One multi-head cross-attention: every predicted latent row is a query. The Q = L' * R' queries are
-   factored, `query[l, r] = layer_embed[l] + row_embed[r]` (L' = L for w+/W+ else 1, R' = R for W/W+
-   else 1), so the four spaces are the same code with different query grids, and per-layer spaces
-   cost L extra d-vectors rather than L * R. Keys and values are linear maps of the tokens (width d).
-3. Each query's attention output plus the query itself (a residual, so each row can also learn a
-   constant offset) goes through one linear layer `d -> D`: the offset from `w_avg`. That layer's weight
-   and bias start at zero, so the initial prediction is exactly `w_avg` (the optimiser's usual start).
-
-Why attention over a low-rank row basis (`R x k` learned basis times `k x D` predicted coefficients):
-the basis fixes the rank of the offset matrix to k for every image and needs a dense `F -> k * D`
-coefficient head (8M weights at k = 32, D = F = 512, times L for W+), while the attention offset has
-rank up to min(T, d) (256 at 256 px) chosen per image, costs O(Q * T * d) compute and only O((L' + R') * d)
-parameters for the queries; rows attend to different tokens, so they can differ as much as the rows
-of an optimised W do. The pyramid is the part that scales with resolution, as in the discriminator.
-
-Parameter count (`parameter_count()` computes it from this formula; a test compares it with the module):
-with `ch(r) = min(channel_base // r, channel_max)`, blocks at r = res, res/2, ..., 2t, tmp = ch(r), out = ch(r/2):
-
-    pyramid   = (C + 1) * ch(res)                                    (fromRGB of the first block)
-              + sum over blocks of  9 tmp^2 + tmp  +  9 tmp out + out  +  tmp out
+    pyramid   = (C + 1) * ch(res) + sum over blocks of  9 tmp^2 + tmp  +  9 tmp out + out  +  tmp out
     tokens    = t^2 * ch(t)                                          (position embedding)
     attention = 2 * (ch(t) * d + d)  +  (L' + R') * d                (keys, values; query embeddings)
     head      = d * D + D                                            (zero-initialised output layer)
 
-Defaults: channel_base = 32 * D, channel_max = D, d = D, t = min(16, res // 4), 4 heads. Totals:
-
-    preset                                          w          w+         W          W+
-    tiny      (32 px, C 3, L 8, R 64, D 64)         172,864    173,312    176,896    177,344
-    paper256  (256 px, C 3, L 14, R 512, D 512)     8,397,888  8,404,544  8,659,520  8,666,176
-
-(tiny: 156,160 in the pyramid; paper256 W: 7,477,824 pyramid + 131,072 position embedding + 525,312 keys
-and values + 262,656 query embeddings + 262,656 head.)
-
-The buffer `w_avg [D]` is the generator's `mapping.w_avg` (one mean for every row and layer), copied in
-by `Encoder.from_generator` and pickled with the encoder.
-
-Pickles: `save_encoder_pickle` writes {'E': encoder, **metadata} like a network snapshot; `load_encoder`
-reads it through the safe loader of `torch_utils.checkpoint` (the class is persistent and lives under
-`training`, which that loader may import), refusing files that hold no encoder with one line.
+with L' = L for per-layer spaces (else 1), R' = R for matrix spaces (else 1); defaults channel_base = 32 D,
+channel_max = D, d = D, t = min(16, res // 4), 4 heads.
 """
 
 import math

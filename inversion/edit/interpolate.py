@@ -1,16 +1,7 @@
-"""The interpolation job behind interpolate.py: latents from an inversion run (or from seeds),
-straight paths between pairs of them in the space they live in, images of the paths, and the
-table-3 metrics of "Overparameterization Improves StyleGAN Inversion" (sec. 4.3).
-
-The mathematics (lerp of synthesis inputs, path length over 5 segments, FID of midpoints) is
-in `metrics.interpolation`; this module reads and writes files:
-
-    interpolation.json       settings, pairs, per-pair path lengths, summary (with the LPIPS network)
-    pair-<i>-<j>.png         the frames of one path side by side, upscaled, titled (grid)
-    pair-<i>-<j>.gif         the same frames, forward then back (gif)
-    midpoint-<i>-<j>.png     only the t = 1/2 image (midpoints_only)
-    overview.png             one row per pair, at most OVERVIEW_MAX_ROWS rows (grid)
-"""
+"""The interpolation job behind interpolate.py: latents from an inversion run (or from seeds), straight paths
+between pairs of them in the space they live in, images of the paths, and the table-3 metrics of
+"Overparameterization Improves StyleGAN Inversion" (sec. 4.3; the mathematics is `metrics.interpolation`).
+The files it writes: docs/files.md."""
 
 import dataclasses
 import os
@@ -173,7 +164,7 @@ class InterpolationConfig:
 
 
 def run_interpolation(cfg, outdir, log=None):
-    """Everything interpolate.py does; writes the files of the module docstring into `outdir` and returns the dict
+    """Everything interpolate.py does; writes its files (docs/files.md) into `outdir` and returns the dict
     written to interpolation.json. Latents: `cfg.inversion_run` (a folder) or `cfg.seeds` (a list of ints),
     exactly one. Bad inputs raise InversionError (one line) before anything is written; `log(message)` gets
     warnings."""
