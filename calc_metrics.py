@@ -6,8 +6,10 @@ import click
 import torch
 
 import dnnlib
+from inversion import run_files
 from metrics import detectors, metric_main
-from dnnlib.util import check_outdir, cli_errors
+from torch_utils.files import check_outdir
+from dnnlib.cli import cli_errors
 from torch_utils import checkpoint, distributed
 from training.encoder import load_encoder_pkl
 
@@ -78,17 +80,17 @@ def main(network_pkl, metric_list, data, encoder_pkl, mirror, gpus, detector_pat
     if any(metric_main.needs_generator(m) for m in names):
         if not network_pkl:
             raise click.UsageError(f'--network is required for {", ".join(m for m in names if metric_main.needs_generator(m))}')
-        try:
-            with dnnlib.util.open_url(network_pkl, verbose=rank == 0) as f:
-                pkl = checkpoint.load_network_pkl(f, trust=trust_pickle, device=device)
-        except (OSError, ValueError) as err:
-            raise click.ClickException(str(err))
-        G = next((pkl[k] for k in ('G_ema', 'G', 'net') if pkl.get(k) is not None), None)
-        if G is None:
-            raise click.ClickException(f'{network_pkl} holds no G_ema/G network')
+        pkl = checkpoint.load_network_pkl(network_pkl, trust=trust_pickle, device=device)
+        G = checkpoint.network_in(pkl, network_pkl, 'G_ema', option='--network')
         recorded_data = (pkl.get('training_set_kwargs') or {}).get('path')
-    if any(m in ('recon', 'recon_pixel') for m in names) and not inversion_run:
-        raise click.UsageError('--inversion-run is required for the recon metrics')
+    pairs = None
+    if any(m in ('recon', 'recon_pixel') for m in names):
+        if not inversion_run:
+            raise click.UsageError('--inversion-run is required for the recon metrics')
+        try:
+            pairs = run_files.read_pairs(inversion_run)                 # Every rank: each measures a share.
+        except (OSError, ValueError) as err:
+            raise click.ClickException(dnnlib.util.one_line(err))
 
     dataset_kwargs = {}
     if data is None and recorded_data is not None and not os.path.exists(recorded_data):
@@ -120,7 +122,7 @@ def main(network_pkl, metric_list, data, encoder_pkl, mirror, gpus, detector_pat
                                              device=device, G_kwargs=dict(truncation_psi=truncation_psi),
                                              detector_path=detector_path, num_gen=num_images, max_real=num_images,
                                              seed=seed, batch_size=batch_size, num_workers=num_workers,
-                                             cache=not no_cache, progress=verbose, inversion_run=inversion_run,
+                                             cache=not no_cache, progress=verbose, inversion_pairs=pairs,
                                              encoder=E)
         except (detectors.DetectorUnavailableError, FileNotFoundError, ValueError) as err:
             raise click.ClickException(str(err).splitlines()[0] if str(err) else type(err).__name__)

@@ -12,7 +12,7 @@ import os
 
 import click
 
-from dnnlib.util import cli_errors
+from dnnlib.cli import cli_errors
 from preprocess.align_folder import MULTIPLE_MODES, AlignFolderError, align_folder
 from training.dataset_convert import TRANSFORMS, ConversionError, convert_dataset, parse_resolution
 

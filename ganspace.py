@@ -1,5 +1,5 @@
 """GANSpace principal directions for StyleGAN2 and the overparameterized generator (Poirier-Ginter
-et al., sec. 5.2): a thin CLI over `inversion.ganspace`. See docs/downstream.md.
+et al., sec. 5.2): a thin CLI over `inversion.edit.ganspace`. See docs/downstream.md.
 
     python ganspace.py fit  --network net.pkl --num-samples 100000 --components 20 --outdir pca
     python ganspace.py edit --network net.pkl --components pca/components.npz --seeds 0-3 \
@@ -9,9 +9,9 @@ et al., sec. 5.2): a thin CLI over `inversion.ganspace`. See docs/downstream.md.
 
 import click
 
-from dnnlib.util import cli_errors, parse_range
-from inversion.ganspace import run_edit, run_fit
-from inversion.runner import InversionError
+from dnnlib.cli import cli_errors, parse_range
+from inversion.edit.ganspace import run_edit, run_fit
+from inversion.inversion_job import InversionError
 
 
 @click.group()

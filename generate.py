@@ -1,4 +1,4 @@
-"""Generate images from a checkpoint (ours or a stylegan2-ada-pytorch pickle)."""
+"""Generate images from a checkpoint (ours, NVIDIA's PyTorch or TensorFlow pickles, rosinality's .pt)."""
 
 import time
 from pathlib import Path
@@ -7,11 +7,12 @@ import click
 import torch
 
 from torch_utils import checkpoint
-from torch_utils.image_io import make_grid, save_json, save_png, to_uint8
-from dnnlib.util import check_outdir, cli_errors, make_outdir, parse_range
-from inversion import latents as saved_latents
-from inversion.runner import load_generator
-from inversion.spaces import SPACES
+from torch_utils.image_io import make_grid, save_png, to_uint8
+from torch_utils.files import save_json
+from torch_utils.files import check_outdir, make_outdir
+from dnnlib.cli import cli_errors, parse_range
+from inversion import optimize, run_files
+from training.latent_spaces import SPACES
 from training.sampling import generate_images
 
 
@@ -65,9 +66,11 @@ def main(ctx, network_pkl, seeds, truncation_psi, truncation_cutoff, noise_mode,
         if given:
             raise click.UsageError(f'--latents renders saved latents as inverted (const noise, no truncation): '
                                    f'leave out {", ".join(given)}')
-        render_saved(network_pkl, latents_path, space, outdir, batch_size, device, trust_pickle, allow_other_network)
+    G, _local, sha256 = checkpoint.load_frozen_network(network_pkl, trust=trust_pickle, device=device,
+                                                       option='--network')
+    if latents_path is not None:
+        render_saved(G, sha256, network_pkl, latents_path, space, outdir, batch_size, device, allow_other_network)
         return
-    G = checkpoint.load_network(network_pkl, key='G_ema', trust=trust_pickle, device=device)
     start = time.time()
     images = generate_images(G, seeds, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
                              noise_mode=noise_mode, class_idx=class_idx, batch_size=batch_size, device=device)
@@ -90,16 +93,15 @@ def _save_images(outdir, names, images):
     return outdir, files
 
 
-def render_saved(network_pkl, latents_path, space, outdir, batch_size, device, trust_pickle, allow_other_network):
+def render_saved(G, sha256, network_pkl, latents_path, space, outdir, batch_size, device, allow_other_network):
     """--latents: <name>.png per latent (the run's <name>-recon.png), grid.png, generate.json."""
-    G, sha256 = load_generator(network_pkl, trust_pickle=trust_pickle, device=device)
-    names, latent_space, latents, recorded = saved_latents.read_latents(latents_path, G, space)
+    names, latent_space, latents, recorded = run_files.read_latents(latents_path, G, space)
     if recorded is not None and recorded != sha256 and not allow_other_network:
         raise click.ClickException(f'--latents {latents_path} was fitted to a network with sha256 {recorded[:12]}..., '
                                    f'--network {network_pkl} is {sha256[:12]}...; pass that network, or '
                                    f'--allow-other-network')
     start = time.time()
-    images = saved_latents.render(G, latent_space, latents, batch_size=batch_size, device=device)
+    images = optimize.render(G, latent_space, latents, batch_size=batch_size, device=device)
     outdir, files = _save_images(outdir, names, images)
     save_json(outdir / 'generate.json', dict(network=str(network_pkl), network_sha256=sha256, latents=str(latents_path),
                                              latents_sha256=recorded, space=latent_space.name, names=names,

@@ -1,13 +1,13 @@
 """Interpolate between inverted (or sampled) latents and measure the paths (table 3 of
 "Overparameterization Improves StyleGAN Inversion"): a thin CLI over
-`inversion.interpolate.run_interpolation`, which documents the files it writes."""
+`inversion.edit.interpolate.run_interpolation` (options: `InterpolationConfig`), which documents the files it
+writes."""
 
 import click
-import torch
 
-from dnnlib.util import cli_errors, parse_range
-from inversion.interpolate import run_interpolation
-from inversion.runner import InversionError
+from dnnlib.cli import cli_errors, parse_range
+from inversion.edit.interpolate import InterpolationConfig, run_interpolation
+from inversion.job_runner import InversionError
 from torch_utils import distributed
 
 #----------------------------------------------------------------------------
@@ -31,7 +31,7 @@ from torch_utils import distributed
 @click.option('--trunc', 'truncation_psi', type=float, default=1.0, show_default=True, help='Truncation psi (--seeds only)')
 @click.option('--class', 'class_idx', type=click.IntRange(min=0), default=None, help='Class label (--seeds, conditional nets)')
 @click.option('--batch', 'batch_size', type=click.IntRange(min=1), default=8, show_default=True, help='Images per generator call')
-@click.option('--device', default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
+@click.option('--device', help='cuda, cuda:K or cpu  [default: cuda if available]')
 @click.option('--trust-pickle', is_flag=True, help='Allow arbitrary code in the checkpoint pickle (trusted files only)')
 @click.option('--progress/--no-progress', default=True, show_default=True)
 @cli_errors
@@ -45,7 +45,8 @@ def main(network, outdir, **options):
     """
     distributed.init()
     try:
-        out = run_interpolation(network, outdir, log=lambda msg: click.echo(msg, err=True), **options)
+        out = run_interpolation(InterpolationConfig(network=network, **options), outdir,
+                                log=lambda msg: click.echo(msg, err=True))
     except InversionError as err:
         raise click.ClickException(str(err)) from None
     rank = distributed.get_rank()

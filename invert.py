@@ -1,71 +1,29 @@
-"""Invert images into a generator's latent space (Poirier-Ginter et al., "Overparameterization
-Improves StyleGAN Inversion", sec. 4.2): a thin CLI over `inversion.runner.run_inversion`."""
+"""Invert images into a generator's latent space (Poirier-Ginter et al., "Overparameterization Improves StyleGAN
+Inversion", sec. 4.2): a thin CLI over `inversion.inversion_job.invert_folder`; the options are `InversionConfig`."""
 
-import json
 from pathlib import Path
 
 import click
-import torch
 
-from dnnlib.util import cli_errors
-from inversion.losses import parse_lpips_spec
-from inversion.runner import InversionError, parse_init, run_inversion
-from inversion.spaces import SPACES
+from dnnlib.cli import BatchType, checked_by, cli_errors, given_options
+from inversion.inversion_job import RESUMED, InversionConfig, InversionError, invert_folder, parse_init
 from inversion.targets import CROP_MODES
-from preprocess.align_folder import MULTIPLE_MODES, AlignFolderError, align_folder, paste_back_folder
+from metrics.lpips import parse_lpips_spec
+from preprocess.align_folder import MULTIPLE_MODES
 from torch_utils import distributed
+from training.latent_spaces import SPACES
 
-# How long a rank of a sharded run (torchrun / SLURM) waits at a barrier for the slowest rank.
-SHARD_TIMEOUT_S = 7 * 24 * 3600
-
-#----------------------------------------------------------------------------
-
-class BatchType(click.ParamType):
-    """'auto' or a positive integer."""
-    name = 'N|auto'
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, int) or str(value).lower() == 'auto':
-            return value if isinstance(value, int) else 'auto'
-        try:
-            n = int(value)
-        except ValueError:
-            self.fail(f'{value!r} is neither a positive integer nor "auto"', param, ctx)
-        if n < 1:
-            self.fail(f'{n} is not a positive integer', param, ctx)
-        return n
-
-
-def _check_lpips(ctx, param, value):
-    try:
-        parse_lpips_spec(value)
-    except ValueError as err:
-        raise click.BadParameter(str(err)) from err
-    return value
-
-
-def _check_init(ctx, param, value):
-    try:
-        parse_init(value)
-    except InversionError as err:
-        raise click.BadParameter(str(err).split(': ', 1)[-1]) from err
-    return value
-
-
-# Options restored from <DIR>/run.json by --resume DIR when not given on the command line.
-_RESUMED = dict(network='network', target='target', space='space', steps='steps', lr='lr', truncation='truncation',
-                truncation_until='truncation_until', crop='crop', lpips='lpips', mse_weight='mse_weight',
-                l1_weight='l1_weight', precision='precision', seed='seed', mask='mask', init='init')
+SHARD_TIMEOUT_S = 7 * 24 * 3600      # How long a rank of a sharded run (torchrun / SLURM) waits for the slowest rank.
 
 #----------------------------------------------------------------------------
 
 @click.command(context_settings=dict(max_content_width=120))
-@click.option('--network', metavar='PKL',                   help='Checkpoint path or URL (ours or stylegan2-ada-pytorch)')
+@click.option('--network', metavar='PKL',                   help='Checkpoint path or URL (any format of README "Bringing your checkpoints")')
 @click.option('--target', metavar='DIR|FILE|ZIP',          help='Image folder (recursive), single image, or zip')
 @click.option('--outdir', metavar='DIR',                   help='Where to write the results (same DIR again = resume)')
 @click.option('--space', type=click.Choice(SPACES + ('auto',)), default='auto', show_default=True,
               help='Latent space; auto = W for overparameterized networks, w+ otherwise')
-@click.option('--init', default='mean', show_default=True, callback=_check_init, metavar='mean|encoder:PKL',
+@click.option('--init', default='mean', show_default=True, callback=checked_by(parse_init), metavar='mean|encoder:PKL',
               help='Start of each image: the mean latent (the paper), or the prediction of an encoder pickle from '
                    'train_encoder.py (--space auto then takes the encoder\'s space)')
 @click.option('--steps', type=click.IntRange(min=0), default=1000, show_default=True,
@@ -83,7 +41,7 @@ _RESUMED = dict(network='network', target='target', space='space', steps='steps'
               help='Save resumable state every N steps; 0 = never')
 @click.option('--resume', 'resume_dir', metavar='DIR', type=click.Path(file_okay=False),
               help='Continue the run in DIR with its recorded settings')
-@click.option('--device', default='cuda' if torch.cuda.is_available() else 'cpu', show_default=True)
+@click.option('--device', help='cuda, cuda:K or cpu  [default: cuda if available]')
 @click.option('--precision', type=click.Choice(['fp32', 'tf32', 'bf16']), default='fp32', show_default=True,
               help='fp32 = strict; tf32 = TF32 matmuls; bf16 = TF32 generator + bfloat16-autocast VGG')
 @click.option('--crop', type=click.Choice(CROP_MODES), default='center', show_default=True,
@@ -92,7 +50,7 @@ _RESUMED = dict(network='network', target='target', space='space', steps='steps'
 @click.option('--mask', metavar='DIR', type=click.Path(file_okay=False),
               help='Masks named like the targets (any image format): white = keep, black = ignore, grey = weight. '
                    'The alpha channel of RGBA targets is a mask too')
-@click.option('--lpips', default='vgg16-nvlabs', show_default=True, callback=_check_lpips, metavar='SPEC',
+@click.option('--lpips', default='vgg16-nvlabs', show_default=True, callback=checked_by(parse_lpips_spec), metavar='SPEC',
               help="vgg16-nvlabs[:PATH] (StyleGAN2's LPIPS: NVIDIA vgg16.pt, URL by default) | vgg (lpips package) | "
                    'vgg-random (random VGG trunk: offline smoke runs and tests only)')
 @click.option('--trust-pickle', is_flag=True, help='Unpickle without restrictions (only for files you trust)')
@@ -110,9 +68,7 @@ _RESUMED = dict(network='network', target='target', space='space', steps='steps'
               help='With --align: paste each reconstruction back into its photo (OUTDIR/pasted)')
 @click.pass_context
 @cli_errors
-def main(ctx, network, target, outdir, space, init, steps, lr, batch, truncation, truncation_until, seed, save_every,
-         resume_dir, device, precision, crop, mask, lpips, trust_pickle, mse_weight, l1_weight, save_video, video_every,
-         align, align_resolution, align_multiple, paste_back):
+def main(ctx, outdir, resume_dir, **options):
     """Invert every image of --target into the latent space of --network.
 
     Defaults are the paper's: Adam lr 0.05, betas (0.9, 0.999), 1000 steps from the mean
@@ -136,96 +92,32 @@ def main(ctx, network, target, outdir, space, init, steps, lr, batch, truncation
     torchrun --nproc_per_node=K invert.py --network=... --target=... --outdir=out/W
     """
     distributed.init(timeout_s=SHARD_TIMEOUT_S)
-    params = dict(network=network, target=target, space=space, steps=steps, lr=lr, truncation=truncation,
-                  truncation_until=truncation_until, crop=crop, lpips=lpips, mse_weight=mse_weight,
-                  l1_weight=l1_weight, precision=precision, seed=seed, mask=mask, init=init)
-    if resume_dir is not None:
-        run_json = Path(resume_dir) / 'run.json'
-        if not run_json.is_file():
-            raise click.ClickException(f'--resume {resume_dir}: no run.json there, so no run to resume')
-        if outdir is not None and Path(outdir).resolve() != Path(resume_dir).resolve():
-            raise click.ClickException('--resume DIR continues the run in DIR: leave out --outdir or make it DIR')
-        try:
-            recorded = json.loads(run_json.read_text())
-        except (OSError, ValueError) as err:
-            raise click.ClickException(f'--resume {resume_dir}: run.json is damaged ({err}); start a new run') from err
-        saved = dict(recorded.get('settings', {}), network=recorded.get('network'), init=recorded.get('init'))
-        for key, field in _RESUMED.items():
-            if ctx.get_parameter_source(key) == click.core.ParameterSource.DEFAULT and saved.get(field) is not None:
-                params[key] = saved[field]
-        outdir = resume_dir
-    for key in ('network', 'target', 'outdir'):
-        if (outdir if key == 'outdir' else params[key]) is None:
-            raise click.UsageError(f'--{key} is required (unless --resume DIR is given)')
     try:
-        device = torch.device(device)
-    except RuntimeError as err:
-        raise click.BadParameter(str(err), param_hint='--device') from err
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise click.BadParameter('CUDA is not available on this machine', param_hint='--device')
-    if device.type == 'cuda' and device.index is None and distributed.get_world_size() > 1:
-        device = torch.device('cuda', torch.cuda.current_device())          # This rank's GPU (LOCAL_RANK).
-
-    if paste_back and not align:
-        raise click.UsageError('--paste-back needs --align (it undoes the alignment)')
-    inversion_target, align_skipped = params['target'], []
-    if align:                                   # Rank 0 aligns; the other ranks of a sharded run read its result.
-        if distributed.get_rank() == 0:
-            inversion_target, align_skipped = _align_targets(params['target'], outdir, align_resolution,
-                                                             align_multiple)
-        distributed.barrier()
-        if distributed.get_rank() != 0:
-            inversion_target, align_skipped = _aligned_result(params['target'], outdir)
-    args = dict(params, outdir=str(outdir), batch=batch, save_every=save_every, device=str(device),
-                trust_pickle=trust_pickle, save_video=save_video, video_every=video_every, align=align,
-                align_resolution=align_resolution, align_multiple=align_multiple, paste_back=paste_back)
-    summary = run_inversion(params['network'], inversion_target, outdir, space=params['space'],
-                            steps=params['steps'], lr=params['lr'], batch=batch, truncation=params['truncation'],
-                            truncation_until=params['truncation_until'], init=params['init'], seed=params['seed'],
-                            save_every=save_every, device=device, precision=params['precision'],
-                            crop=params['crop'], lpips=params['lpips'], trust_pickle=trust_pickle,
-                            mse_weight=params['mse_weight'], l1_weight=params['l1_weight'],
-                            save_video=save_video, video_every=video_every, mask=params['mask'], skipped=align_skipped,
-                            args=args)
-    lpips_mean = 'n/a' if summary['lpips_mean'] is None else f'{summary["lpips_mean"]:.4f}'
-    rank = distributed.get_rank()
-    distributed.shutdown()
-    if rank != 0:
-        return
-    click.echo(f'Inverted {summary["images"]} images into {summary["space"]}: mean LPIPS {lpips_mean}, '
-               f'{summary["skipped"]} skipped -> {outdir}')
-    if paste_back:
-        pasted = paste_back_folder(Path(outdir) / 'aligned', outdir, Path(outdir) / 'pasted',
-                                   pattern='{name}-recon.png', progress=False)
-        click.echo(f'Pasted {pasted["pasted"]} reconstructions back into {pasted["photos"]} photos -> '
-                   f'{Path(outdir) / "pasted"}')
-
-
-def _align_targets(target, outdir, resolution, multiple):
-    """Align the faces of `target` into OUTDIR/aligned (resumable) -> (that folder, [(photo, reason)] of the photos
-    left out, for the run's skipped.json); one line when no face is found. The photos left out are named on the
-    console and listed in OUTDIR/aligned/skipped.json too."""
-    aligned_dir = Path(outdir) / 'aligned'
-    try:
-        summary = align_folder(target, aligned_dir, resolution, multiple=multiple,
-                               overview=Path(outdir) / 'aligned-overview.png')
-    except AlignFolderError as err:
+        if resume_dir is None:
+            cfg = InversionConfig(**options)
+        else:
+            if outdir is not None and Path(outdir).resolve() != Path(resume_dir).resolve():
+                raise click.UsageError('--resume DIR continues the run in DIR: leave out --outdir or make it DIR')
+            given = given_options(ctx, options)
+            cfg = InversionConfig.from_run(resume_dir, **{k: v for k, v in options.items()
+                                                          if k not in RESUMED or k in given})
+            outdir = resume_dir
+    except InversionError as err:
         raise click.ClickException(str(err)) from None
-    _, skipped = _aligned_result(target, outdir)
-    for source, reason in skipped:
-        click.echo(f'{source}: {reason} (not inverted)')
-    if summary['crops'] + summary['resumed'] == 0:
-        raise click.ClickException(f'--align: no face found in --target {target} (reasons in '
-                                   f'{aligned_dir / "skipped.json"})')
-    return str(aligned_dir), skipped
-
-
-def _aligned_result(target, outdir):
-    """(OUTDIR/aligned, [(photo, reason)] of the photos that alignment left out) from its skipped.json."""
-    aligned_dir = Path(outdir) / 'aligned'
-    skipped = [(str(Path(target) / r['source']) if Path(target).is_dir() else str(target), f'--align: {r["reason"]}')
-               for r in json.loads((aligned_dir / 'skipped.json').read_text())]
-    return str(aligned_dir), skipped
+    except ValueError as err:                               # A combination of options the config refuses.
+        raise click.UsageError(str(err)) from None
+    for key, value in (('network', cfg.network), ('target', cfg.target), ('outdir', outdir)):
+        if value is None:
+            raise click.UsageError(f'--{key} is required (unless --resume DIR is given)')
+    summary, pasted = invert_folder(cfg, outdir, log=click.echo)
+    if distributed.get_rank() == 0:
+        lpips_mean = 'n/a' if summary['lpips_mean'] is None else f'{summary["lpips_mean"]:.4f}'
+        click.echo(f'Inverted {summary["images"]} images into {summary["space"]}: mean LPIPS {lpips_mean}, '
+                   f'{summary["skipped"]} skipped -> {outdir}')
+        if pasted is not None:
+            click.echo(f'Pasted {pasted["pasted"]} reconstructions back into {pasted["photos"]} photos -> '
+                       f'{Path(outdir) / "pasted"}')
+    distributed.shutdown()
 
 #----------------------------------------------------------------------------
 

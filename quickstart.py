@@ -23,12 +23,17 @@ import click
 import torch
 
 from configs import offline_inversion, presets
-from dnnlib.util import cli_errors, make_outdir, url_cache_path
-from inversion.losses import DEFAULT_LPIPS, NVLABS_VGG16_URL, LpipsUnavailableError, build_loss
-from inversion.runner import run_inversion
-from metrics.reconstruction import pixel_metrics, read_inversion_run, reconstruction_metrics
-from torch_utils.comparison_figures import comparison_sheet
-from torch_utils.image_io import save_json, save_png
+from dnnlib.util import url_cache_path
+from torch_utils.files import make_outdir
+from dnnlib.cli import cli_errors
+from inversion.losses import build_loss
+from metrics.lpips import DEFAULT_LPIPS, VGG16_URL, LpipsUnavailableError
+from inversion.inversion_job import InversionConfig, run_inversion
+from inversion.run_files import read_pairs
+from metrics.reconstruction import pixel_metrics, reconstruction_metrics
+from figures.sheets import comparison_sheet
+from torch_utils.image_io import save_png
+from torch_utils.files import save_json
 from training import launch
 from training.tiny_data import write_tiny_dataset, write_tiny_images
 
@@ -40,13 +45,13 @@ def pick_lpips():
         build_loss(DEFAULT_LPIPS)
         return DEFAULT_LPIPS, None
     except LpipsUnavailableError:
-        return 'vgg-random', (f"NVIDIA's vgg16.pt is not available offline (cache: {url_cache_path(NVLABS_VGG16_URL)}), "
+        return 'vgg-random', (f"NVIDIA's vgg16.pt is not available offline (cache: {url_cache_path(VGG16_URL)}), "
                               f"so LPIPS uses the random stand-in vgg-random: its values are not comparable to "
                               f"published ones (MSE/PSNR/SSIM are)")
 
 
 def loss_settings(lpips):
-    """run_inversion's loss keyword arguments for the LPIPS `pick_lpips` chose: the paper's loss (LPIPS only)
+    """InversionConfig's loss fields for the LPIPS `pick_lpips` chose: the paper's loss (LPIPS only)
     with NVIDIA's VGG16, LPIPS + a pixel term (`configs.offline_inversion`) with the random stand-in."""
     if lpips == offline_inversion.LPIPS:
         return offline_inversion.loss_kwargs()
@@ -112,9 +117,10 @@ def main(outdir, kimg, cfg, num_images, steps, seed):
     shown = {}
     for space in spaces:
         inv_dir = outdir / f'invert-{space.replace("+", "plus")}'
-        inv = run_inversion(str(pkl), str(outdir / 'heldout'), str(inv_dir), space=space, steps=steps,
-                            batch=num_images, seed=seed, progress=False, **loss)
-        run = read_inversion_run(inv_dir)
+        cfg = InversionConfig(network=str(pkl), target=str(outdir / 'heldout'), space=space, steps=steps,
+                              batch=num_images, seed=seed, progress=False, **loss)
+        inv = run_inversion(cfg, cfg.target, str(inv_dir))
+        run = read_pairs(inv_dir)
         recon = reconstruction_metrics(run['recon'], run['target'])        # MSE, PSNR, SSIM on uint8 images
         summary['inversions'][space] = dict(outdir=str(inv_dir), lpips=inv['lpips_mean'], **recon)
         per_image = run['recorded_lpips'] if run['recorded_lpips'] is not None else [float('nan')] * len(run['names'])

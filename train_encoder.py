@@ -5,8 +5,8 @@
 import click
 
 from configs import encoder_presets
-from dnnlib.util import cli_errors
-from inversion.losses import parse_lpips_spec
+from dnnlib.cli import cli_errors
+from metrics.lpips import parse_lpips_spec
 from training import launch
 from training.encoder_loop import check_encoder_resume, encoder_loop
 from training.resume import ResumeError

@@ -1,12 +1,12 @@
-"""PULSE-style upsampling with a StyleGAN generator (Poirier-Ginter et al., sec. 5.1): a thin CLI
-over `inversion.upsample.run_upsample`, with invert.py's runner (resume, skipped.json, log.txt,
-latents.npz). See docs/downstream.md."""
+"""PULSE-style upsampling with a StyleGAN generator (Poirier-Ginter et al., sec. 5.1): a thin CLI over
+`inversion.upsample.run_upsample` (options: `UpsampleConfig`), with invert.py's runner (resume, skipped.json,
+log.txt, latents.npz). See docs/downstream.md."""
 
 import click
 
-from dnnlib.util import cli_errors
-from inversion.spaces import SPACES
-from inversion.upsample import LOSSES, MODES, run_upsample
+from dnnlib.cli import cli_errors
+from training.latent_spaces import SPACES
+from inversion.upsample import LOSSES, MODES, UpsampleConfig, run_upsample
 
 #----------------------------------------------------------------------------
 
@@ -33,17 +33,11 @@ from inversion.upsample import LOSSES, MODES, run_upsample
 @click.option('--trust-pickle', is_flag=True, help='Allow arbitrary code in the checkpoint (trusted files only).')
 @click.option('--outdir', required=True, help='Output folder (same folder again = resume).')
 @cli_errors
-def main(network, target, lowres, factor, mode, space, steps, lr, truncation, loss, lpips, batch, save_every, seed,
-         device, trust_pickle, outdir):
+def main(outdir, **options):
     """Upsample low-resolution images by optimising a latent so that the downsampled generation matches."""
-    if (target is None) == (lowres is None):
+    if (options['target'] is None) == (options['lowres'] is None):
         raise click.UsageError('give exactly one of --target or --lowres')
-    args = dict(network=network, target=target, lowres=lowres, factor=factor, mode=mode, space=space, steps=steps,
-                lr=lr, truncation=truncation, loss=loss, lpips=lpips, batch=batch, save_every=save_every, seed=seed,
-                device=device, outdir=outdir)
-    summary = run_upsample(network, outdir, target=target, lowres=lowres, factor=factor, space=space, steps=steps,
-                           truncation=truncation, loss=loss, mode=mode, lpips=lpips, lr=lr, batch=batch,
-                           device=device, trust_pickle=trust_pickle, save_every=save_every, seed=seed, args=args)
+    summary = run_upsample(UpsampleConfig(**options), outdir)
     click.echo(f'{summary["images"]} images upsampled, {summary["skipped"]} skipped -> {outdir}: ' +
                ', '.join(f'{k} {v:.4f}' for k, v in summary['means'].items()))
 

@@ -20,15 +20,14 @@ import time
 import click
 import numpy as np
 import PIL.Image
-import PIL.ImageDraw
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import dnnlib                                                # noqa: E402
+from figures.curves import labelled_lines                    # noqa: E402
 from metrics.reconstruction import ssim                      # noqa: E402
 from torch_utils import checkpoint                           # noqa: E402
-from torch_utils.image_io import save_json                   # noqa: E402
+from torch_utils.files import atomic_write, save_json        # noqa: E402
 from training.encoder import load_encoder_pkl                # noqa: E402
 
 #----------------------------------------------------------------------------
@@ -81,49 +80,6 @@ def steps_to_reach(curve, level):
     hits = np.nonzero(curve <= level)[0]
     return int(hits[0]) if len(hits) else None
 
-#----------------------------------------------------------------------------
-# A labelled line plot with PIL (no matplotlib here): log-scale LPIPS vs step.
-
-COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
-CONTROL_COLOURS = [(150, 150, 150), (210, 160, 40)]   # mean starts without truncation
-
-
-def plot(path, lines, title, size=(960, 560)):
-    """lines: [(label, curve [steps + 1], colour, thin)]; thin lines for the mean starts."""
-    W, H = size
-    left, right, top, bottom = 80, 300, 60, 60
-    img = PIL.Image.new('RGB', size, 'white')
-    d = PIL.ImageDraw.Draw(img)
-    values = np.concatenate([c for _, c, _, _ in lines])
-    lo, hi = math.log10(values.min() * 0.9), math.log10(values.max() * 1.1)
-    steps = max(len(c) for _, c, _, _ in lines) - 1
-
-    def xy(k, v):
-        return (left + (W - left - right) * k / steps, top + (H - top - bottom) * (hi - math.log10(v)) / (hi - lo))
-    d.rectangle([left, top, W - right, H - bottom], outline='black')
-    for e in range(math.floor(lo), math.ceil(hi) + 1):
-        for m in (1, 2, 5):
-            v = m * 10.0 ** e
-            if lo <= math.log10(v) <= hi:
-                y = xy(0, v)[1]
-                d.line([left, y, W - right, y], fill=(225, 225, 225))
-                d.text((left - 50, y - 6), f'{v:g}', fill='black')
-    for k in np.linspace(0, steps, 5):
-        x = xy(k, 10 ** hi)[0]
-        d.line([x, H - bottom, x, H - bottom + 5], fill='black')
-        d.text((x - 10, H - bottom + 10), f'{int(k)}', fill='black')
-    for label, curve, colour, thin in lines:
-        pts = [xy(k, max(v, 10 ** lo)) for k, v in enumerate(curve)]
-        d.line(pts, fill=colour, width=1 if thin else 3, joint='curve')
-    for i, (label, _, colour, thin) in enumerate(lines):
-        y = top + 10 + 22 * i
-        d.line([W - right + 15, y + 6, W - right + 45, y + 6], fill=colour, width=1 if thin else 3)
-        d.text((W - right + 52, y), label, fill='black')
-    d.text((left, 12), title, fill='black')
-    d.text(((W - right + left) / 2 - 60, H - 30), 'optimisation step', fill='black')
-    d.text((left - 70, top - 18), 'mean LPIPS (log scale)', fill='black')
-    img.save(path)
-
 def compact_curves(path):
     """Rewrite the JSON with one line per curve (values rounded to 6 decimals); the table stays indented."""
     d = json.load(open(path))
@@ -138,7 +94,7 @@ def compact_curves(path):
     def write(tmp):
         with open(tmp, 'w') as f:
             f.write(text)
-    dnnlib.util.atomic_write(path, write)
+    atomic_write(path, write)
 
 #----------------------------------------------------------------------------
 
@@ -151,7 +107,7 @@ def compact_curves(path):
 @click.option('--title', default='LPIPS during inversion of 32 held-out images: mean start vs encoder start')
 def main(cases, png, json_path, title):
     table, lines, curves = [], [], {}
-    for i, case in enumerate(cases):
+    for case in cases:
         label, _, rest = case.partition('=')
         mean_dir, enc_dir, enc0_dir, pkl, *extra = rest.split(',')
         mean, enc, enc0 = read_run(mean_dir), read_run(enc_dir), read_run(enc0_dir)
@@ -175,18 +131,17 @@ def main(cases, png, json_path, title):
         table.append(row)
         curves[label] = dict(mean_start=mean['curve'].tolist(), encoder_start=enc['curve'].tolist(),
                              mean_start_no_truncation=None if plain is None else plain['curve'].tolist())
-        lines.append((f'{label}: mean start (psi {mean["truncation"]:g}, 1st half)', mean['curve'], COLOURS[2 * i % 4],
-                      True))
+        lines.append((f'{label}: mean start (psi {mean["truncation"]:g}, 1st half)', mean['curve'], True))
         if plain is not None:
             row['mean_start_no_truncation'] = dict(lpips=plain['lpips'], psnr=plain['psnr'], ssim=plain['ssim'],
                                                    steps_to_reach_mean_final=steps_to_reach(plain['curve'], target))
             row['steps_to_reach_mean_no_truncation_final'] = steps_to_reach(enc['curve'], plain['curve'][-1])
-            lines.append((f'{label}: mean start, no truncation', plain['curve'], CONTROL_COLOURS[i % 2], True))
-        lines.append((f'{label}: encoder start', enc['curve'], COLOURS[(2 * i + 1) % 4], False))
+            lines.append((f'{label}: mean start, no truncation', plain['curve'], True))
+        lines.append((f'{label}: encoder start', enc['curve'], False))
         print(json.dumps(row, indent=2))
     save_json(json_path, dict(table=table, mean_lpips_curves=curves))
     compact_curves(json_path)
-    plot(png, lines, title)
+    labelled_lines(png, lines, title, 'optimisation step', 'mean LPIPS (log scale)', log_y=True)
 
 
 if __name__ == '__main__':

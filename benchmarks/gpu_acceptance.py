@@ -19,7 +19,7 @@ Parts, in order, each stopped at its time budget (what it did not reach is liste
                   memory, strict fp32 (as the paper) and mixed precision.
   inversion       256 px inversion, batch 1 vs the largest batch that fits: s/image for 1000 steps.
 
-Uses the public entry points: configs.presets, training.training_loop, inversion.optimize/runner.
+Uses the public entry points: configs.presets, training.training_loop, inversion.optimize.
 """
 
 from contextlib import contextmanager
@@ -339,16 +339,16 @@ def part_training(part, cfg, ctx):
 
 def part_inversion(part, cfg, ctx):
     """Inverter steps on random targets with a random-trunk VGG LPIPS (same cost, no download)."""
-    from inversion import losses, optimize, runner
+    from inversion import losses, optimize
     device = ctx['device']
     _kwargs, G, _D = _networks(ctx, cfg['presets'][1])
     G.eval().requires_grad_(False)
     loss = losses.build_loss('vgg-random', device=device, resolution=ctx['res'])
-    space = runner.resolve_space(G, None)
+    space = G.latent_space()
     out = []
     for batch in cfg['inv_batches']:
         if batch == 'auto':
-            batch = runner.auto_batch_size(G, loss, space, device)
+            batch = optimize.auto_batch_size(G, loss, space, device)
         if part.over(f'batch {batch}'):
             continue
         gen = torch.Generator().manual_seed(2)

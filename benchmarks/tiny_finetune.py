@@ -37,11 +37,13 @@ import torch
 from benchmarks import tiny_finetune_report as report
 from benchmarks import tiny_paper_tables as tables
 from configs import presets
-from dnnlib.util import atomic_write, cli_errors, make_outdir
-from inversion.runner import load_generator, run_inversion
+from dnnlib.cli import cli_errors
+from inversion.inversion_job import InversionConfig, run_inversion
+from inversion.run_files import read_pairs
 from metrics import metric_main
-from metrics.reconstruction import pixel_metrics, read_inversion_run, reconstruction_metrics
-from torch_utils.image_io import save_json
+from metrics.reconstruction import pixel_metrics, reconstruction_metrics
+from torch_utils import checkpoint
+from torch_utils.files import atomic_write, make_outdir, save_json
 from training import launch, snapshot
 from training.training_loop import TrainingRun
 from training.row_start import ROW_STARTS
@@ -145,7 +147,7 @@ def finished_snapshots(outdir, name):
 # Measurements.
 
 def fid_of(pkl, zip_path, s, device):
-    G, _sha = load_generator(pkl, device=device)
+    G = checkpoint.load_frozen_network(pkl, device=device)[0]
     res = metric_main.calc_metric('fid50k_full', G=G, detector_path=tables.FEATURE_DETECTOR, num_gen=s['fid_gen'],
                                   dataset_kwargs=tables.dataset_kwargs(zip_path, G.img_resolution), device=device,
                                   num_workers=0, cache=False, seed=0)
@@ -154,7 +156,7 @@ def fid_of(pkl, zip_path, s, device):
 
 def inversion_metrics(folder, distance, features):
     """(metrics dict, per-image dict) of one inversion run folder."""
-    run = read_inversion_run(folder)
+    run = read_pairs(folder)
     m = reconstruction_metrics(run['recon'], run['target'], distance_fn=distance, feature_fn=features)
     r, t = (torch.from_numpy(a).permute(0, 3, 1, 2) for a in (run['recon'], run['target']))
     px = pixel_metrics(r, t)
@@ -252,10 +254,10 @@ def main(outdir, networks, smoke, images, steps, kimg, lengths, row_starts, spre
 
     def invert(tag, pkl, space, folder):
         log(f'inverting {s["images"]} images with {tag} into {space} ({s["steps"]} steps) ...')
-        tables.invert_when_free(lambda: run_inversion(
-            pkl, str(heldout), str(outdir / folder), space=space, steps=s['steps'], batch=s['images'],
-            lpips=tables.LPIPS, mse_weight=report.MSE_WEIGHT, l1_weight=report.L1_WEIGHT, seed=seed,
-            progress=not smoke, device=device), outdir / folder, log)
+        cfg = InversionConfig(network=pkl, target=str(heldout), space=space, steps=s['steps'], batch=s['images'],
+                              lpips=tables.LPIPS, mse_weight=report.MSE_WEIGHT, l1_weight=report.L1_WEIGHT, seed=seed,
+                              progress=not smoke, device=str(device))
+        tables.invert_when_free(lambda: run_inversion(cfg, cfg.target, str(outdir / folder)), outdir / folder, log)
 
     for model, space in BASELINE_RUNS:
         tag = tables.run_tag(model, space)

@@ -7,11 +7,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-import PIL.Image
-import PIL.ImageDraw
 
 from benchmarks import tiny_tables_report as tables_report
-from torch_utils.comparison_figures import PALETTE, comparison_sheet, font
+from figures.curves import points_and_levels
+from figures.sheets import comparison_sheet
 from torch_utils.image_io import save_png
 
 #----------------------------------------------------------------------------
@@ -66,63 +65,6 @@ def goal(result, thresholds=GOAL):
 #----------------------------------------------------------------------------
 # Figures.
 
-def xy_plot(series, hlines, title, xlabel, ylabel, size=(820, 520)):
-    """series {label: [(x, y), ...]} as lines with dots, hlines {label: y} as dashed horizontal lines -> RGB uint8."""
-    w, h = size
-    left, right, top, bottom = 70, 24, 58, 56
-    xs = [x for pts in series.values() for x, _ in pts] or [0.0, 1.0]
-    ys = [y for pts in series.values() for _, y in pts] + list(hlines.values())
-    x_lo, x_hi = 0.0, max(xs) * 1.05 or 1.0
-    y_lo, y_hi = min(ys), max(ys)
-    margin = 0.08 * (y_hi - y_lo) if y_hi > y_lo else 1.0
-    y_lo, y_hi = y_lo - margin, y_hi + margin
-    img = PIL.Image.new('RGB', size, 'white')
-    draw = PIL.ImageDraw.Draw(img, 'RGBA')
-    fnt, small = font(15), font(12)
-
-    def to_x(x):
-        return left + (w - left - right) * (x - x_lo) / (x_hi - x_lo)
-
-    def to_y(y):
-        return h - bottom - (h - top - bottom) * (y - y_lo) / (y_hi - y_lo)
-
-    draw.rectangle([left, top, w - right, h - bottom], outline='black')
-    for k in range(6):
-        v = y_lo + k / 5 * (y_hi - y_lo)
-        draw.line([left - 4, to_y(v), left, to_y(v)], fill='black')
-        draw.text((4, to_y(v) - 7), f'{v:.3g}', fill='black', font=small)
-    for x in sorted(set(xs)):
-        draw.line([to_x(x), h - bottom, to_x(x), h - bottom + 4], fill='black')
-        draw.text((to_x(x) - 8, h - bottom + 6), f'{x:g}', fill='black', font=small)
-    draw.text((left, 12), title, fill='black', font=fnt)
-    draw.text(((left + w - right) // 2 - 40, h - 24), xlabel, fill='black', font=small)
-    draw.text((4, top - 18), ylabel, fill='black', font=small)
-    legend = []
-    for idx, (label, y) in enumerate(hlines.items()):
-        color = (90, 90, 90) if idx == 0 else (160, 160, 160)
-        for x0 in range(left, w - right, 12):
-            draw.line([x0, to_y(y), min(x0 + 6, w - right), to_y(y)], fill=color, width=2)
-        legend.append((label, color, True))
-    for idx, (label, pts) in enumerate(series.items()):
-        color = PALETTE[idx % len(PALETTE)]
-        pts = sorted(pts)
-        if len(pts) > 1:
-            draw.line([(to_x(x), to_y(y)) for x, y in pts], fill=color, width=3)
-        for x, y in pts:
-            draw.ellipse([to_x(x) - 4, to_y(y) - 4, to_x(x) + 4, to_y(y) + 4], fill=color)
-        legend.append((label, color, False))
-    for k, (label, color, dashed) in enumerate(legend):
-        ly = h - bottom - 18 * (len(legend) - k) - 4
-        x0 = w - right - 300
-        if dashed:
-            draw.line([x0, ly + 7, x0 + 8, ly + 7], fill=color, width=2)
-            draw.line([x0 + 14, ly + 7, x0 + 22, ly + 7], fill=color, width=2)
-        else:
-            draw.line([x0, ly + 7, x0 + 22, ly + 7], fill=color, width=3)
-        draw.text((x0 + 28, ly), label, fill='black', font=small)
-    return np.asarray(img)
-
-
 def finetune_key(f):
     """The per-image key of a fine-tuned snapshot (benchmarks.tiny_finetune.finetune_tag)."""
     return 'finetune-start-0' if f['target_kimg'] == 0 else f'finetune-{f["row_start"]}-{f["target_kimg"]:g}'
@@ -141,8 +83,8 @@ def write_figures(outdir, result, per_image):
     hlines = {f'from scratch, {scratch_kimg:g} kimg (W)': inv['overparam W']['psnr'],
               'baseline w+': inv['baseline w+']['psnr']}
     n = len(per_image['baseline w+']['names'])
-    save_png(outdir / FIG_PSNR, xy_plot(series, hlines, f'PSNR of {n} held-out images inverted into W, against '
-                                        'fine-tuning length', 'fine-tuning kimg', 'PSNR (dB)'))
+    points_and_levels(outdir / FIG_PSNR, series, hlines, f'PSNR of {n} held-out images inverted into W, against '
+                      'fine-tuning length', 'fine-tuning kimg', 'PSNR (dB)')
     budget = scratch_kimg * GOAL['kimg_fraction'] + 1e-9
     shown = [f for f in result['finetunes'] if f['kimg'] == 0][:1]        # the start (one network for all)
     for name in dict.fromkeys(f['row_start'] for f in result['finetunes']):

@@ -42,15 +42,16 @@ import torch
 
 from benchmarks import tiny_tables_report as report
 from configs import presets
-from dnnlib.util import OutdirError, atomic_write, cli_errors, make_outdir
-from inversion.interpolate import load_inversion_ws, real_feature_stats
-from inversion.losses import build_loss
-from inversion.outputs import read_curves
-from inversion.runner import load_generator, run_inversion
-from metrics import detectors, metric_main
+from torch_utils.files import OutdirError, atomic_write, make_outdir
+from dnnlib.cli import cli_errors
+from inversion.edit.interpolate import real_feature_stats
+from inversion.run_files import read_curves, read_pairs, read_run_ws
+from inversion.inversion_job import InversionConfig, run_inversion
+from metrics import detectors, lpips, metric_main
 from metrics import interpolation as interp
-from metrics.reconstruction import pixel_metrics, read_inversion_run, reconstruction_metrics
-from torch_utils.image_io import save_json
+from metrics.reconstruction import pixel_metrics, reconstruction_metrics
+from torch_utils import checkpoint
+from torch_utils.files import save_json
 from training import launch
 from training.tiny_data import TRAIN_SEED, write_tiny_dataset, write_tiny_images
 
@@ -82,14 +83,7 @@ def run_tag(model, space):
 def lpips_distance_fn(seed=0, device='cpu'):
     """`fn(img0, img1) -> [N]`: LPIPS of the random VGG16 trunk `vgg-random` (seed `seed`, the inversion's
     loss network) on images `[N, 3, H, W]` float in [0, 255], the metrics' convention."""
-    loss = build_loss(LPIPS, device=device, seed=seed)
-
-    @torch.no_grad()
-    def distance(img0, img1):
-        a, b = (img.to(torch.float32) / 127.5 - 1 for img in (img0, img1))
-        return loss.perceptual.distance(loss.features(a), loss.features(b))
-    distance.lpips_network = LPIPS
-    return distance
+    return lpips.lpips_distance_fn(LPIPS, device=device, seed=seed)
 
 
 def feature_fn(device='cpu'):
@@ -157,7 +151,7 @@ def train_pair(outdir, zip_path, kimg, seed, smoke, log):
     return nets
 
 def folder_busy(folder):
-    """True while another process holds `folder`'s outdir lock (`dnnlib.util.outdir_lock`), checked without
+    """True while another process holds `folder`'s outdir lock (`files.outdir_lock`), checked without
     loading anything."""
     path = Path(folder) / '.lock'
     if not path.is_file():
@@ -206,7 +200,7 @@ def table1(nets, zip_path, s, device, distance):
     """{model: dict(fid, ppl)}: FID (random features) of s['fid_gen'] images vs all training images, PPL in w / W."""
     rows = {}
     for model, pkl in nets.items():
-        G, _sha = load_generator(pkl, device=device)
+        G = checkpoint.load_frozen_network(pkl, device=device)[0]
         common = dict(G=G, dataset_kwargs=dataset_kwargs(zip_path, G.img_resolution), device=device, num_workers=0,
                       cache=False, seed=0)
         fid = metric_main.calc_metric('fid50k_full', detector_path=FEATURE_DETECTOR, num_gen=s['fid_gen'], **common)
@@ -222,7 +216,7 @@ def table2(outdir, distance, features):
     """{label: metrics} of each inversion run, plus per-image values for the figure."""
     rows, per_image = {}, {}
     for model, space in RUNS:
-        run = read_inversion_run(outdir / run_folder(model, space))
+        run = read_pairs(outdir / run_folder(model, space))
         m = reconstruction_metrics(run['recon'], run['target'], distance_fn=distance, feature_fn=features)
         r, t = (torch.from_numpy(a).permute(0, 3, 1, 2) for a in (run['recon'], run['target']))
         px = pixel_metrics(r, t)
@@ -239,10 +233,10 @@ def table3(outdir, nets, zip_path, device, distance, features):
     rows = {}
     real = None
     for model, space in RUNS:
-        G, _sha = load_generator(nets[model], device=device)
+        G = checkpoint.load_frozen_network(nets[model], device=device)[0]
         if real is None:
             real = real_feature_stats(str(zip_path), G.img_resolution, FEATURE_DETECTOR, device, cache=False)
-        _names, ws, _space, _run_sha = load_inversion_ws(G, outdir / run_folder(model, space), device)
+        _names, ws, _space, _run_sha = read_run_ws(G, outdir / run_folder(model, space), device)
         pairs = interp.all_pairs(ws.shape[0])
         res = interp.interpolation_metrics(G, ws, pairs, distance, feature_fn=features, real_features=real)
         res.pop('path_lengths')
@@ -336,10 +330,11 @@ def main(outdir, networks, smoke, images, steps, kimg, mse_weight, l1_weight, ba
         t0 = time.time()
         wait_for(nets[model], wait_minutes, log)
         log(f'inverting {s["images"]} images into {run_label(model, space)} ({s["steps"]} steps) ...')
-        invert_when_free(lambda: run_inversion(
-            nets[model], str(heldout), str(outdir / run_folder(model, space)), space=space, steps=s['steps'],
-            batch=min(batch, s['images']), lpips=LPIPS, mse_weight=mse_weight, l1_weight=l1_weight, seed=seed,
-            progress=not smoke, device=device), outdir / run_folder(model, space), log)
+        cfg = InversionConfig(network=nets[model], target=str(heldout), space=space, steps=s['steps'],
+                              batch=min(batch, s['images']), lpips=LPIPS, mse_weight=mse_weight, l1_weight=l1_weight,
+                              seed=seed, progress=not smoke, device=device)
+        invert_when_free(lambda: run_inversion(cfg, cfg.target, str(outdir / run_folder(model, space))),
+                         outdir / run_folder(model, space), log)
         stage(f'invert {run_label(model, space)}', t0)
     if only is not None:
         log(f'--invert-only {",".join(only)}: done')

@@ -7,8 +7,9 @@ import shutil
 from pathlib import Path
 
 from configs import offline_inversion
-from torch_utils.comparison_figures import comparison_sheet, quantile_plot
-from dnnlib.util import atomic_write
+from figures.curves import quantile_bands
+from figures.sheets import comparison_sheet
+from torch_utils.files import atomic_write
 from torch_utils.image_io import save_png
 
 #----------------------------------------------------------------------------
@@ -40,8 +41,8 @@ def write_figures(outdir, curves, per_image, truncation_end=None):
     if usable:
         n = max(v.shape[0] for v in usable.values())
         vline = None if not truncation_end else (truncation_end, 'truncation off')
-        save_png(outdir / FIG6, quantile_plot(usable, f'LPIPS (vgg-random) during inversion, {n} held-out images per '
-                                              f'space: median and quartiles', log_y=True, vline=vline))
+        quantile_bands(outdir / FIG6, usable, f'LPIPS (vgg-random) during inversion, {n} held-out images per space: '
+                       f'median and quartiles', log_y=True, vline=vline)
     first = per_image[FIG5_RUNS[0]]
     k = min(FIG5_ROWS, len(first['names']))
     columns = [list(first['target'][:k])] + [list(per_image[r]['recon'][:k]) for r in FIG5_RUNS]

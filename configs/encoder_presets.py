@@ -9,10 +9,10 @@ import json
 import os
 
 import dnnlib
+from training.latent_spaces import SPACES
 
 #----------------------------------------------------------------------------
 
-SPACES = ('w', 'w+', 'W', 'W+')
 LOSS_FN = 'inversion.losses.build_loss'     # The inversion's reconstruction loss, looked up by name.
 ENCODER_CLASS = 'training.encoder.Encoder'
 

@@ -16,7 +16,7 @@ L1_WEIGHT = 0.0
 
 
 def loss_kwargs():
-    """Keyword arguments of `inversion.runner.run_inversion` for this loss."""
+    """Fields of `inversion.inversion_job.InversionConfig` for this loss."""
     return dict(lpips=LPIPS, mse_weight=MSE_WEIGHT, l1_weight=L1_WEIGHT)
 
 

@@ -13,4 +13,3 @@ Modules (import what you need; nothing heavy happens at import time):
     interpolate  `run_interpolation`: the job behind interpolate.py (paths, images, table-3 metrics).
 """
 
-from .spaces import SPACES, LatentSpace  # noqa: F401

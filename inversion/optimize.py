@@ -16,9 +16,11 @@ bars, snapshots and resumable state (`state_dict`/`load_state_dict`) easy for th
 import contextlib
 import math
 
+import numpy as np
 import torch
 
-from .losses import pixel_metrics
+from metrics.reconstruction import pixel_metrics
+from torch_utils.image_io import to_uint8
 
 #----------------------------------------------------------------------------
 
@@ -63,7 +65,7 @@ class Inverter:
                           It is put in eval mode with requires_grad False on its parameters.
         loss:             `losses.InversionLoss` (per-image losses `[N]`), on the targets' device.
         targets:          `[N, C, H, W]` float in [-1, 1], on the device to run on.
-        space:            `spaces.LatentSpace` for G.
+        space:            `training.latent_spaces.LatentSpace` for G.
         steps:            number of Adam steps; 0 = just evaluate the start (`init`).
         lr, betas, eps:   Adam settings (paper: 0.05, (0.9, 0.999), 1e-8).
         truncation_psi:   pull toward the mean before each early step; 1 = never.
@@ -148,7 +150,8 @@ class Inverter:
         with precision_context(self.precision):
             images = self.synthesize()
             lpips = self.loss(images, self.target_state)['lpips']
-        return dict(images=images, lpips=lpips, **pixel_metrics(images, self.target_state['image']))
+        pixels = pixel_metrics(images, self.target_state['image'], drange=(-1, 1), with_ssim=False, dtype=torch.float32)
+        return dict(images=images, lpips=lpips, **pixels)
 
     # ------------------------------------------------------------------
     # Resumable state.
@@ -187,3 +190,46 @@ def invert(G, loss, targets, space, **kwargs):
     return inverter.params.detach(), inverter.evaluate()
 
 #----------------------------------------------------------------------------
+
+@torch.no_grad()
+def render(G, space, latents, batch_size=8, device=None):
+    """Latents `[N, *param_shape]` -> uint8 images `[N, H, W, C]`, `batch_size` at a time: the final rendering of an
+    inversion (`G.synthesis(space.to_ws(latents), noise_mode='const', force_fp32=True)` in strict fp32), so the
+    images equal a run's `<name>-recon.png` when the batches are the same."""
+    device = torch.device(device) if device is not None else G.mapping.w_avg.device
+    out = []
+    with precision_context('fp32'):
+        for i in range(0, latents.shape[0], int(batch_size)):
+            params = latents[i:i + int(batch_size)].to(device)
+            out.append(to_uint8(G.synthesis(space.to_ws(params), noise_mode='const', force_fp32=True)))
+    return np.concatenate(out) if out else np.zeros([0, G.img_resolution, G.img_resolution, G.img_channels], np.uint8)
+
+
+AUTO_BATCH_MAX = 64        # `batch='auto'` never goes above this.
+
+
+def auto_batch_size(G, loss, space, device, precision='fp32', limit=AUTO_BATCH_MAX, headroom=0.8):
+    """Largest batch whose optimisation step fits in `headroom` of free CUDA memory (measured with
+    1 and 2 images), at most `limit`. Off CUDA: min(limit, 8)."""
+    device = torch.device(device)
+    if device.type != 'cuda':
+        return max(1, min(limit, 8))
+
+    def peak_bytes(n):
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        targets = torch.zeros([n, G.img_channels, G.img_resolution, G.img_resolution], device=device)
+        inverter = Inverter(G, loss, targets, space, steps=1, precision=precision)
+        for _ in inverter.run():
+            pass
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+
+    one, two = peak_bytes(1), peak_bytes(2)
+    per_image = max(two - one, 1)
+    torch.cuda.empty_cache()
+    free, _total = torch.cuda.mem_get_info(device)
+    n = int((free * headroom - max(one - per_image, 0)) // per_image)
+    return max(1, min(limit, n))

@@ -17,9 +17,9 @@ it. Merging is idempotent: a merge killed half-way is simply done again.
 import json
 from pathlib import Path
 
-from torch_utils.image_io import save_json
+from torch_utils.files import save_json
 
-from . import outputs
+from . import run_files
 
 SHARD_DIR = 'shards'
 
@@ -44,24 +44,24 @@ def merge_shards(outdir, log=None):
         return 0
     log = log or (lambda msg: None)
     results_path = outdir / 'results.jsonl'
-    results = outputs.read_results(results_path)
+    results = run_files.read_results(results_path)
     before = len(results)
     for path in _shard_files(root, 'results-*.jsonl'):
-        results.update(outputs.read_results(path, repair=False))              # Torn last line: dropped.
+        results.update(run_files.read_results(path, repair=False))              # Torn last line: dropped.
     try:
-        curves = outputs.read_curves(outdir / 'lpips_curves.npz')
+        curves = run_files.read_curves(outdir / 'lpips_curves.npz')
     except (OSError, ValueError, KeyError, EOFError):
         curves = {}
     for path in _shard_files(root, 'curves-*.npz'):
         try:
-            curves.update(outputs.read_curves(path))
+            curves.update(run_files.read_curves(path))
         except (OSError, ValueError, KeyError, EOFError):
             log(f'{path} is damaged; the curves it held are lost')
     skipped_path = outdir / 'skipped.json'
-    skipped = _read_skipped(skipped_path) or {}
+    skipped = read_skipped(skipped_path) or {}
     base = dict(skipped)
     for path in _shard_files(root, 'skipped-*.json'):
-        shard = _read_skipped(path)
+        shard = read_skipped(path)
         if shard is None:
             log(f'{path} is damaged; ignoring it')
             continue
@@ -70,8 +70,8 @@ def merge_shards(outdir, log=None):
                 skipped.pop(source, None)
         skipped.update({s: r for s, r in shard.items() if s not in base})
     if len(results) != before or not results_path.is_file():
-        outputs.rewrite_results(results_path, results)
-    outputs.write_curves(outdir / 'lpips_curves.npz', curves)
+        run_files.rewrite_results(results_path, results)
+    run_files.write_curves(outdir / 'lpips_curves.npz', curves)
     save_json(skipped_path, list(skipped.values()))
     for path in list(root.iterdir()):
         if path.is_file():
@@ -83,7 +83,7 @@ def merge_shards(outdir, log=None):
     return len(results) - before
 
 
-def _read_skipped(path):
+def read_skipped(path):
     """{source: record} of a skipped.json-format file; {} when missing, None when damaged."""
     path = Path(path)
     if not path.is_file():

@@ -270,3 +270,18 @@ def to_tensor(images):
     return x / 127.5 - 1
 
 #----------------------------------------------------------------------------
+
+#----------------------------------------------------------------------------
+# Batches of targets with their masks (the inversion job appends the mask as a last channel).
+
+def split_mask(images):
+    """uint8 `[N, H, W, C + 1]` (the inversion job's batches: image channels, then the mask) ->
+    (images `[N, H, W, C]`, masks `[N, H, W]` uint8, 255 = keep)."""
+    return images[..., :-1], images[..., -1]
+
+
+def mask_tensor(masks, device):
+    """uint8 masks `[N, H, W]` -> float `[N, 1, H, W]` in [0, 1], or None when every pixel is kept."""
+    if (masks == 255).all():
+        return None
+    return torch.from_numpy(masks.copy()).to(device=device, dtype=torch.float32)[:, None] / 255

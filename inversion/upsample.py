@@ -23,21 +23,27 @@ Losses (`LOSSES`), computed on the low-resolution images:
     both          lpips-lowres + mse.
 """
 
+import dataclasses
 import math
 import os
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from figures import sheets
+from metrics.lpips import DEFAULT_LPIPS, lpips_network_name
+from metrics.reconstruction import pixel_metrics
+from torch_utils import distributed
 from torch_utils.image_io import save_png, to_uint8
+from training.latent_spaces import AUTO
 
-from . import outputs
-from .jobs import InversionError, check_job_outdir, default_summary, list_job_targets, run_job
-from .losses import DEFAULT_LPIPS, build_loss, lpips_network_name, pixel_metrics
+from . import run_files
+from .job_runner import InversionError, check_job_outdir, default_summary, list_job_targets, load_generator, run_job
+from .losses import build_loss
 from .optimize import Inverter
-from .runner import check_generator, load_generator, resolve_space
-from .targets import to_tensor
+from .targets import decode_target, to_tensor
 
 #----------------------------------------------------------------------------
 
@@ -170,7 +176,7 @@ def upsample_invert(G, lowres, space, *, factor=16, steps=100, truncation=0.9, l
     Args:
         G:           generator (images `[N, C, res, res]`), `res` divisible by `factor`.
         lowres:      `[N, C, res/factor, res/factor]` in [-1, 1], on the device to run on.
-        space:       `spaces.LatentSpace` for G.
+        space:       `training.latent_spaces.LatentSpace` for G.
         truncation:  psi applied before EVERY step (`truncation_until=1.0`); 1 = off.
         loss, mode, lpips: see `LowResLoss` / `build_lowres_loss` (ignored when `loss_module` is given).
         callback:    called with (inverter, step_info) after every step (e.g. progress, instrumentation).
@@ -203,20 +209,15 @@ def upsample_invert(G, lowres, space, *, factor=16, steps=100, truncation=0.9, l
 @torch.no_grad()
 def highres_metrics(images, truth, lpips_loss=None):
     """Upsampled `[N, C, H, W]` vs ground truth -> dict(psnr `[N]`, mse `[N]`, lpips `[N]` if a loss is given)."""
-    out = pixel_metrics(images, truth)
+    out = pixel_metrics(images, truth, drange=(-1, 1), with_ssim=False, dtype=torch.float32)
     if lpips_loss is not None:
         out['lpips'] = lpips_loss(images.clamp(-1, 1), lpips_loss.prepare_target(truth))['lpips']
     return out
 
 #----------------------------------------------------------------------------
 
-def _concat_row(tiles):
-    """uint8 `[H, W, C]` tiles (same size) -> one `[H, sum W, C]` row."""
-    return np.concatenate(tiles, axis=1)
-
-
 class UpsampleJob:
-    """The upsampling job for `jobs.run_job`: optimise so that `downsample(G(w))` matches the low-res target.
+    """The upsampling job for `job_runner.run_job`: optimise so that `downsample(G(w))` matches the low-res target.
 
     Inputs are high-res images (`from_highres`: downsampled here, and kept as ground truth for PSNR/LPIPS)
     or low-res images (res/factor px). Per image it writes `<name>.npy`, `<name>_upsampled.png` (G(w)) and
@@ -225,21 +226,25 @@ class UpsampleJob:
 
     kind = 'upsample'
 
-    def __init__(self, G, space, settings, loss_module, hr_loss, from_highres, device, args):
-        self.G, self.space, self.settings, self.device, self.args = G, space, settings, torch.device(device), args
-        self.loss_module, self.hr_loss, self.from_highres = loss_module, hr_loss, from_highres
-        self.factor = settings['factor']
-        self.decode_resolution = G.img_resolution if from_highres else G.img_resolution // self.factor
-        self.channels, self.crop = G.img_channels, 'center'
-        self.curve_key = 'lowres_mse' if settings['loss'] == 'mse' else 'lowres_lpips'
+    def __init__(self, cfg, G, space, settings, loss_module, hr_loss, args):
+        """cfg: the `UpsampleConfig` (device resolved); settings: the run.json settings; args: the recorded options."""
+        self.cfg, self.G, self.space, self.settings, self.args = cfg, G, space, settings, args
+        self.device = torch.device(cfg.device)
+        self.loss_module, self.hr_loss, self.from_highres = loss_module, hr_loss, cfg.target is not None
+        self.factor = cfg.factor
+        self.decode_resolution = G.img_resolution if self.from_highres else G.img_resolution // self.factor
+        self.curve_key = 'lowres_mse' if cfg.loss == 'mse' else 'lowres_lpips'
         self.curve_title = f'{self.curve_key} during upsampling ({space.name}, {self.factor}x)'
 
+    def decode(self, source):
+        return decode_target(source, self.decode_resolution, crop='center', channels=self.G.img_channels)
+
     def make_inverter(self, images):
-        s = self.settings
+        c = self.cfg
         x = to_tensor(images).to(self.device)
-        low = downsample(x, self.factor, s['mode']) if self.from_highres else x
-        return Inverter(self.G, self.loss_module, low, self.space, steps=s['steps'], lr=s['lr'],
-                        truncation_psi=s['truncation'], truncation_until=1.0)
+        low = downsample(x, self.factor, c.mode) if self.from_highres else x
+        return Inverter(self.G, self.loss_module, low, self.space, steps=c.steps, lr=c.lr, truncation_psi=c.truncation,
+                        truncation_until=1.0)
 
     def on_step(self, outdir, names, images, info):
         pass
@@ -259,9 +264,9 @@ class UpsampleJob:
         latents = inverter.params.detach().cpu().numpy()
         metrics = []
         for i, name in enumerate(names):
-            outputs.save_npy(outdir / f'{name}.npy', latents[i].astype(np.float32))
+            run_files.save_npy(outdir / f'{name}.npy', latents[i].astype(np.float32))
             save_png(outdir / f'{name}_upsampled.png', tiles[2][i])
-            save_png(outdir / f'{name}_compare.png', _concat_row([t[i] for t in tiles]))
+            save_png(outdir / f'{name}_compare.png', sheets.side_by_side([t[i] for t in tiles]))
             rec = dict(lowres_mse=float(out['mse'][i]))
             if self.loss_module.kind != 'mse':
                 rec['lowres_lpips'] = float(out['lpips'][i])
@@ -279,46 +284,75 @@ class UpsampleJob:
                                                     'truncation', 'truncation_until')})
 
 
-def run_upsample(network, outdir, *, target=None, lowres=None, factor=16, space=None, steps=100, truncation=0.9,
-                 loss='lpips-lowres', mode='nearest', lpips=DEFAULT_LPIPS, lr=0.05, batch=8, device=None, trust_pickle=False,
-                 save_every=100, progress=True, seed=0, args=None):
-    """The job behind upsample.py: super-resolve every image of `target` (high-res, downsampled here
-    by `factor`) or of `lowres` (already low-res) into `outdir`, with the runner of invert.py
-    (`inversion.jobs`: skipped.json, log.txt, progress bars, resume, latents.npz, results.jsonl with
-    lowres_mse, lowres_lpips and, with `target`, psnr / mse / lpips against the ground truth; files
-    per image in `UpsampleJob`). Returns the summary dict. Raises InversionError for bad inputs.
+@dataclasses.dataclass(frozen=True)
+class UpsampleConfig:
+    """The options of an upsampling run: upsample.py's flags (its --help says more), and the Python API's."""
+    network:      Optional[str] = None          # Checkpoint path or URL (its G_ema).
+    target:       Optional[str] = None          # High-res images (folder, file or zip), downsampled by factor.
+    lowres:       Optional[str] = None          # Or: already low-res images, res / factor px (one of the two).
+    factor:       int = 16                      # Downsampling factor.
+    mode:         str = 'nearest'               # Downsampling operator: nearest | area (MODES).
+    space:        str = AUTO                    # w | w+ | W | W+ | auto (W for overparameterized G, else w+).
+    steps:        int = 100                     # Adam steps.
+    lr:           float = 0.05                  # Adam learning rate.
+    truncation:   float = 0.9                   # psi toward the mean latent before every step; 1 = off.
+    loss:         str = 'lpips-lowres'          # Low-res loss: lpips-lowres | mse | both (LOSSES).
+    lpips:        str = DEFAULT_LPIPS           # LPIPS spec (metrics.lpips).
+    batch:        int = 8                       # Images optimised together.
+    save_every:   int = 100                     # Steps between resumable states; 0 = never.
+    seed:         int = 0                       # Seed (of the vgg-random trunk).
+    device:       Optional[str] = None          # None = cuda when available.
+    trust_pickle: bool = dataclasses.field(default=False, metadata=dict(recorded=False))  # Unrestricted unpickling.
+    progress:     bool = dataclasses.field(default=True, metadata=dict(recorded=False))   # tqdm bars, console lines.
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self, outdir=None):
+        """The options a run records (run.json's and summary.json's 'args'), and `outdir`."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get('recorded', True)}
+        return out if outdir is None else dict(out, outdir=str(outdir))
+
+
+def run_upsample(cfg, outdir):
+    """The job behind upsample.py: super-resolve every image of `cfg.target` (high-res, downsampled here by
+    `cfg.factor`) or of `cfg.lowres` (already low-res) into `outdir`, with invert.py's runner (`job_runner`:
+    skipped.json, log.txt, progress bars, resume, latents.npz, results.jsonl with lowres_mse, lowres_lpips and,
+    with a target, psnr / mse / lpips against the ground truth; files per image in `UpsampleJob`). Returns the
+    summary dict. Raises InversionError for bad inputs.
     """
-    if (target is None) == (lowres is None):
+    if (cfg.target is None) == (cfg.lowres is None):
         raise InversionError('give exactly one of --target (high-res images) or --lowres (low-res images)')
-    for name, value, low in (('--factor', factor, 1), ('--steps', steps, 1), ('--batch', batch, 1)):
+    for name, value, low in (('--factor', cfg.factor, 1), ('--steps', cfg.steps, 1), ('--batch', cfg.batch, 1)):
         if int(value) < low:
             raise InversionError(f'{name} {value}: must be a positive integer')
-    if not 0 <= float(truncation) <= 1 or not float(lr) > 0:
-        raise InversionError(f'--truncation must be in [0, 1] and --lr positive, got {truncation} and {lr}')
-    if mode not in MODES or loss not in LOSSES:
+    if not 0 <= float(cfg.truncation) <= 1 or not float(cfg.lr) > 0:
+        raise InversionError(f'--truncation must be in [0, 1] and --lr positive, got {cfg.truncation} and {cfg.lr}')
+    if cfg.mode not in MODES or cfg.loss not in LOSSES:
         raise InversionError(f'--mode must be one of {MODES} and --loss one of {LOSSES}')
-    device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    input_path = target if target is not None else lowres
+    args = cfg.to_json(outdir=outdir)                                      # The device as given.
+    device = distributed.resolve_device(cfg.device)
+    cfg = cfg.replace(device=str(device))
+    input_path = cfg.target if cfg.target is not None else cfg.lowres
     sources, ignored = list_job_targets(input_path)
     check_job_outdir(outdir)
-    G, sha256 = load_generator(network, trust_pickle=trust_pickle, device=device)
-    check_generator(G)
-    lspace = resolve_space(G, space)
-    res = G.img_resolution
-    if res % int(factor) or res // int(factor) < 1:
+    G, sha256 = load_generator(cfg.network, cfg.trust_pickle, device)
+    lspace = G.latent_space(cfg.space)
+    res, factor = G.img_resolution, int(cfg.factor)
+    if res % factor or res // factor < 1:
         raise InversionError(f'--factor {factor}: the generator\'s resolution {res} is not divisible by it')
-    settings = dict(network_sha256=sha256, input='target' if target is not None else 'lowres',
+    settings = dict(network_sha256=sha256, input='target' if cfg.target is not None else 'lowres',
                     target=os.path.abspath(os.path.expanduser(str(input_path))), space=lspace.name,
-                    factor=int(factor), mode=mode, loss=loss, lpips=str(lpips), steps=int(steps), lr=float(lr),
-                    truncation=float(truncation), truncation_until=1.0, seed=int(seed))
+                    factor=factor, mode=cfg.mode, loss=cfg.loss, lpips=str(cfg.lpips), steps=int(cfg.steps),
+                    lr=float(cfg.lr), truncation=float(cfg.truncation), truncation_until=1.0, seed=int(cfg.seed))
     try:
-        loss_module = build_lowres_loss(loss, int(factor), mode, lpips, device=device, seed=seed)
-        hr_loss = None if loss == 'mse' or target is None else build_loss(lpips, device=device, resolution=256,
-                                                                          seed=seed)
+        loss_module = build_lowres_loss(cfg.loss, factor, cfg.mode, cfg.lpips, device=device, seed=cfg.seed)
+        hr_loss = None if cfg.loss == 'mse' or cfg.target is None else build_loss(cfg.lpips, device=device,
+                                                                                  resolution=256, seed=cfg.seed)
     except (OSError, ValueError, RuntimeError) as err:
-        raise InversionError(f'Cannot set up --lpips {lpips}: {err}') from err
-    job = UpsampleJob(G, lspace, settings, loss_module, hr_loss, target is not None, device, args or {})
-    header = (f'Upsampling {factor}x ({mode}, loss {loss}) with {network} ({res} px); space {lspace.name} '
+        raise InversionError(f'Cannot set up --lpips {cfg.lpips}: {err}') from err
+    job = UpsampleJob(cfg, G, lspace, settings, loss_module, hr_loss, args)
+    header = (f'Upsampling {factor}x ({cfg.mode}, loss {cfg.loss}) with {cfg.network} ({res} px); space {lspace.name} '
               f'{list(lspace.param_shape)}; device {device}')
-    return run_job(job, sources, ignored, outdir, batch=int(batch), device=device, save_every=save_every,
-                   progress=progress, header=header, run_info=dict(network=str(network), args=args or {}))
+    return run_job(job, sources, ignored, outdir, batch=int(cfg.batch), device=device, save_every=cfg.save_every,
+                   progress=cfg.progress, header=header, run_info=dict(network=str(cfg.network), args=args))

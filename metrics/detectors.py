@@ -5,7 +5,7 @@ Calling convention (that of the TorchScript files of stylegan2-ada-pytorch):
     detector(images, return_features=True)                      -> features `[N, D]`
     detector(images, resize_images=False, return_lpips=True)    -> LPIPS features `[N, F]` (VGG16)
 where `images` is `[N, 3, H, W]` with values in [0, 255] (uint8, or float for LPIPS).
-For LPIPS features, `(f0 - f1).square().sum(1)` is the LPIPS distance.
+For LPIPS features, `(f0 - f1).square().sum(1)` is the LPIPS distance (`metrics.lpips`).
 
 Detector specs (strings):
     an http(s) URL        downloaded once into the dnnlib download cache, then read from there;
@@ -13,6 +13,7 @@ Detector specs (strings):
     'random:<dim>:<seed>' `RandomDetector(dim, seed)`: deterministic, no file needed.
 """
 
+import dataclasses
 import os
 import threading
 import warnings
@@ -64,7 +65,7 @@ class RandomDetector(torch.nn.Module):
     def forward(self, images, return_features=False, return_lpips=False, resize_images=True, **_unused):
         """images `[N, C, H, W]` in [0, 255] (C = 1 or 3) -> `[N, dim]` features, `[N, F]` LPIPS
         features, or `[N, dim]` softmax "probabilities" (neither flag)."""
-        x = images.to(torch.float32)
+        x = images.to(self.head.dtype)           # float32; float64 for a `.double()` copy (exact test references)
         if x.shape[1] == 1:
             x = x.repeat([1, 3, 1, 1])
         x = x / 127.5 - 1
@@ -134,16 +135,6 @@ def resolve_detector(default_url, detector_path=None):
     return detector_path
 
 
-def lpips_network_name(spec):
-    """What an LPIPS detector spec names, in the vocabulary of invert.py's --lpips: 'vgg16-nvlabs'
-    (NVIDIA's vgg16.pt from its URL), 'vgg16-nvlabs:PATH' (a local copy, or another URL), or the
-    'random:<dim>:<seed>' stand-in (not a perceptual metric)."""
-    spec = str(spec)
-    if parse_random_spec(spec) is not None:
-        return spec
-    return 'vgg16-nvlabs' if spec == VGG16_URL else f'vgg16-nvlabs:{spec}'
-
-
 def detector_fingerprint(spec):
     """Hashable description of what a spec loads (for stats cache keys): the spec, plus size
     and mtime for a local file."""
@@ -162,22 +153,31 @@ _detector_cache = {}
 _detector_lock = threading.Lock()
 
 
-def _load_torchscript(path, device, spec):
+@dataclasses.dataclass(frozen=True)
+class SourceHint:
+    """How a user passes a local copy of a network file and a stand-in, for one-line errors."""
+    local: str = (f'--detector-path PATH (a file, or its folder; detector_path=PATH in Python, or '
+                  f'${DETECTOR_PATH_ENV})')
+    stand_in: str = '--detector-path random:64:0'
+    error: type = DetectorUnavailableError
+
+
+def _load_torchscript(path, device, spec, hint):
     if not os.path.isfile(path):
-        raise DetectorUnavailableError(f'feature detector file {path} not found; pass an existing file or folder '
-                                       f'with --detector-path (detector_path=...)')
+        raise hint.error(f'{detector_name(spec)} file {path} not found; pass an existing file with {hint.local}')
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', FutureWarning)   # torch.jit is deprecated; NVIDIA's files are TorchScript.
             return torch.jit.load(path, map_location=device).eval()
     except (RuntimeError, ValueError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DetectorUnavailableError(f'{spec} is not a TorchScript detector archive such as {os.path.basename(INCEPTION_URL)} '
-                                       f'or {os.path.basename(VGG16_URL)} ({first}); fix --detector-path') from None
+        raise hint.error(f'{spec} is not a TorchScript network archive such as {os.path.basename(INCEPTION_URL)} '
+                         f'or {os.path.basename(VGG16_URL)} ({first}); fix {hint.local.split(" (")[0]}') from None
 
 
-def load_detector(spec, device=None, verbose=False):
-    """Load the detector named by `spec` (see module docstring) onto `device`, uncached."""
+def load_detector(spec, device=None, verbose=False, hint=SourceHint()):
+    """Load the detector named by `spec` (see module docstring) onto `device`, uncached. `hint`: what the one-line
+    errors tell the user to pass instead (the metrics' --detector-path by default)."""
     device = torch.device('cpu') if device is None else torch.device(device)
     rand = parse_random_spec(spec)
     if rand is not None:
@@ -188,16 +188,15 @@ def load_detector(spec, device=None, verbose=False):
             path = dnnlib.util.open_url(spec, num_attempts=2, verbose=verbose, return_filename=True)
         except OSError:
             cached = dnnlib.util.url_cache_path(spec)
-            raise DetectorUnavailableError(
-                f'feature detector {detector_name(spec)} unavailable: {spec} could not be downloaded (offline?) and is '
-                f'not cached as {cached}; download it elsewhere and pass the file (or its folder) with '
-                f'--detector-path PATH (detector_path=PATH in Python, or ${DETECTOR_PATH_ENV}), or use the seeded '
-                f'random stand-in --detector-path random:64:0 (not comparable to published numbers)') from None
+            raise hint.error(
+                f'{detector_name(spec)} unavailable: {spec} could not be downloaded (offline?) and is not cached as '
+                f'{cached}; download it elsewhere and pass it with {hint.local}, or use the seeded random stand-in '
+                f'{hint.stand_in} (not comparable to published numbers)') from None
     elif dnnlib.util.is_url(spec):
         path = dnnlib.util.open_url(spec, return_filename=True)
     else:
         path = os.path.expanduser(spec)
-    return _load_torchscript(path, device, spec)
+    return _load_torchscript(path, device, spec, hint)
 
 
 def get_detector(spec, device=None, num_gpus=1, rank=0, verbose=False):
@@ -225,23 +224,3 @@ def clear_cache():
     """Forget loaded detectors (tests)."""
     with _detector_lock:
         _detector_cache.clear()
-
-#----------------------------------------------------------------------------
-# Distance functions for PPL and reconstruction LPIPS.
-
-def lpips_distance_fn(spec=VGG16_URL, device=None, num_gpus=1, rank=0, verbose=False):
-    """`fn(img0, img1) -> [N]` LPIPS via a detector's `return_lpips=True` features.
-
-    img0, img1: `[N, 3, H, W]` float in [0, 255], already at the resolution to compare
-    (no resizing inside, as `resize_images=False` in NVIDIA's PPL).
-    """
-    detector = get_detector(spec, device=device, num_gpus=num_gpus, rank=rank, verbose=verbose)
-
-    def distance(img0, img1):
-        feats = detector(torch.cat([img0, img1]), resize_images=False, return_lpips=True)
-        f0, f1 = feats.to(torch.float32).chunk(2)
-        return (f0 - f1).square().sum(dim=1)
-    distance.detector = detector
-    return distance
-
-#----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 import dnnlib
-from . import detectors
+from . import detectors, lpips
 
 #----------------------------------------------------------------------------
 
@@ -34,12 +34,12 @@ class MetricOptions(dnnlib.EasyDict):
     seed            base seed of latents, labels and KID subsets (rank is added for sampling).
     batch_size      images per detector call; batch_gen: images per generator call.
     num_workers     DataLoader workers for real images; cache: reuse dataset stats on disk.
-    progress        show tqdm bars (rank 0 only); inversion_run: folder read by `recon`.
+    progress        show tqdm bars (rank 0 only); inversion_pairs: the pairs of an inversion run, for `recon`.
     """
 
     def __init__(self, G=None, G_kwargs=None, dataset_kwargs=None, num_gpus=1, rank=0, device=None, detector_path=None,
                  num_gen=None, max_real=None, seed=0, batch_size=64, batch_gen=4, num_workers=3, cache=True,
-                 progress=False, inversion_run=None, **extra):
+                 progress=False, inversion_pairs=None, **extra):
         if not 0 <= rank < num_gpus:
             raise ValueError(f'rank {rank} outside [0, num_gpus={num_gpus})')
         if device is None:
@@ -48,7 +48,7 @@ class MetricOptions(dnnlib.EasyDict):
                          num_gpus=int(num_gpus), rank=int(rank), device=torch.device(device), detector_path=detector_path,
                          num_gen=num_gen, max_real=max_real, seed=int(seed), batch_size=int(batch_size),
                          batch_gen=int(batch_gen), num_workers=int(num_workers), cache=bool(cache),
-                         progress=bool(progress), inversion_run=inversion_run, **extra)
+                         progress=bool(progress), inversion_pairs=inversion_pairs, **extra)
 
     def counts(self, max_real, num_gen):
         """A metric's (real, generated) image counts after this run's overrides: `max_real`
@@ -69,10 +69,10 @@ class MetricOptions(dnnlib.EasyDict):
         if fn is not None:
             self.lpips_network = getattr(fn, 'lpips_network', 'distance_fn')
             return fn
-        spec = self.detector(detectors.VGG16_URL)
-        self.lpips_network = detectors.lpips_network_name(spec)
-        return detectors.lpips_distance_fn(spec, device=self.device, num_gpus=self.num_gpus, rank=self.rank,
-                                           verbose=self.progress)
+        fn = lpips.lpips_distance_fn(lpips.spec_from_detector(self.detector(detectors.VGG16_URL)), device=self.device,
+                                     num_gpus=self.num_gpus, rank=self.rank, verbose=self.progress)
+        self.lpips_network = fn.lpips_network
+        return fn
 
     def load_detector(self, spec):
         return detectors.get_detector(spec, device=self.device, num_gpus=self.num_gpus, rank=self.rank, verbose=self.progress)

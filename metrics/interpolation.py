@@ -12,7 +12,7 @@ total (perceptual) variation, averaging over all images"), exactly as computed h
     x_k = G.synthesis(lerp(ws0, ws1, k / S)),  k = 0..S  (S = num_segments = 5)
     length(ws0, ws1) = sum_{k=0}^{S-1} distance(x_k, x_{k+1})
 
-with `distance` the LPIPS distance of NVIDIA's VGG16 (`metrics.detectors.lpips_distance_fn`) on
+with `distance` the LPIPS distance of NVIDIA's VGG16 (`metrics.lpips.lpips_distance_fn`) on
 images mapped from [-1, 1] to [0, 255] and box-downsampled to at most 256 px (`ppl.to_lpips_range`,
 as NVIDIA's PPL).
 Unlike StyleGAN's PPL there is no division by epsilon^2: the value is the total variation of

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 import dnnlib
-from torch_utils.image_io import append_jsonl
+from torch_utils.files import append_jsonl
 from . import encoder_reconstruction, frechet, ppl, precision_recall, reconstruction
 from .feature_stats import MetricOptions
 
@@ -71,7 +71,7 @@ def calc_metric(metric, G=None, dataset_kwargs=None, num_gpus=1, rank=0, device=
 
     Positional order (metric, G, dataset_kwargs, num_gpus, rank, device) is the training loop's;
     other keyword arguments are `MetricOptions` fields (G_kwargs, detector_path, num_gen,
-    max_real, seed, batch_size, num_workers, cache, progress, inversion_run, distance_fn, ...).
+    max_real, seed, batch_size, num_workers, cache, progress, inversion_pairs, distance_fn, ...).
     Returns EasyDict(results=EasyDict({name: float}), metric, total_time, total_time_str,
     num_gpus, overrides) where overrides lists the non-standard settings used (or is empty).
     """

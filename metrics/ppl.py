@@ -136,7 +136,7 @@ def sample_path_lengths(G, distance_fn, num_samples, epsilon=1e-4, space='w', sa
         z0, z1 = G.sample_z(2 * n, generator, device).chunk(2)
         ws = _endpoint_pair(G, z0, z1, sample_c(n), t, epsilon, space, mapping_kwargs)
         for buf in noise:
-            buf.copy_(torch.randn(buf.shape, generator=generator).to(buf))
+            buf.copy_(torch.randn(buf.shape, generator=generator, dtype=buf.dtype).to(buf))
         img = G.synthesis(ws, **synthesis_kwargs)                           # [2n, C, H, W]
         img = to_lpips_range(face_crop(img) if crop else img, G.img_resolution)
         near, far = img.chunk(2)

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import PIL.Image
-import PIL.ImageDraw
 import PIL.ImageOps
 from tqdm import tqdm
 
-from dnnlib.util import atomic_write
-from torch_utils.image_io import IMAGE_EXTENSIONS, disambiguate_names
+from figures import sheets
+from torch_utils.files import append_line, save_json
+from torch_utils.image_io import IMAGE_EXTENSIONS, disambiguate_names, save_png
 
 from .ffhq_align import TRANSFORM_SIZE, AlignmentError, align_face, face_keypoints
 from .paste_back import DEFAULT_FEATHER, paste_back
@@ -97,24 +97,10 @@ def load_photo(path):
     except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as err:
         raise PhotoError(f'{type(err).__name__}: {err}') from err
 
-#----------------------------------------------------------------------------
-# Atomic files.
-
-def _save_png(path, image):
-    atomic_write(path, lambda tmp: PIL.Image.fromarray(image).save(tmp, format='PNG'))
-
-
-def _save_json(path, obj):
-    def write(tmp):
-        with open(tmp, 'w') as f:
-            json.dump(obj, f, indent=2)
-            f.write('\n')
-    atomic_write(path, write)
-
-
-def _append_line(path, text):
-    with open(path, 'a') as f:
-        f.write(text + '\n')
+def _eyes(aligned):
+    """The two eye centres (px of the photo) of an aligned crop."""
+    keypoints = face_keypoints(aligned.landmarks)
+    return keypoints['eye_left'], keypoints['eye_right']
 
 
 def read_alignment(folder):
@@ -158,7 +144,7 @@ def _check_settings(dest, settings):
         if diff:
             raise AlignFolderError(f'--dest {dest} holds crops made with other settings: {", ".join(diff)}; '
                                    f'use another --dest or the same settings')
-    _save_json(path, settings)
+    save_json(path, settings)
 
 
 def _done_photos(dest):
@@ -224,22 +210,23 @@ def align_folder(source, dest, resolution, *, multiple='largest', detector=None,
             reason, crops = f'alignment failed: {err}', []
         if reason is not None:
             skipped.append(dict(source=rel, reason=reason))
-            _append_line(dest / 'log.txt', f'{rel}: skipped ({reason})')
+            append_line(dest / 'log.txt', f'{rel}: skipped ({reason})')
             continue
         for k, (crop_name, face, aligned) in enumerate(crops):
-            _save_png(dest / f'{crop_name}.png', aligned.image)
+            save_png(dest / f'{crop_name}.png', aligned.image)
             record = dict(name=crop_name, file=f'{crop_name}.png', photo=name, source=rel, source_path=str(path),
                           face_index=k, crops_of_photo=len(crops),
                           faces_detected=len(detected), detection=face.to_json(), **aligned.to_json())
-            _append_line(dest / 'alignment.jsonl', json.dumps(record))
+            append_line(dest / 'alignment.jsonl', json.dumps(record))
         counts['aligned_photos'] += 1
         counts['crops'] += len(crops)
-        _append_line(dest / 'log.txt', f'{rel}: {len(crops)} crop(s) of {len(detected)} face(s) -> '
+        append_line(dest / 'log.txt', f'{rel}: {len(crops)} crop(s) of {len(detected)} face(s) -> '
                                        f'{", ".join(c[0] + ".png" for c in crops)}')
         if overview is not None and len(shown) < overview_photos:
-            shown.append(_overview_row(rel, image, [(c[0], c[2]) for c in crops]))
+            shown.append(sheets.alignment_row(rel, image, [(crop, aligned.quad, _eyes(aligned), aligned.image)
+                                                           for crop, _, aligned in crops]))
 
-    _save_json(dest / 'skipped.json', skipped)
+    save_json(dest / 'skipped.json', skipped)
     reasons = {}
     for s in skipped:
         key = s['reason'].split(':')[0] if s['reason'].startswith(('unreadable', 'alignment failed')) else s['reason']
@@ -250,52 +237,10 @@ def align_folder(source, dest, resolution, *, multiple='largest', detector=None,
                    source=str(source), dest=str(dest), settings=settings,
                    outputs=dict(crops='<name>.png', alignment='alignment.jsonl', skipped='skipped.json',
                                 log='log.txt', overview=None if overview is None else str(overview)))
-    _save_json(dest / 'summary.json', summary)
+    save_json(dest / 'summary.json', summary)
     if overview is not None and shown:
-        _save_png(overview, _stack_rows(shown))
+        save_png(overview, sheets.stack_rows(shown, gap=4))
     return summary
-
-#----------------------------------------------------------------------------
-# The overview picture.
-
-OVERVIEW_HEIGHT = 192
-
-
-def _overview_row(label, image, crops):
-    """One labelled row: the photo with each square (and eye centres) drawn, then the crops."""
-    scale = OVERVIEW_HEIGHT / image.shape[0]
-    thumb = PIL.Image.fromarray(image).resize((max(int(round(image.shape[1] * scale)), 1), OVERVIEW_HEIGHT),
-                                              PIL.Image.LANCZOS)
-    draw = PIL.ImageDraw.Draw(thumb)
-    tiles = [thumb]
-    for crop_name, aligned in crops:
-        corners = [tuple((p + 0.5) * scale) for p in aligned.quad]
-        draw.polygon(corners, outline=(255, 0, 0))
-        draw.line([corners[0], corners[3]], fill=(255, 255, 0), width=2)   # the top edge
-        k = face_keypoints(aligned.landmarks)
-        for p in (k['eye_left'], k['eye_right']):
-            x, y = (p + 0.5) * scale
-            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=(0, 255, 0))
-        tiles.append(PIL.Image.fromarray(aligned.image).resize((OVERVIEW_HEIGHT, OVERVIEW_HEIGHT), PIL.Image.LANCZOS))
-    width = sum(t.width for t in tiles) + 4 * (len(tiles) - 1)
-    row = PIL.Image.new('RGB', (width, OVERVIEW_HEIGHT + 16), (255, 255, 255))
-    x = 0
-    for t in tiles:
-        row.paste(t, (x, 16))
-        x += t.width + 4
-    text = f'{label}: ' + (', '.join(c[0] for c in crops) if crops else 'no crop')
-    PIL.ImageDraw.Draw(row).text((2, 2), text, fill=(0, 0, 0))
-    return row
-
-
-def _stack_rows(rows):
-    width = max(r.width for r in rows)
-    sheet = PIL.Image.new('RGB', (width, sum(r.height + 4 for r in rows)), (255, 255, 255))
-    y = 0
-    for r in rows:
-        sheet.paste(r, (0, y))
-        y += r.height + 4
-    return np.asarray(sheet)
 
 #----------------------------------------------------------------------------
 # Pasting reconstructions back.
@@ -337,11 +282,11 @@ def paste_back_folder(aligned, reconstructions, dest, *, pattern='{name}.png', f
                 continue
             mask = np.maximum(mask, alpha)
             pasted += 1
-        _save_png(dest / f'{photo}.png', composite)
-        _save_png(dest / f'{photo}-mask.png', np.rint(mask * 255).astype(np.uint8))
-    _save_json(dest / 'skipped.json', skipped)
+        save_png(dest / f'{photo}.png', composite)
+        save_png(dest / f'{photo}-mask.png', np.rint(mask * 255).astype(np.uint8))
+    save_json(dest / 'skipped.json', skipped)
     summary = dict(photos=len(by_photo), crops=len(records), pasted=pasted, skipped=len(skipped),
                    seconds=round(time.time() - start, 3), aligned=str(aligned), reconstructions=str(reconstructions),
                    pattern=pattern, feather=feather, dest=str(dest))
-    _save_json(dest / 'summary.json', summary)
+    save_json(dest / 'summary.json', summary)
     return summary

@@ -18,6 +18,12 @@ if str(REPO) not in sys.path:
 
 OPS_DIR = str(REPO / 'torch_utils' / 'ops')
 
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'slow: multi-process or end-to-end tests of 10 s and more; CI runs them, '
+                                       '`-m "not slow"` leaves them out of a quick run')
+    config.addinivalue_line('markers', 'pins_numbers: compares values with pins or tolerances that another CPU\'s '
+                                       'kernels could move; tests/cpu_matrix.sh runs these under other kernel sets')
+
 # The CUDA ops' self-check (torch_utils/ops/self_check.py) falls back to the reference path when a
 # kernel disagrees with it: in tests that would hide the very bug a CUDA-vs-reference test looks
 # for, so it is off unless a test turns it on (tests/test_self_check.py).
@@ -92,6 +98,17 @@ def plugin_build_dir():
     return root
 
 
+def emulated_plugin(build_dir, name):
+    """The CUDA kernel `torch_utils/ops/<name>.cu` compiled for the host (<name>.cpp with -DOPS_EMULATE, the
+    emulator of cuda_emulation.h), so that its arithmetic runs on CPU tensors; cached by content hash in
+    `build_dir`. Skips without a C++ compiler (fails instead when CI requires the kernel tests)."""
+    if not have_compiler():
+        skip_without_toolchain('needs a C++ compiler and ninja')
+    from torch_utils import custom_ops
+    return custom_ops.get_plugin(f'{name}_emu', [f'{name}.cpp'], headers=[f'{name}.h', f'{name}.cu', 'cuda_emulation.h'],
+                                 source_dir=OPS_DIR, build_dir=build_dir, extra_cflags=['-DOPS_EMULATE', '-O2'])
+
+
 SHARED = Path(os.environ.get('OVERPARAM_SHARED_DIR', REPO.parent / 'shared'))
 FIXTURES = SHARED / 'fixtures'
 
@@ -126,6 +143,19 @@ def tiny_generator_with_mean(latent_rows=None, resolution=16, seed=1):
     G = networks.Generator(**tiny_generator_kwargs(latent_rows=latent_rows, resolution=resolution)).eval()
     G.mapping.w_avg.copy_(torch.randn(G.w_dim) * 0.3)
     return G
+
+
+def float64_copy(net):
+    """A copy of `net` that computes in float64 (exact references: a metric's value then no longer depends on the
+    CPU's float32 kernels). Resampling filters stay float32, the dtype the ops take them in."""
+    import copy
+    net = copy.deepcopy(net)
+    for module in net.modules():
+        for group in (module._parameters, module._buffers):
+            for name, tensor in group.items():
+                if tensor is not None and tensor.is_floating_point() and name != 'resample_filter':
+                    tensor.data = tensor.data.double()
+    return net
 
 
 def tiny_discriminator_kwargs(resolution=32, dim=32, c_dim=0):

@@ -6,6 +6,7 @@ Each payload is written as raw pickle opcodes (or through a `__reduce__` helper)
 MemoryError or a torch allocation failure: those would mean it was refused after allocating).
 """
 
+import argparse
 import builtins
 import collections
 import functools
@@ -22,7 +23,8 @@ import pytest
 import torch
 
 import dnnlib
-from torch_utils import checkpoint, persistence, safe_pickle
+from format_writers import Network, dumps_tf
+from torch_utils import checkpoint, persistence, safe_pickle, tf_records
 
 MAX_PYTHON_PEAK = 64 << 20          # Bytes of Python allocations any payload may cause (tracemalloc peak).
 
@@ -49,7 +51,9 @@ EXPECTED_ALLOW_LIST = {
     ('numpy._core.multiarray', '_reconstruct'): safe_pickle._array_start,
     ('numpy.core.multiarray', 'scalar'): safe_pickle._numpy_scalar,
     ('numpy._core.multiarray', 'scalar'): safe_pickle._numpy_scalar,
+    ('dnnlib.tflib.network', 'Network'): tf_records.TFNetworkRecord,       # inert: checks and keeps its state
 }
+EXPECTED_TORCH_SAVE_GLOBALS = (argparse.Namespace,)                      # rosinality's `args`
 
 
 def test_allow_list_is_exactly_the_pinned_one():
@@ -58,6 +62,7 @@ def test_allow_list_is_exactly_the_pinned_one():
     assert set(allowed) == set(EXPECTED_ALLOW_LIST)
     for key, obj in EXPECTED_ALLOW_LIST.items():
         assert allowed[key] is obj, key
+    assert safe_pickle.TORCH_SAVE_GLOBALS == EXPECTED_TORCH_SAVE_GLOBALS
     unpickler = safe_pickle.SafeUnpickler(io.BytesIO(b''))
     assert unpickler.find_class('torch', 'float16') is torch.float16          # torch dtypes besides the list...
     for module, name in [('torch', 'load'), ('torch', 'tensor'), ('builtins', 'getattr'), ('builtins', 'eval'),
@@ -139,6 +144,27 @@ def _huge_nvlabs_record():
     return dict(G_ema=_Call(persistence._reconstruct_persistent_obj, meta))
 
 
+def _torch_save(obj, zip_format=True):
+    buf = io.BytesIO()
+    torch.save(obj, buf, _use_new_zipfile_serialization=zip_format)
+    return buf.getvalue()
+
+
+_TF = _global('dnnlib.tflib.network', 'Network')
+
+
+def _tf_record(state_ops, extra=b''):
+    """GLOBAL Network, NEWOBJ with no arguments, BUILD with the state built by `state_ops` (then `extra`)."""
+    return _proto(_TF + b')\x81' + state_ops + b'b' + extra)
+
+
+def _tf_state(**fields):
+    ops = b'}'
+    for key, value_ops in fields.items():
+        ops += _str(key) + value_ops + b's'
+    return ops
+
+
 def _payloads(sentinel):
     touch = f'touch {sentinel}'
     p4 = lambda obj: pickle.dumps(obj, protocol=4)  # noqa: E731
@@ -198,6 +224,27 @@ def _payloads(sentinel):
         'huge FRAME': (b'\x80\x04\x95' + struct.pack('<Q', 1 << 40) + b'N.', 'truncated'),
         'huge generator record': (p4(dict(G_ema=_huge_generator_record())), 'Refusing to build'),
         'huge NVIDIA record': (p4(_huge_nvlabs_record()), 'Refusing to build'),
+        # NVIDIA TensorFlow records: inert data, checked.
+        'tf variable running code': (dumps_tf(Network('G', 'G_main', {}, {'x': _Call(os.system, touch)})),
+                                     'allow-list'),
+        'tf record with arguments': (_proto(_TF + _str('x') + b'\x85\x81'), 'without arguments'),
+        'tf record state not a dict': (_tf_record(b']'), 'not a dict of names'),
+        'tf record unknown field': (_tf_record(_tf_state(version=b'K\x04', name=_str('G'), variables=b']',
+                                                         __class__=b'N')), 'unknown fields'),
+        'tf record built twice': (_tf_record(_tf_state(version=b'K\x04', name=_str('G'), variables=b']'),
+                                             _tf_state(version=b'K\x04', name=_str('G'), variables=b']') + b'b'),
+                                  'set twice'),
+        'tf component not a network': (_tf_record(_tf_state(version=b'K\x04', name=_str('G'), variables=b']',
+                                                            components=b'}' + _str('m') + b'K\x01s')), 'component'),
+        'tf variable not an array': (_tf_record(_tf_state(version=b'K\x04', name=_str('G'),
+                                                          variables=b']' + _str('w') + b'K\x01\x86a')),
+                                     'numeric array'),
+        # torch.save files (rosinality's format): torch's weights-only loader with one extra global.
+        'torch.save os.system': (_torch_save(dict(g_ema=_Call(os.system, touch))), 'allow-list'),
+        'torch.save legacy os.system': (_torch_save(dict(g_ema=_Call(os.system, touch)), zip_format=False),
+                                        'allow-list'),
+        'torch.save Namespace state': (_torch_save(dict(args=_Call(argparse.Namespace, _Call(os.system, touch)))),
+                                       'allow-list'),
         'nested records': (p4(dict(G_ema=_Call(persistence._rebuild_persistent, 'training.networks.Generator', (),
                                                dict(z_dim=8, c_dim=0, w_dim=8, img_resolution=16, img_channels=3,
                                                     mapping_kwargs=dict(bad=_huge_generator_record())),

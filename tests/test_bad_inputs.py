@@ -19,6 +19,7 @@ import torch
 from click.testing import CliRunner
 
 import calc_metrics
+import convert
 import dataset_tool
 import ganspace
 import generate
@@ -27,6 +28,7 @@ import invert
 import train
 import upsample
 from conftest import tiny_generator_kwargs
+from format_writers import Network, dumps_tf
 from torch_utils import checkpoint
 from training import networks
 from training.tiny_data import write_tiny_dataset
@@ -58,6 +60,12 @@ def files(tmp_path_factory):
                           ('evil.pkl', pickle.dumps(_Evil(out['sentinel']), protocol=4))]:
         (root / name).write_bytes(content)
         out[name] = root / name
+    torch.save(dict(g_ema={'input.input': torch.zeros(1)}, args=_Evil(out['sentinel'])), root / 'evil.pt')
+    torch.save(dict(model=torch.zeros(3)), root / 'nogen.pt')                     # no StyleGAN2 generator
+    pt = (root / 'nogen.pt').read_bytes()
+    (root / 'truncated.pt').write_bytes(pt[:len(pt) // 2])
+    (root / 'tf-stylegan1.pkl').write_bytes(dumps_tf(Network('G', 'G_style', {}, {})))   # NVIDIA's StyleGAN1
+    out.update({name: root / name for name in ('evil.pt', 'nogen.pt', 'truncated.pt', 'tf-stylegan1.pkl')})
     out['zip.pkl'] = write_tiny_dataset(root / 'zip.pkl.zip', num_images=4, resolution=32)
     out['missing.pkl'] = root / 'missing.pkl'
     out['data'] = write_tiny_dataset(root / 'data.zip', num_images=8, resolution=32)
@@ -96,14 +104,16 @@ def _argv(cli, f, network, outdir, extra=()):
         'train': ['--outdir', o, '--data', f['data'], '--cfg', 'tiny-overparam', '--rows', 32, '--resume', n,  # its R
                   '--kimg', 0.001,
                   '--metrics', 'none', '--workers', 0, '--device', 'cpu'],
+        'convert': ['--source', n, '--dest', os.path.join(o, 'out.pkl'), '--to', 'ours'],
     }[cli] + list(extra)
 
 
 COMMANDS = dict(invert=invert.main, upsample=upsample.main, ganspace=ganspace.cli, generate=generate.main,
                 calc_metrics=calc_metrics.main, interpolate=interpolate.main, train=train.main,
-                dataset_tool=dataset_tool.main)
-NETWORK_CLIS = ('invert', 'upsample', 'ganspace', 'generate', 'calc_metrics', 'interpolate', 'train')
-BAD_NETWORKS = ('missing.pkl', 'random.pkl', 'truncated.pkl', 'text.pkl', 'empty.pkl', 'evil.pkl', 'zip.pkl')
+                dataset_tool=dataset_tool.main, convert=convert.main)
+NETWORK_CLIS = ('invert', 'upsample', 'ganspace', 'generate', 'calc_metrics', 'interpolate', 'train', 'convert')
+BAD_NETWORKS = ('missing.pkl', 'random.pkl', 'truncated.pkl', 'text.pkl', 'empty.pkl', 'evil.pkl', 'zip.pkl',
+                'evil.pt', 'nogen.pt', 'truncated.pt', 'tf-stylegan1.pkl')
 
 
 def _check(result, names, *, untouched=None, absent=None):

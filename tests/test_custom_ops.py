@@ -17,6 +17,7 @@ from torch_utils.ops import bias_act, upfirdn2d
 #----------------------------------------------------------------------------
 # Building
 
+@pytest.mark.slow
 def test_compile_cuda_plugins(needs_nvcc, plugin_build_dir):
     """Compile both CUDA extensions with nvcc (no GPU needed: explicit arch list, see conftest).
 

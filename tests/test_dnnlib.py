@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import dnnlib
-from dnnlib import util
-from torch_utils import distributed, misc, training_stats
+from dnnlib import cli, util
+from torch_utils import distributed, files, misc, training_stats
 
 URL = 'https://example.invalid/models/network-snapshot.pkl'
 
@@ -223,10 +223,10 @@ def test_distributed_env_parsing_and_single_process(monkeypatch, capsys):
 def test_atomic_write_respects_the_umask(tmp_path):
     old = os.umask(0o027)
     try:
-        util.atomic_write(tmp_path / 'a.txt', lambda tmp: open(tmp, 'w').write('x'))
+        files.atomic_write(tmp_path / 'a.txt', lambda tmp: open(tmp, 'w').write('x'))
         assert (os.stat(tmp_path / 'a.txt').st_mode & 0o777) == 0o640           # 0o666 & ~0o027, not mkstemp's 0600.
         os.umask(0o022)
-        util.atomic_write(tmp_path / 'b.txt', lambda tmp: open(tmp, 'w').write('x'), fsync=True)
+        files.atomic_write(tmp_path / 'b.txt', lambda tmp: open(tmp, 'w').write('x'), fsync=True)
         assert (os.stat(tmp_path / 'b.txt').st_mode & 0o777) == 0o644
     finally:
         os.umask(old)
@@ -245,9 +245,9 @@ def test_atomic_write_names_a_full_disk(tmp_path, monkeypatch, failure):
     if failure == 'hidden-errno':
         class Full:
             f_bavail, f_favail, f_files = 0, 10, 100
-        monkeypatch.setattr(util.os, 'statvfs', lambda path: Full())
-    with pytest.raises(util.DiskFullError) as info:
-        util.atomic_write(tmp_path / 'f.pt', write)
+        monkeypatch.setattr(files.os, 'statvfs', lambda path: Full())
+    with pytest.raises(files.DiskFullError) as info:
+        files.atomic_write(tmp_path / 'f.pt', write)
     assert f'no space left on device at {tmp_path}' in str(info.value) and 'f.pt' in str(info.value)
     assert (tmp_path / 'f.pt').read_text() == 'previous' and os.listdir(tmp_path) == ['f.pt']
 
@@ -256,7 +256,7 @@ def test_atomic_write_other_errors_pass_through(tmp_path):
     def write(tmp):
         raise RuntimeError('a bug, not a full disk')
     with pytest.raises(RuntimeError, match='a bug'):
-        util.atomic_write(tmp_path / 'g', write)
+        files.atomic_write(tmp_path / 'g', write)
     assert os.listdir(tmp_path) == []
 
 
@@ -267,7 +267,7 @@ def test_remove_stale_temporaries(tmp_path):
     keep = [tmp_path / 'x.npy', tmp_path / '.hidden.png', tmp_path / 'notes.tmp', tmp_path / '.lock']
     for p in stale + keep:
         p.write_text('')
-    removed = util.remove_stale_temporaries(tmp_path)
+    removed = files.remove_stale_temporaries(tmp_path)
     assert sorted(removed) == sorted(map(str, stale))
     assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
     # The temporaries atomic_write makes (what a SIGKILL would leave) are the ones recognised.
@@ -275,26 +275,26 @@ def test_remove_stale_temporaries(tmp_path):
 
     def write(tmp):
         names.append(os.path.basename(tmp))
-    util.atomic_write(tmp_path / 'y.npy', write)
-    util.atomic_write(tmp_path / 'z.png', write, suffix='.png')
-    assert all(util._STALE_TMP.match(n) for n in names)
+    files.atomic_write(tmp_path / 'y.npy', write)
+    files.atomic_write(tmp_path / 'z.png', write, suffix='.png')
+    assert all(files._STALE_TMP.match(n) for n in names)
 
 
 def test_check_outdir(tmp_path):
-    assert util.check_outdir(tmp_path / 'new' / 'deeper') == str(tmp_path / 'new' / 'deeper')
+    assert files.check_outdir(tmp_path / 'new' / 'deeper') == str(tmp_path / 'new' / 'deeper')
     assert not (tmp_path / 'new').exists()                                      # Checking creates nothing.
     (tmp_path / 'file').write_text('x')
-    with pytest.raises(util.OutdirError, match='--outdir .*file is a file; pass a folder'):
-        util.check_outdir(tmp_path / 'file')
-    with pytest.raises(util.OutdirError, match='which is a file'):
-        util.check_outdir(tmp_path / 'file' / 'sub', option='--run-dir')
+    with pytest.raises(files.OutdirError, match='--outdir .*file is a file; pass a folder'):
+        files.check_outdir(tmp_path / 'file')
+    with pytest.raises(files.OutdirError, match='which is a file'):
+        files.check_outdir(tmp_path / 'file' / 'sub', option='--run-dir')
     try:
         os.makedirs('/sys/overparam-test-dir')
         pytest.skip('/sys is writable here')
     except OSError:
         pass
-    with pytest.raises(util.OutdirError, match='cannot write in /sys'):
-        util.check_outdir('/sys/overparam-test-dir/out')
+    with pytest.raises(files.OutdirError, match='cannot write in /sys'):
+        files.check_outdir('/sys/overparam-test-dir/out')
     assert os.listdir(tmp_path) == ['file']
 
 
@@ -302,13 +302,13 @@ def test_outdir_lock_refuses_a_second_holder_and_frees_on_exit(tmp_path):
     import subprocess
     import sys
     import time
-    code = ('import sys, time; sys.path.insert(0, %r); from dnnlib import util\n'
-            'with util.outdir_lock(%r):\n    print("locked", flush=True); time.sleep(30)\n') % (os.getcwd(), str(tmp_path))
+    code = ('import sys, time; sys.path.insert(0, %r); from torch_utils import files\n'
+            'with files.outdir_lock(%r):\n    print("locked", flush=True); time.sleep(30)\n') % (os.getcwd(), str(tmp_path))
     holder = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == 'locked'
-        with pytest.raises(util.OutdirError, match=rf'in use by another run \(pid {holder.pid}\)'):
-            with util.outdir_lock(tmp_path):
+        with pytest.raises(files.OutdirError, match=rf'in use by another run \(pid {holder.pid}\)'):
+            with files.outdir_lock(tmp_path):
                 pass
     finally:
         holder.kill()                                                            # SIGKILL: no cleanup runs.
@@ -316,9 +316,9 @@ def test_outdir_lock_refuses_a_second_holder_and_frees_on_exit(tmp_path):
     deadline = time.time() + 10
     while True:                                                                  # The kernel frees the lock.
         try:
-            with util.outdir_lock(tmp_path):
+            with files.outdir_lock(tmp_path):
                 break
-        except util.OutdirError:
+        except files.OutdirError:
             assert time.time() < deadline
             time.sleep(0.05)
 
@@ -332,7 +332,7 @@ def test_cli_errors_make_one_line_errors(monkeypatch):
 
     @click.command()
     @click.option('--kind')
-    @util.cli_errors(Mine)
+    @cli.cli_errors(Mine)
     def cmd(kind):
         raise {'value': ValueError('bad\nvalue  here'), 'os': FileNotFoundError(2, 'No such file', 'x.pkl'),
                'eof': EOFError(), 'mine': Mine('mine'), 'bug': KeyError('k')}[kind]

@@ -7,7 +7,6 @@ import json
 import math
 import os
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -26,11 +25,11 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 
 ROWS = 64                               # the tiny-overparam preset's rows; >= every test network's widest layer
 
-# Checkpoints to start from, one per format the loader reads (fixture name, or 'ours' for a pickle of our own).
-PRETRAINED = ['ours', 'nvlabs-sg2ada-32px.pkl', 'nvlabs-sg3-stylegan2-32px-cond.pkl']
-# Formats issue 24 (branch h-formats) adds to torch_utils.checkpoint.load_network_pkl: when it is merged, move
-# them into PRETRAINED (the rosinality file has no D: the test then also covers the fresh D of a real file).
-PRETRAINED_PENDING = ['tf-stylegan2-32px.pkl', 'rosinality-stylegan2-32px-narrow.pt']
+# Checkpoints to start from, one per format the loader reads (fixture name, or 'ours' for a pickle of our own):
+# ours, NVIDIA's stylegan2-ada-pytorch and stylegan3-repository pickles, NVIDIA's TensorFlow pickle, rosinality's
+# training checkpoint (a .pt: told from a training state by content).
+PRETRAINED = ['ours', 'nvlabs-sg2ada-32px.pkl', 'nvlabs-sg3-stylegan2-32px-cond.pkl', 'tf-stylegan2-32px.pkl',
+              'rosinality-stylegan2-32px-narrow.pt']
 
 
 @pytest.fixture(scope='module')
@@ -118,16 +117,6 @@ def _check_start(name, tmp_path, data32):
 def test_start_reproduces_the_pretrained_networks(name, tmp_path, data32):
     """Before the first step: G and G_ema given identical rows make the checkpoint's images (its architecture:
     noise inputs, widths, conditioning, z/w sizes), w_avg is the checkpoint's, D equals the checkpoint's D."""
-    _check_start(name, tmp_path, data32)
-
-
-@pytest.mark.parametrize('name', PRETRAINED_PENDING)
-def test_start_reproduces_the_pretrained_networks_pending_formats(name, tmp_path, data32):
-    try:
-        checkpoint.load_network_pkl(shared_fixture(name))
-    except checkpoint.CheckpointError:
-        pytest.skip(f'{name}: the loader does not read this format yet (issue 24, branch h-formats); move it into '
-                    f'PRETRAINED once it does')
     _check_start(name, tmp_path, data32)
 
 

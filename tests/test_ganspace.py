@@ -1,4 +1,4 @@
-"""GANSpace (inversion.ganspace, ganspace.py): PCA against a known covariance, sampling of w
+"""GANSpace (inversion.edit.ganspace, ganspace.py): PCA against a known covariance, sampling of w
 vectors / W rows, editing, and both CLI commands end to end on tiny random checkpoints."""
 
 import json
@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 import ganspace as ganspace_cli
 from conftest import tiny_generator_kwargs
-from inversion import ganspace
-from inversion.spaces import LatentSpace
+from inversion.edit import ganspace
+from training.latent_spaces import LatentSpace
 from torch_utils import checkpoint
 from training import networks
 

@@ -11,7 +11,7 @@ import quickstart
 from conftest import shared_fixture, tiny_generator_kwargs
 from torch_utils import checkpoint
 from training import networks
-from dnnlib.util import parse_range
+from dnnlib.cli import parse_range
 
 
 def test_parse_range():

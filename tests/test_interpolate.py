@@ -10,10 +10,11 @@ from click.testing import CliRunner
 
 import interpolate
 from conftest import tiny_generator_kwargs
-from inversion.runner import run_inversion
+from inversion.inversion_job import InversionConfig, run_inversion
 from metrics import interpolation as interp
 from metrics.ppl import l2_distance
-from torch_utils import annotate, checkpoint
+from figures import sheets
+from torch_utils import checkpoint
 from training import networks
 from training.tiny_data import write_tiny_images
 
@@ -105,8 +106,8 @@ def tiny_run(tmp_path_factory):
     checkpoint.save_network_pkl(pkl, dict(G_ema=G))
     write_tiny_images(root / 'targets', num_images=3, resolution=32)
     run_dir = root / 'run'
-    run_inversion(str(pkl), str(root / 'targets'), str(run_dir), space='W', steps=2, batch=3, lpips='vgg-random',
-                  progress=False)
+    run_inversion(InversionConfig(network=str(pkl), space='W', steps=2, batch=3, lpips='vgg-random', progress=False),
+                  str(root / 'targets'), str(run_dir))
     return pkl, run_dir
 
 
@@ -126,7 +127,7 @@ def test_cli_end_to_end(tiny_run, tmp_path):
     assert np.isfinite(s['fid_midpoints'])
     assert s['lpips_network'] == 'random:64:0'                  # which LPIPS the path lengths come from
     strip = np.asarray(PIL.Image.open(out / 'pair-0-2.png'))
-    assert strip.shape == (2 * annotate.LINE_PX + 8 + 128 + 2, 4 * (128 + 2), 3)  # Title, t labels, 4 frames.
+    assert strip.shape == (2 * sheets.LINE_PX + 8 + 128 + 2, 4 * (128 + 2), 3)  # Title, t labels, 4 frames.
     with PIL.Image.open(out / 'overview.png') as im:
         assert im.size == (strip.shape[1], 3 * strip.shape[0])
     with PIL.Image.open(out / 'pair-1-2.gif') as im:
@@ -161,7 +162,7 @@ def test_cli_errors(tiny_run, tmp_path, args, message):
 def test_seed_latents_follow_generate_convention(tiny_run):
     """--seeds endpoints are generate.py's latents: z = RandomState(seed).randn for vector latents
     (NVIDIA's convention), mapped with the same truncation."""
-    from inversion.interpolate import seed_ws
+    from inversion.edit.interpolate import seed_ws
     torch.manual_seed(0)
     G = networks.Generator(**tiny_generator_kwargs()).eval()
     names, ws = seed_ws(G, [7, 11], truncation_psi=0.7)
@@ -193,7 +194,7 @@ def test_cli_seed_endpoints_equal_generate_images(tmp_path, rows):
 
 def strip_frame(strip, k, px=128, gap=2):
     """Frame k (upscaled) of a pair-<i>-<j>.png strip: below the title line and the t labels."""
-    top = 2 * annotate.LINE_PX + 8
+    top = 2 * sheets.LINE_PX + 8
     return strip[top:top + px, k * (px + gap):k * (px + gap) + px]
 
 

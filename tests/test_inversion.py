@@ -15,9 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from conftest import tiny_generator_with_mean
-from inversion import losses, outputs, targets
+from inversion import losses, run_files, targets
+from metrics import lpips
 from inversion.optimize import Inverter, invert, truncation_steps
-from inversion.spaces import LatentSpace
+from training.latent_spaces import LatentSpace
+
+pytestmark = pytest.mark.pins_numbers
 
 R = 32   # rows of the tiny overparameterized latent (>= widest layer)
 VALID = [(None, 'w'), (None, 'w+'), (R, 'w'), (R, 'w+'), (R, 'W'), (R, 'W+')]
@@ -195,11 +198,11 @@ def test_resume_after_kill_reproduces_uninterrupted(lpips_loss, tmp_path):
     first = Inverter(G, lpips_loss, tg, space, **kwargs)
     for info in first.run():
         if info['step'] == 2:                      # Snapshot inside the truncated phase...
-            outputs.save_state(tmp_path / 'state.pt', first.state_dict())
+            run_files.save_state(tmp_path / 'state.pt', first.state_dict())
         if info['step'] == 5:                      # ... and "killed" later: steps 3-5 are lost.
             break
     resumed = Inverter(G, lpips_loss, tg, space, **kwargs)
-    resumed.load_state_dict(outputs.load_state(tmp_path / 'state.pt'))
+    resumed.load_state_dict(run_files.load_state(tmp_path / 'state.pt'))
     assert resumed.step == 2
     for _ in resumed.run():
         pass
@@ -253,10 +256,10 @@ class _FakeNvlabsVGG(torch.nn.Module):
 def test_nvlabs_torchscript_loss_from_local_path(tmp_path):
     path = tmp_path / 'vgg16.pt'
     torch.jit.save(torch.jit.script(_FakeNvlabsVGG()), str(path))
-    assert losses.parse_lpips_spec(f'vgg16-nvlabs:{path}') == ('vgg16-nvlabs', str(path))
-    assert losses.parse_lpips_spec('vgg16-nvlabs') == ('vgg16-nvlabs', losses.NVLABS_VGG16_URL)
+    assert lpips.parse_lpips_spec(f'vgg16-nvlabs:{path}') == ('vgg16-nvlabs', str(path))
+    assert lpips.parse_lpips_spec('vgg16-nvlabs') == ('vgg16-nvlabs', lpips.VGG16_URL)
     with pytest.raises(ValueError):
-        losses.parse_lpips_spec('alex')
+        lpips.parse_lpips_spec('alex')
     loss = losses.build_loss(f'vgg16-nvlabs:{path}')
     x, y = random_targets(2, seed=1), random_targets(2, seed=2)
     fx, fy = F.normalize(x.flatten(1), dim=1), F.normalize(y.flatten(1), dim=1)   # (x+1)*127.5 - 127.5 = 127.5 x
@@ -353,54 +356,9 @@ def test_target_name_collisions_are_made_unique(tmp_path):
 
 def test_results_jsonl_survives_a_torn_write(tmp_path):
     path = tmp_path / 'results.jsonl'
-    outputs.append_result(path, dict(name='a', lpips=0.1))
+    run_files.append_result(path, dict(name='a', lpips=0.1))
     with open(path, 'a') as f:
         f.write('{"name": "b", "lpi')                                  # Killed mid-write.
-    assert list(outputs.read_results(path)) == ['a']
-    outputs.append_result(path, dict(name='c', lpips=0.2))
-    assert list(outputs.read_results(path)) == ['a', 'c']
-
-
-def test_curve_plot_without_matplotlib(tmp_path):
-    curves = {'a': np.linspace(0.5, 0.1, 11), 'b': np.linspace(0.4, 0.2, 11)}
-    image = outputs._plot_pil(outputs._pad(list(curves.values())), np.linspace(0.45, 0.15, 11), 5, 'test')
-    arr = np.asarray(image)
-    assert arr.shape == (500, 800, 3)
-    assert ((arr[..., 0] > 150) & (arr[..., 1] < 80)).sum() > 100          # The thick red mean line.
-    outputs.plot_curves(tmp_path / 'curve.png', curves, truncation_end=5)
-    assert PIL.Image.open(tmp_path / 'curve.png').size[0] >= 600
-
-
-def test_curve_plot_labels_the_truncation_end():
-    """The dotted truncation line carries a label: grey text pixels right of it, none without truncation."""
-    arr = outputs._pad([np.linspace(0.5, 0.1, 11)])
-    mean = np.linspace(0.5, 0.1, 11)
-    with_line = np.asarray(outputs._plot_pil(arr, mean, 5, 'test')).astype(int)
-    without = np.asarray(outputs._plot_pil(arr, mean, None, 'test')).astype(int)
-    x = 64 + (800 - 64 - 20) * 5 // 10
-    region = (slice(40, 60), slice(x + 3, x + 200))
-    grey = lambda a: ((np.abs(a[..., 0] - a[..., 1]) < 8) & (a[..., 0] < 200)).sum()   # noqa: E731
-    assert grey(with_line[region]) > 50 and grey(without[region]) == 0
-
-
-def test_titled_panels_and_overview_are_upscaled_and_captioned():
-    rng = np.random.RandomState(0)
-    target, recon = (rng.randint(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(2))
-    mask = np.full((16, 16), 255, np.uint8)
-    mask[:, 8:] = 0
-    sheet = outputs.titled_panels([(target, 'target'), (recon, 'recon'), (outputs.mask_overlay(target, mask), 'm')],
-                                  title='x')
-    assert sheet.shape == (128 + 2 * 20 + 8, 3 * (128 + 4) + 4, 3)
-    k = 128 // 16                                                                # nearest neighbour, 8x
-    y0 = 4 + 20
-    np.testing.assert_array_equal(sheet[y0:y0 + 128:k, 4:4 + 128:k], target)
-    np.testing.assert_array_equal(sheet[y0:y0 + 128:k, 136:136 + 128:k], recon)
-    overlay = sheet[y0:y0 + 128:k, 268:268 + 128:k].astype(int)
-    np.testing.assert_array_equal(overlay[:, :8], target[:, :8])                 # kept: unchanged
-    expected = np.rint(target[:, 8:] * 0.3 + np.array(outputs.MASK_TINT) * 0.7)
-    np.testing.assert_allclose(overlay[:, 8:], expected, atol=1)                 # ignored: tinted
-    caption = sheet[y0 + 128:, :]
-    assert (caption < 100).any()                                                 # text under the panels
-    entries = [(f'img{i}', target, recon, 0.1 * i, mask if i == 1 else None) for i in range(3)]
-    overview = outputs.overview_image(entries, 'title')
-    assert overview.shape[1] >= 3 * 128 and overview.shape[0] >= 2 * 128
+    assert list(run_files.read_results(path)) == ['a']
+    run_files.append_result(path, dict(name='c', lpips=0.2))
+    assert list(run_files.read_results(path)) == ['a', 'c']

@@ -192,3 +192,41 @@ def test_overview_after_a_resume_shows_the_earlier_images(checkpoints, image_dir
     monkeypatch.setattr(optimize.Inverter, 'run', original_run)
     assert run_cli(*args).exit_code == 0
     assert PIL.Image.open(out / 'overview.png').size[0] > one_batch[0] + 128
+
+
+@pytest.mark.pins_numbers
+def test_first_steps_follow_adam_with_the_papers_betas(checkpoints, tmp_path):
+    """invert.py's defaults take the paper's Adam steps: lr 0.05, betas (0.9, 0.999), eps 1e-8. Three steps from the
+    mean latent (truncation off) against Adam written out here, with gradients of the same loss on the same image.
+
+    Adam's first step is lr * sign(g) for any betas; the second and third show them (swapped betas move them by
+    ~lr)."""
+    from inversion.losses import build_loss
+    from training.latent_spaces import LatentSpace
+    from inversion.targets import decode_target_with_mask, to_tensor
+    rng = np.random.RandomState(3)
+    (tmp_path / 'in').mkdir()
+    PIL.Image.fromarray(rng.randint(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / 'in' / 'a.png')
+    steps = 3
+    result = run_cli(*base_args(checkpoints['overparam'], tmp_path / 'in', tmp_path / 'out', '--steps', steps,
+                                '--truncation', 1, '--mse-weight', 0.5, '--batch', 1))
+    assert result.exit_code == 0, result.output
+    got = np.load(tmp_path / 'out' / 'a.npy')
+
+    G = checkpoint.load_network(checkpoints['overparam']).eval().requires_grad_(False)
+    loss = build_loss('vgg-random', mse_weight=0.5)
+    image = decode_target_with_mask(tmp_path / 'in' / 'a.png', G.img_resolution)[0]
+    target = loss.prepare_target(to_tensor(image[None].copy()))
+    space = LatentSpace.for_generator(G, 'W')
+    x = space.init_from(G.mapping.w_avg, 1).double()
+    m, v = torch.zeros_like(x), torch.zeros_like(x)
+    lr, beta1, beta2, eps = 0.05, 0.9, 0.999, 1e-8
+    for t in range(1, steps + 1):
+        params = x.float().requires_grad_(True)
+        images = G.synthesis(space.to_ws(params), noise_mode='const', force_fp32=True)
+        g = torch.autograd.grad(loss(images, target)['loss'].sum(), [params])[0].double()
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        x = x - lr * (m / (1 - beta1 ** t)) / ((v / (1 - beta2 ** t)).sqrt() + eps)
+    np.testing.assert_allclose(got, x[0].numpy(), rtol=0, atol=1e-4 * lr)     # float32 steps vs these float64 ones
+    assert np.abs(got - space.init_from(G.mapping.w_avg, 1)[0].numpy()).max() > lr / 2    # it did move

@@ -14,8 +14,7 @@ from click.testing import CliRunner
 import invert
 import upsample as upsample_cli
 from conftest import Killed, kill_inversion_at, tiny_generator_kwargs
-from dnnlib import util
-from torch_utils import checkpoint
+from torch_utils import checkpoint, files
 from training import networks
 
 
@@ -70,7 +69,7 @@ def test_damaged_state_and_latents_are_redone(setup, tmp_path):
 def test_second_process_on_the_same_outdir_is_refused(setup, tmp_path):
     out = tmp_path / 'out'
     out.mkdir()
-    with util.outdir_lock(out):                             # Another open file: flock conflicts as across processes.
+    with files.outdir_lock(out):                             # Another open file: flock conflicts as across processes.
         result = _invert(setup, out)
     assert result.exit_code == 1 and 'in use by another invert run' in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (out / 'results.jsonl').exists()
@@ -137,15 +136,15 @@ def test_upsample_resume_after_kill_matches_uninterrupted(setup, tmp_path, monke
 
 
 def test_full_disk_is_one_line_naming_the_folder(setup, tmp_path, monkeypatch):
-    from inversion import outputs
+    from inversion import run_files
     out = tmp_path / 'out'
-    real = outputs.np.save
+    real = run_files.np.save
 
     def full(f, arr, *args, **kwargs):
         raise OSError(28, 'No space left on device')
-    monkeypatch.setattr(outputs.np, 'save', full)
+    monkeypatch.setattr(run_files.np, 'save', full)
     result = _invert(setup, out)
-    monkeypatch.setattr(outputs.np, 'save', real)
+    monkeypatch.setattr(run_files.np, 'save', real)
     assert result.exit_code == 1 and isinstance(result.exception, (SystemExit, type(None)))
     errors = [line for line in result.stderr.splitlines() if line.startswith('Error:')]   # (Progress bars aside.)
     assert len(errors) == 1 and 'Traceback' not in result.stderr

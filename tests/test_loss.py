@@ -10,6 +10,8 @@ from training import networks
 from training.augment import AugmentPipe
 from training.loss import PHASES, StyleGAN2Loss, mix_styles, mixing_cutoff, path_lengths_from_grads
 
+pytestmark = pytest.mark.pins_numbers
+
 R = 32              # rows of the tiny overparameterized latent
 ROWS = [None, R]    # baseline, overparameterized
 BATCH = 4

@@ -21,6 +21,7 @@ import quickstart
 import upsample
 from conftest import tiny_generator_kwargs
 from inversion import losses
+from metrics import lpips as lpips_lib
 from metrics import detectors, metric_main
 from torch_utils import checkpoint
 from training import networks
@@ -88,17 +89,17 @@ def test_nvlabs_lpips_distance_and_name(fake_vgg16):
         return f / f.norm(dim=1, keepdim=True)
     expect = (feats(x) - feats(y)).square().sum(dim=1)
     torch.testing.assert_close(loss(x, loss.prepare_target(y))['lpips'], expect, rtol=1e-5, atol=1e-6)
-    assert losses.lpips_network_name('vgg16-nvlabs') == 'vgg16-nvlabs'
-    assert losses.lpips_network_name('vgg') == 'vgg' and losses.build_loss('vgg-random').lpips_network == 'vgg-random'
+    assert lpips_lib.lpips_network_name('vgg16-nvlabs') == 'vgg16-nvlabs'
+    assert lpips_lib.lpips_network_name('vgg') == 'vgg' and losses.build_loss('vgg-random').lpips_network == 'vgg-random'
 
 
 def test_default_lpips_is_nvlabs_and_fails_offline_in_one_line(tmp_path):
-    assert losses.DEFAULT_LPIPS == 'vgg16-nvlabs'
-    with pytest.raises(losses.LpipsUnavailableError) as info:
+    assert lpips_lib.DEFAULT_LPIPS == 'vgg16-nvlabs'
+    with pytest.raises(lpips_lib.LpipsUnavailableError) as info:
         losses.build_loss()
     message = str(info.value)
     assert '\n' not in message and 'vgg16-nvlabs:PATH' in message and 'vgg-random' in message
-    with pytest.raises(losses.LpipsUnavailableError, match='not found'):
+    with pytest.raises(lpips_lib.LpipsUnavailableError, match='not found'):
         losses.build_loss(f'vgg16-nvlabs:{tmp_path / "missing.pt"}')
 
 
@@ -139,7 +140,7 @@ def test_invert_records_the_lpips_network_per_image_and_run(tiny_pkl, tmp_path):
 def test_quickstart_picks_the_random_stand_in_offline(fake_vgg16):
     lpips, notice = quickstart.pick_lpips()
     assert lpips == 'vgg-random' and 'vgg-random' in notice and 'vgg16.pt' in notice
-    cached = dnnlib.util.url_cache_path(losses.NVLABS_VGG16_URL)          # once cached, the real one is used
+    cached = dnnlib.util.url_cache_path(lpips_lib.VGG16_URL)          # once cached, the real one is used
     os.makedirs(os.path.dirname(cached), exist_ok=True)
     shutil.copy(fake_vgg16, cached)
     assert quickstart.pick_lpips() == ('vgg16-nvlabs', None)
@@ -156,7 +157,7 @@ def test_metrics_report_lpips_network(fake_vgg16):
     assert metric_main.calc_metric('ppl2_wend', detector_path='random:8:0', **kw).lpips_network == 'random:8:0'
     with pytest.raises(detectors.DetectorUnavailableError, match='random:64:0'):     # offline: how to get a stand-in
         metric_main.calc_metric('ppl2_wend', **kw)
-    assert detectors.lpips_network_name(detectors.VGG16_URL) == 'vgg16-nvlabs'
+    assert lpips_lib.lpips_network_name(lpips_lib.spec_from_detector(detectors.VGG16_URL)) == 'vgg16-nvlabs'
 
 
 def test_interpolate_lpips_choice_and_offline_error(tiny_pkl, tmp_path, fake_vgg16):
@@ -172,3 +173,22 @@ def test_interpolate_lpips_choice_and_offline_error(tiny_pkl, tmp_path, fake_vgg
     assert result.exit_code == 1 and 'Traceback' not in result.output
     error_lines = [line for line in result.output.splitlines() if line.startswith('Error')]
     assert len(error_lines) == 1 and '--detector-path' in error_lines[0] and 'random:64:0' in error_lines[0]
+
+
+def test_one_spec_grammar_for_inversion_and_metrics():
+    """Every LPIPS spec works both as the inversion's loss and as the metrics' distance, with the same values."""
+    assert lpips_lib.parse_lpips_spec('random:16:1') == ('random', (16, 1))
+    assert lpips_lib.parse_lpips_spec('vgg') == ('vgg', None)
+    with pytest.raises(ValueError, match='vgg16-nvlabs:PATH'):
+        lpips_lib.parse_lpips_spec('random:x')
+    assert lpips_lib.spec_from_detector('random:8:0') == 'random:8:0'
+    assert lpips_lib.spec_from_detector('/x/vgg16.pt') == 'vgg16-nvlabs:/x/vgg16.pt'
+    rng = torch.Generator().manual_seed(0)
+    a, b = (torch.rand([2, 3, 32, 32], generator=rng) * 255 for _ in range(2))
+    for spec in ('vgg-random', 'random:16:1'):
+        loss = losses.build_loss(spec, resolution=None)
+        via_loss = loss.perceptual.distance(loss.features(a / 127.5 - 1), loss.features(b / 127.5 - 1))
+        via_metric = lpips_lib.lpips_distance_fn(spec)(a, b)
+        torch.testing.assert_close(via_metric, via_loss, rtol=1e-5, atol=1e-7)
+        assert loss.lpips_network == lpips_lib.lpips_distance_fn(spec).lpips_network == spec
+        assert (via_metric > 0).all()

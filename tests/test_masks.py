@@ -17,12 +17,13 @@ from click.testing import CliRunner
 import invert
 from conftest import tiny_generator_with_mean
 from inversion import losses, targets
+from metrics import lpips, reconstruction
 from inversion.optimize import Inverter
-from inversion.spaces import LatentSpace
+from training.latent_spaces import LatentSpace
 from torch_utils import checkpoint
 
 RES = 16
-pytestmark = pytest.mark.filterwarnings('ignore:.*torch.jit.*:FutureWarning')
+pytestmark = [pytest.mark.pins_numbers, pytest.mark.filterwarnings('ignore:.*torch.jit.*:FutureWarning')]
 
 
 def make_G(resolution=RES, seed=1, latent_rows=None):
@@ -150,7 +151,8 @@ def test_masked_pixel_terms_and_metrics_average_over_kept_pixels(package_loss):
     x, y, mask = random_images(2, seed=5), random_images(2, seed=6), left_half_mask(2, soft=True)
     d2 = ((x - y) / 2).square()
     expected_mse = (d2 * mask).sum(dim=(1, 2, 3)) / (3 * mask.sum(dim=(1, 2, 3)))
-    torch.testing.assert_close(losses.pixel_metrics(x, y, mask)['mse'], expected_mse)
+    torch.testing.assert_close(reconstruction.pixel_metrics(x, y, drange=(-1, 1), mask=mask, with_ssim=False,
+                                                          dtype=torch.float32)['mse'], expected_mse)
     loss = losses.InversionLoss(package_loss.perceptual, mse_weight=2.0)
     out = loss(x, loss.prepare_target(y, mask))
     torch.testing.assert_close(out['loss'] - out['lpips'], 2.0 * expected_mse)
@@ -158,7 +160,7 @@ def test_masked_pixel_terms_and_metrics_average_over_kept_pixels(package_loss):
 
 def test_nvlabs_without_spatial_layout_refuses_masks(fake_nvlabs):
     loss = losses.build_loss(f'vgg16-nvlabs:{fake_nvlabs["global"]}')
-    with pytest.raises(losses.MaskUnsupportedError, match='no spatial map'):
+    with pytest.raises(lpips.MaskUnsupportedError, match='no spatial map'):
         loss.prepare_target(random_images(1), left_half_mask(1))
     loss(random_images(1), loss.prepare_target(random_images(1)))          # unmasked still works
 
@@ -277,8 +279,13 @@ def test_cli_alpha_mask_dir_and_missing_mask(network, tmp_path):
     skipped = json.loads((out / 'skipped.json').read_text())
     assert [(s['name'], 'no mask' in s['reason']) for s in skipped] == [('y', True)]
     assert json.loads((out / 'run.json').read_text())['settings']['mask'] == str(tmp_path / 'masks')
-    # A white mask file keeps the alpha mask as it was (batch of 1 here, of 2 there: float rounding only).
-    np.testing.assert_allclose(np.load(out / 'x.npy'), np.load(tmp_path / 'ot1' / 'x.npy'), rtol=1e-4, atol=1e-5)
+    # A white mask file keeps the alpha mask as it was. x is alone in its batch there (y is skipped), so the
+    # reference inverts it alone too: the same kernels on the same shapes give the same bits on any CPU, where a
+    # batch of 2 against a batch of 1 differs by float rounding that Adam's first steps amplify (up to 8.5e-4
+    # relative seen on another CPU).
+    alone = tmp_path / 'alpha-only-batch-1'
+    assert run_cli(*base_args(network, tmp_path / 't1', alone, '--batch', 1)).exit_code == 0
+    assert np.array_equal(np.load(out / 'x.npy'), np.load(alone / 'x.npy'))
 
 
 def test_cli_crop_pad_coffee_end_to_end(network, tmp_path):

@@ -7,6 +7,8 @@ import torch
 from torch_utils.ops import conv2d_resample, upfirdn2d
 from torch_utils.ops.modulated_conv2d import demodulation_coefficients, modulated_conv2d
 
+pytestmark = pytest.mark.pins_numbers
+
 
 def einsum_modconv(x, weight, styles, demodulate=True):
     """Independent eq. 2: unfold patches, per-sample weight `W[o,i] * S[n,o,i]`, demodulate, contract."""
@@ -72,6 +74,31 @@ def test_identical_rows_equal_vector_styles():
         one = modulated_conv2d(x, weight, s[:, None], **kw)                # R == 1 broadcasts
         torch.testing.assert_close(rows, vec, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(one, vec, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('rows', [None, 6])
+@pytest.mark.parametrize('fused', [True, False])
+def test_demodulation_epsilon_with_zero_and_tiny_styles(rows, fused):
+    """Demodulation divides by sqrt(sum (W S)^2 + 1e-8): a style row (or vector) of zeros gives zeros, not 0/0, and
+    a tiny one (1e-5: its sum of squares ~5e-9, of the order of the epsilon) is scaled by the formula's coefficient,
+    not by the one without the epsilon (almost twice as large here). Forward and gradients, float64."""
+    torch.manual_seed(4)
+    x, weight = torch.randn(2, 5, 6, 6, dtype=torch.float64), torch.randn(6, 5, 3, 3, dtype=torch.float64)
+    styles = torch.randn(2, 5, dtype=torch.float64) if rows is None else torch.randn(2, rows, 5, dtype=torch.float64)
+    zeroed, tiny = ((0,), (1,)) if rows is None else ((0, 0), (1, 0))   # an image's style vector, or its row 0
+    styles[zeroed] = 0
+    styles[tiny] = 1e-5 * torch.randn(5, dtype=torch.float64)
+    x, weight, styles = (t.requires_grad_(True) for t in (x, weight, styles))
+    out = modulated_conv2d(x, weight, styles, padding=1, fused_modconv=fused, impl='ref')
+    ref = einsum_modconv(x, weight, styles)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, ref, rtol=1e-9, atol=1e-12)
+    assert (out[0] if rows is None else out[0, 0]).abs().max() == 0
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad((out * g).sum(), [x, weight, styles])
+    for got, expect in zip(grads, torch.autograd.grad((ref * g).sum(), [x, weight, styles])):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, expect, rtol=1e-7, atol=1e-9)
 
 
 def test_too_few_rows_is_a_clear_error():

@@ -9,6 +9,8 @@ from conftest import tiny_discriminator_kwargs, tiny_generator_kwargs
 from torch_utils import checkpoint
 from training import networks
 
+pytestmark = pytest.mark.pins_numbers
+
 R = 32   # rows of the tiny overparameterized latent (>= widest layer, 32 channels)
 
 

@@ -16,6 +16,8 @@ import torch
 from torch_utils import checkpoint, persistence
 from training import networks
 
+pytestmark = pytest.mark.pins_numbers
+
 _SOURCE_THAT_MUST_NOT_RUN = 'raise SystemExit("the safe loader executed pickled source")\n'
 
 

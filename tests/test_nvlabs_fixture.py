@@ -9,6 +9,8 @@ from torch_utils import checkpoint
 from training import networks
 
 
+pytestmark = pytest.mark.pins_numbers
+
 def load_snapshot(stem):
     """(networks loaded with the safe loader, expected outputs as tensors) of fixture `stem`.pkl."""
     data = checkpoint.load_network_pkl(shared_fixture(f'{stem}.pkl'))            # safe mode is the default

@@ -13,6 +13,8 @@ from torch_utils import checkpoint
 from training import networks, nvlabs_layouts
 
 
+pytestmark = pytest.mark.pins_numbers
+
 @pytest.fixture(scope='module')
 def snapshot():
     return load_snapshot('nvlabs-sg3-stylegan2-32px-cond')

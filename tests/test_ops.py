@@ -9,6 +9,7 @@ import scipy.signal
 import torch
 import torch.nn.functional as F
 
+from conftest import emulated_plugin
 from torch_utils.ops import bias_act, conv2d_gradfix, conv2d_resample, fma, upfirdn2d
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device on this machine')
@@ -312,8 +313,9 @@ def test_fma(shapes):
     assert torch.autograd.gradgradcheck(fma.fma, (a, b, c))
 
 #----------------------------------------------------------------------------
-# The CUDA autograd Functions on CPU, with the plugin replaced by a torch mirror of
-# the kernels: checks what the Functions save and pass, to first and second order.
+# The CUDA autograd Functions on CPU, to first and second order, with the plugin replaced by a
+# torch mirror of the kernels (what the Functions save and pass) and by the kernels of bias_act.cu
+# and upfirdn2d.cu compiled for the host (their arithmetic; conftest.emulated_plugin).
 
 class _MirrorPlugin:
     """Elementwise formulas of bias_act.cu; upfirdn2d.cu via the reference op."""
@@ -348,10 +350,17 @@ class _MirrorPlugin:
         cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         return y.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)  # as the kernel
 
-@pytest.fixture
-def mirror_plugins(monkeypatch):
-    for mod in (bias_act, upfirdn2d):
-        monkeypatch.setattr(mod._plugin, 'module', _MirrorPlugin)
+_PLUGIN_OPS = ((bias_act, 'bias_act'), (upfirdn2d, 'upfirdn2d'))
+
+@pytest.fixture(params=['mirror', 'emulated'])
+def kernel_plugins(request, monkeypatch):
+    """The CUDA Functions' plugins replaced by the torch mirror above ('mirror': what the Functions save and pass)
+    or by the CUDA kernels themselves compiled for the host ('emulated': their arithmetic, without a GPU)."""
+    for mod, name in _PLUGIN_OPS:
+        plugin = _MirrorPlugin if request.param == 'mirror' else \
+            emulated_plugin(request.getfixturevalue('plugin_build_dir'), name)
+        monkeypatch.setattr(mod._plugin, 'module', plugin)
+    return request.param
 
 def _close_or_zero(u, v, **tol):
     if u is None and v is None:
@@ -373,7 +382,7 @@ def _compare_orders(f_test, f_ref, inputs, **tol):
 
 @pytest.mark.parametrize('act', ACTS)
 @pytest.mark.parametrize('clamp', [-1.0, 0.8])
-def test_bias_act_cuda_function_with_mirror_kernel(act, clamp, mirror_plugins):
+def test_bias_act_cuda_function_on_cpu(act, clamp, kernel_plugins):
     spec = bias_act.activation_funcs[act]
     fn = bias_act._cuda_function(dim=1, act=act, alpha=float(spec.def_alpha), gain=float(spec.def_gain), clamp=clamp)
     x = _randn(2, 3, 4, 4, seed=91).to(memory_format=torch.channels_last)
@@ -382,11 +391,42 @@ def test_bias_act_cuda_function_with_mirror_kernel(act, clamp, mirror_plugins):
     _compare_orders(fn.apply, ref, [x, b])
 
 @pytest.mark.parametrize('up,down,padding,fshape,flip,gain', UPFIRDN_CASES)
-def test_upfirdn2d_cuda_function_with_mirror_kernel(up, down, padding, fshape, flip, gain, mirror_plugins):
+def test_upfirdn2d_cuda_function_on_cpu(up, down, padding, fshape, flip, gain, kernel_plugins):
     f = _randn(*fshape, seed=93).float()
     fn = lambda t: upfirdn2d._cuda_function(up=up, down=down, padding=padding, flip_filter=flip, gain=gain).apply(t, f)
     ref = lambda t: upfirdn2d.upfirdn2d(t, f, up=up, down=down, padding=padding, flip_filter=flip, gain=gain, impl='ref')
     _compare_orders(fn, ref, [_randn(2, 3, 7, 6, seed=94)])
+
+@pytest.fixture
+def emulated_kernels(plugin_build_dir, monkeypatch):
+    for mod, name in _PLUGIN_OPS:
+        monkeypatch.setattr(mod._plugin, 'module', emulated_plugin(plugin_build_dir, name))
+
+@pytest.mark.parametrize('act', ACTS)
+def test_bias_act_emulated_kernel_float32_half_and_other_dim(act, emulated_kernels):
+    """The kernel in float32 (channels-last, bias along dim 2, other alpha and gain) and float16 storage."""
+    x = _randn(3, 5, 4, 4, seed=50).float().to(memory_format=torch.channels_last)
+    b = _randn(4, seed=52).float()
+    settings = dict(dim=2, act=act, alpha=0.1, gain=0.9)
+    kernel = bias_act._cuda_function(**settings)
+    _compare_orders(kernel.apply, lambda t, u: bias_act.bias_act(t, u, impl='ref', **settings), [x, b],
+                    rtol=1e-5, atol=1e-5)
+    assert kernel.apply(x, b).is_contiguous(memory_format=torch.channels_last)
+    xh, bh = x.half(), b.half()
+    torch.testing.assert_close(kernel.apply(xh, bh).float(),
+                               bias_act.bias_act(xh.float(), bh.float(), impl='ref', **settings), rtol=1e-2, atol=1e-2)
+
+@pytest.mark.parametrize('up,down,padding,fshape,flip,gain', UPFIRDN_CASES)
+def test_upfirdn2d_emulated_kernel_float32_channels_last_and_half(up, down, padding, fshape, flip, gain,
+                                                                  emulated_kernels):
+    f = _randn(*fshape, seed=61).float()
+    settings = dict(up=up, down=down, padding=padding, flip_filter=flip, gain=gain)
+    kernel = lambda t: upfirdn2d._cuda_function(**settings).apply(t, f)
+    ref = lambda t: upfirdn2d.upfirdn2d(t, f, impl='ref', **settings)
+    x = _randn(2, 3, 7, 6, seed=60).float().to(memory_format=torch.channels_last)
+    _compare_orders(kernel, ref, [x], rtol=1e-5, atol=1e-5)
+    assert kernel(x).is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(kernel(x.half()).float(), ref(x.half().float()), rtol=1e-2, atol=1e-2)
 
 #----------------------------------------------------------------------------
 # CUDA vs reference (skipped without a GPU)

@@ -217,8 +217,8 @@ def test_modconv_large_output_is_not_checked(fake_modconv, monkeypatch):
 
 
 def test_verdicts_reach_the_training_and_inversion_logs(checking, monkeypatch, tmp_path):
-    """training.run_log.RunLog and inversion.outputs.RunLog point the self-check at their log.txt."""
-    from inversion import outputs
+    """training.run_log.RunLog and inversion.run_files.RunLog point the self-check at their log.txt."""
+    from inversion import run_files
     from training import run_log
     _plugin(monkeypatch, forward_scale=1.01)
     with pytest.warns(self_check.KernelSelfCheckWarning):
@@ -229,7 +229,7 @@ def test_verdicts_reach_the_training_and_inversion_logs(checking, monkeypatch, t
     finally:
         train_log.close()
     (tmp_path / 'invert').mkdir()
-    outputs.RunLog(tmp_path / 'invert' / 'log.txt', echo=False)
+    run_files.RunLog(tmp_path / 'invert' / 'log.txt', echo=False)
     with pytest.warns(self_check.KernelSelfCheckWarning):
         upfirdn2d.upsample2d(_x(7), upfirdn2d.setup_filter([1, 3, 3, 1]))
     text = (tmp_path / 'invert' / 'log.txt').read_text()

@@ -25,10 +25,12 @@ from click.testing import CliRunner
 
 import invert
 from conftest import tiny_generator_kwargs
-from dnnlib.util import outdir_lock
-from inversion.jobs import _plan_batches
+from torch_utils.files import outdir_lock
+from inversion.job_runner import _plan_batches
 from torch_utils import checkpoint, distributed
 from training import networks
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = [f'im{i}' for i in range(6)]

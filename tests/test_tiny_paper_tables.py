@@ -13,6 +13,9 @@ from click.testing import CliRunner
 
 from benchmarks import tiny_paper_tables as tables
 from benchmarks import tiny_tables_report as report
+from torch_utils import checkpoint
+
+pytestmark = pytest.mark.slow
 
 #----------------------------------------------------------------------------
 
@@ -83,7 +86,7 @@ def test_table2_matches_psnr_and_lpips_recomputed_from_the_pngs(smoke):
 def test_table3_path_length_recomputed_frame_by_frame(smoke):
     run, _doc, res = smoke
     model = lpips_package_model()
-    G, _ = tables.load_generator(res['networks']['overparam'])
+    G = checkpoint.load_frozen_network(res['networks']['overparam'])[0]
     with np.load(run / 'invert-overparam-W' / 'latents.npz') as data:
         latents = torch.from_numpy(np.asarray(data['latents'], dtype=np.float32))       # [N, R, w_dim]
     assert latents.shape[1:] == (G.latent_rows, G.w_dim)
@@ -155,7 +158,7 @@ def test_missing_network_is_one_line(tmp_path):
 
 
 def test_folder_busy_sees_another_holder_of_the_outdir_lock(tmp_path):
-    from dnnlib.util import outdir_lock
+    from torch_utils.files import outdir_lock
     assert not tables.folder_busy(tmp_path)                                  # no .lock yet
     with outdir_lock(tmp_path, 'invert run'):
         assert tables.folder_busy(tmp_path)

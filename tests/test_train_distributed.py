@@ -74,7 +74,8 @@ def _compare_worker(rank, world_size, port, out_path):
         torch.distributed.destroy_process_group()
 
 
-pytestmark = pytest.mark.usefixtures('one_thread')   # spawned processes too: no OpenMP contention on 2 cores
+pytestmark = [pytest.mark.slow,
+              pytest.mark.usefixtures('one_thread')]   # spawned processes too: no OpenMP contention on 2 cores
 
 
 def test_two_ranks_match_one_process_on_the_global_batch(tmp_path):

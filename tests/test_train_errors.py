@@ -9,6 +9,7 @@ import sys
 import tempfile
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -58,13 +59,18 @@ def bad_files(folder):
     folder.mkdir(exist_ok=True)
     real = open(shared_fixture('nvlabs-sg2ada-32px.pkl'), 'rb').read()
     files = {
-        'random.pkl': os.urandom(4096),
+        'random.pkl': np.random.RandomState(0).bytes(4096),
         'truncated.pkl': real[:len(real) // 2],
         'empty.pkl': b'',
         'text.pkl': b'this is not a pickle\n',
         'malicious.pkl': pickle.dumps(Evil()),
-        'random.pt': os.urandom(4096),
         'empty.pt': b'',
+        # Random bytes: torch.load raises UnpicklingError for most, but IndexError, KeyError or UnicodeDecodeError
+        # for some (8 % of os.urandom(4096) files; these seeds give one of each).
+        'random.pt': np.random.RandomState(0).bytes(4096),
+        'random-indexerror.pt': np.random.RandomState(13).bytes(4096),
+        'random-keyerror.pt': np.random.RandomState(3).bytes(4096),
+        'random-unicodeerror.pt': np.random.RandomState(5).bytes(4096),
     }
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, 'w') as zf:

@@ -153,6 +153,27 @@ def test_weights_only_resume_from_nvidia_pickle(tmp_path):
         run.close()
 
 
+def test_weights_only_resume_from_a_released_generator_pt(tmp_path):
+    """A rosinality .pt holding g_ema alone (as NVIDIA's TF Gs, converted) resumes by content despite its .pt
+    name: G_ema and G both start from g_ema, D stays fresh."""
+    from training.formats import rosinality
+    tf = checkpoint.load_network_pkl(shared_fixture('tf-stylegan2-32px.pkl'))
+    pt = tmp_path / '550000.pt'
+    torch.save(rosinality.to_rosinality(tf['G_ema'])[0], pt)
+    data32 = str(tmp_path / 'tiny32.zip')
+    write_tiny_dataset(data32, num_images=8, resolution=32, seed=0)
+    c = presets.setup_training_config(cfg='tiny', data=data32, noise=True, workers=0, resume=str(pt))
+    run = TrainingRun.from_kwargs(run_dir=str(tmp_path / 'run'), verbose=False, **c)
+    try:
+        for key in ['G', 'G_ema']:
+            ours = getattr(run, key).state_dict()
+            for name, tensor in tf['G_ema'].state_dict().items():
+                assert torch.equal(ours[name], tensor), (key, name)
+        assert 'not in the pickle: D' in open(os.path.join(str(tmp_path / 'run'), 'log.txt')).read()
+    finally:
+        run.close()
+
+
 class SimulatedKill(BaseException):
     """Not an Exception: like a signal that interrupts the write."""
 

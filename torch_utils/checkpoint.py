@@ -1,4 +1,11 @@
-"""Loading and saving network pickles: ours and NVlabs/stylegan2-ada-pytorch snapshots, safely by default.
+"""Loading and saving network files, safely by default: ours, NVIDIA's (stylegan2-ada-pytorch and stylegan3
+pickles of StyleGAN2, TensorFlow StyleGAN2 / StyleGAN2-ADA pickles) and rosinality/stylegan2-pytorch `.pt`.
+
+The format is recognised by content, never by extension: a `torch.save` file (zip or legacy) is read by
+torch's weights-only loader (`safe_pickle.read_torch_save`) and handed to the rosinality translator; a
+pickle of TensorFlow network records (`tf_records`) to the TensorFlow translator. Translators live beside
+our networks (`training.formats.*`) and are reached by module name (`_TRANSLATORS`), as persistence
+reaches our classes; every format comes back as the same dict (G, D, G_ema, ...).
 
 SAFE mode (default): `torch_utils.safe_pickle` resolves only an exact allow-list of globals (tensor and
 storage rebuilding, each storage blob read by `torch.load(..., weights_only=True)`; OrderedDict; torch/numpy
@@ -18,19 +25,28 @@ and what to do.
 """
 
 import contextlib
+import importlib
 import io
 import os
 import pickle
+import struct
 import warnings
 import zipfile
 
 import torch
 
 import dnnlib
-from . import persistence, safe_pickle
+from torch_utils import files
+from . import persistence, safe_pickle, tf_records
 
 PickleLoadError = persistence.PickleLoadError
 _SNAPSHOT_OPTIONAL = ('augment_pipe',)  # Skipped with a warning when it cannot be rebuilt.
+
+# Format names (`read_network_file`) and the translators of other codebases' formats, by module name.
+OURS, NVLABS, TENSORFLOW, ROSINALITY = 'overparam-stylegan', 'stylegan2-ada-pytorch', 'nvidia-tensorflow', 'rosinality'
+_TRANSLATORS = {TENSORFLOW: 'training.formats.tensorflow', ROSINALITY: 'training.formats.rosinality'}
+TRAINING_STATE_FORMAT = 'overparam-stylegan-training-state'   # The `format` of train.py's training-state-*.pt.
+_FORMATS_HINT = 'a network-snapshot-*.pkl, a NVIDIA pickle (PyTorch or TensorFlow) or a rosinality .pt'
 
 
 class CheckpointError(PickleLoadError):
@@ -45,8 +61,10 @@ class CheckpointError(PickleLoadError):
         self.path, self.reason = path, reason
 
 
-def _refuse(path, reason):
-    return CheckpointError(f'Cannot load {path}: {reason}', path=path, reason=reason)
+def _refuse(path, reason, option=None):
+    """CheckpointError 'Cannot load [OPTION ]PATH: reason'."""
+    what = f'{option} {path}' if option else f'{path}'
+    return CheckpointError(f'Cannot load {what}: {reason}', path=path, reason=reason)
 
 
 def read_pickle(f, trust=False):
@@ -61,13 +79,14 @@ def _explain(err, head):
     """Why the bytes starting with `head` could not be loaded, and what to do, as one short phrase."""
     if not head:
         return 'the file is empty; copy or download it again'
-    if isinstance(err, PickleLoadError) and str(err).startswith('Refusing'):
+    torch_save = head.startswith(b'PK\x03\x04')
+    if isinstance(err, PickleLoadError) and (str(err).startswith('Refusing') or torch_save):
         return dnnlib.util.one_line(err)                  # Refusals first: they say what to do.
-    if head.startswith(b'PK\x03\x04'):
-        return ('it is a zip archive (a dataset, or a torch.save file such as training-state-*.pt), not a network '
-                'pickle; pass a network-snapshot-*.pkl')
+    if torch_save:
+        return (f'the torch.save file is damaged or truncated ({dnnlib.util.one_line(err).split(". ")[0][:160]}); '
+                f'copy or download it again')
     if head[:1] != b'\x80':                                # Every network pickle uses protocol 2 or later.
-        return 'it is not a pickle (wrong first bytes); pass a network-snapshot-*.pkl from train.py or stylegan2-ada-pytorch'
+        return f'it is not a pickle nor a torch.save file (wrong first bytes); pass {_FORMATS_HINT}'
     if isinstance(err, PickleLoadError):
         return dnnlib.util.one_line(err)
     if isinstance(err, EOFError) or 'truncated' in str(err):
@@ -76,10 +95,10 @@ def _explain(err, head):
             f'copy or download it again')
 
 
-# What reading a damaged or hostile file can raise besides our own refusals.
-_READ_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError,
+# What reading a damaged or hostile file (a pickle, or a torch.save archive) can raise besides our own refusals.
+READ_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError,
                 RuntimeError, MemoryError, RecursionError, OverflowError, UnicodeDecodeError, zipfile.BadZipFile,
-                ImportError, LookupError)
+                ImportError, LookupError, struct.error)
 
 
 @contextlib.contextmanager
@@ -95,7 +114,7 @@ def _reading(name, f):
         yield
     except CheckpointError:
         raise
-    except _READ_ERRORS as err:
+    except READ_ERRORS as err:
         raise _refuse(name, _explain(err, head)) from err
 
 
@@ -155,74 +174,144 @@ def module_from_record(record, key='network'):
 # Public API.
 
 
-def load_network_pkl(f, trust=False, device=None):
-    """Load a network pickle (file object or path) into a dict.
+def _translate(file_format, content):
+    """Our networks from the content of a file of another codebase, by the translator of `file_format`."""
+    return importlib.import_module(_TRANSLATORS[file_format]).networks_from(content)
 
-    Our pickles come back as saved (a dict of networks and plain data). A stylegan2-ada-pytorch snapshot
-    gives keys G, D, G_ema, augment_pipe (None when it cannot be rebuilt) and training_set_kwargs. A pickle
-    of a bare network gives {'net': network}. `device`: move every network there. Raises CheckpointError.
+
+def _peek(f, size):
+    """The next `size` bytes of `f`, its position kept (b'' where it cannot seek)."""
+    try:
+        here = f.tell()
+        head = f.read(size)
+        f.seek(here)
+        return head
+    except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+        return b''
+
+
+def _is_torch_save(f):
+    try:
+        return safe_pickle.is_torch_save(f)
+    except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+        return False                                      # Not seekable: only a pickle can be read.
+
+
+def _read_content(f, trust):
+    """(format name, dict of networks and data) of an open network file, before any device move."""
+    if _is_torch_save(f):
+        content = safe_pickle.read_torch_save(f, trust=trust)
+        if isinstance(content, dict) and content.get('format') == TRAINING_STATE_FORMAT:
+            raise PickleLoadError('it is a training state of train.py (training-state-*.pt), not a network file; '
+                                  'pass it to train.py --resume, or load the network-snapshot-*.pkl beside it')
+        return ROSINALITY, _translate(ROSINALITY, content)
+    if _peek(f, 4) == b'PK\x03\x04':
+        raise PickleLoadError(f'it is a zip archive (a dataset?), not a network file; pass {_FORMATS_HINT}')
+    data = read_pickle(f, trust=trust)
+    if tf_records.is_tf_network(data):
+        return TENSORFLOW, _translate(TENSORFLOW, data)
+    if isinstance(data, (persistence.PersistentRecord, torch.nn.Module)):
+        data = {'net': data}
+    if not isinstance(data, dict):
+        raise PickleLoadError(f'expected a dict of networks or a network in the pickle, found {type(data).__name__}')
+    data, file_format = dict(data), OURS
+    for key, value in data.items():
+        if not isinstance(value, persistence.PersistentRecord):
+            continue
+        file_format = NVLABS
+        try:
+            data[key] = module_from_record(value, key=key)
+        except PickleLoadError as err:
+            if key not in _SNAPSHOT_OPTIONAL:
+                raise
+            warnings.warn(f'Skipping {key} ({err}); generation and inversion do not need it.')
+            data[key] = None
+    return file_format, data
+
+
+def read_network_file(f, trust=False, device=None):
+    """(format, data) of a network file (file object or path); see `load_network_pkl` for `data`.
+
+    format: OURS, NVLABS (stylegan2-ada-pytorch / stylegan3 pickles), TENSORFLOW or ROSINALITY.
     """
+    if dnnlib.util.is_url(f):
+        return read_network_file(_local_file(f), trust=trust, device=device)
     if isinstance(f, (str, os.PathLike)):
         try:
             with open(f, 'rb') as file:
-                return load_network_pkl(file, trust=trust, device=device)
+                return read_network_file(file, trust=trust, device=device)
         except OSError as err:
             raise _refuse(os.fspath(f), f'{(err.strerror or str(err)).lower()}; check the path') from err
     name = getattr(f, 'name', None) or 'the network pickle'
     with _reading(name, f), safe_pickle.allocation_limit(safe_pickle.budget_for(_file_size(f)), name):
-        data = read_pickle(f, trust=trust)
-        if isinstance(data, (persistence.PersistentRecord, torch.nn.Module)):
-            data = {'net': data}
-        if not isinstance(data, dict):
-            raise PickleLoadError(f'expected a dict of networks or a network in the pickle, found {type(data).__name__}')
-        data = dict(data)
-        for key, value in data.items():
-            if not isinstance(value, persistence.PersistentRecord):
-                continue
-            try:
-                data[key] = module_from_record(value, key=key)
-            except PickleLoadError as err:
-                if key not in _SNAPSHOT_OPTIONAL:
-                    raise
-                warnings.warn(f'Skipping {key} ({err}); generation and inversion do not need it.')
-                data[key] = None
+        file_format, data = _read_content(f, trust)
     if device is not None:
         for key, value in data.items():
             if isinstance(value, torch.nn.Module):
                 data[key] = value.to(device)
-    return data
+    return file_format, data
 
 
-def load_network(path_or_url, key='G_ema', trust=False, device=None):
-    """Load one network (default the EMA generator) from a local path or a URL (downloaded once, cached).
+def load_network_pkl(f, trust=False, device=None):
+    """Load a network file (file object, path or URL) of any supported format into a dict.
 
-    Raises CheckpointError (one line: the file, the problem, the fix) for anything missing or unreadable.
+    Our pickles come back as saved (a dict of networks and plain data). A stylegan2-ada-pytorch snapshot
+    gives keys G, D, G_ema, augment_pipe (None when it cannot be rebuilt) and training_set_kwargs. A pickle
+    of a bare network gives {'net': network}. NVIDIA TensorFlow pickles and rosinality checkpoints give G, D,
+    G_ema (None where the file has none; see `training.formats`), rosinality's also `rosinality_args`.
+    `device`: move every network there. Raises CheckpointError (one line naming the file).
     """
+    return read_network_file(f, trust=trust, device=device)[1]
+
+
+def _local_file(path_or_url, option=None):
+    """A local path of `path_or_url` (URLs are downloaded once and cached); CheckpointError if it cannot be had."""
     try:
-        local = dnnlib.util.open_url(path_or_url, return_filename=True)
+        return dnnlib.util.open_url(path_or_url, return_filename=True)
     except OSError as err:
-        raise _refuse(path_or_url, dnnlib.util.one_line(err)) from err
-    data = load_network_pkl(local, trust=trust, device=device)
-    net = data.get(key) if data.get(key) is not None else data.get('net') if set(data) == {'net'} else None
+        raise _refuse(path_or_url, dnnlib.util.one_line(err), option) from err
+
+
+def network_in(data, path, key='G_ema', option=None):
+    """Network `key` of a loaded file's `data` (a bare network file's only network, whatever the key).
+
+    Raises CheckpointError naming `path` (and `option`, e.g. '--network') when there is no such network.
+    """
+    held = sorted(str(k) for k, v in data.items() if v is not None)
+    net = data.get(key) if data.get(key) is not None else data.get('net') if held == ['net'] else None
     if net is None:
-        raise _refuse(path_or_url, f'it has no network {key!r}; it holds: {", ".join(sorted(map(str, data)))}')
+        raise _refuse(path, f'it has no network {key!r}; it holds: {", ".join(held) or "nothing"}', option)
     if not isinstance(net, torch.nn.Module):
-        raise _refuse(path_or_url, f'its {key!r} is a {type(net).__name__}, not a network')
+        raise _refuse(path, f'its {key!r} is a {type(net).__name__}, not a network', option)
     return net
 
 
-def load_frozen_network(path_or_url, key='G_ema', trust=False, device=None):
+def _load_one(path_or_url, local, key, trust, device, option):
+    try:
+        data = load_network_pkl(local, trust=trust, device=device)
+    except CheckpointError as err:                         # Name what the user gave (a URL, an option).
+        raise _refuse(path_or_url, err.reason, option) from (err.__cause__ or err)
+    return network_in(data, path_or_url, key, option)
+
+
+def load_network(path_or_url, key='G_ema', trust=False, device=None, option=None):
+    """Load one network (default the EMA generator) from a local path or a URL (downloaded once, cached).
+
+    Raises CheckpointError (one line: `option` if given, the file, the problem, the fix) for anything missing
+    or unreadable.
+    """
+    return _load_one(path_or_url, _local_file(path_or_url, option), key, trust, device, option)
+
+
+def load_frozen_network(path_or_url, key='G_ema', trust=False, device=None, option=None):
     """(network `key` in eval mode with gradients off, the local file, its SHA-256) from a path or URL.
 
-    For code that uses a trained network as a fixed function (inversion, an encoder's generator) and records
-    which file it was. Raises CheckpointError (one line) as `load_network` does.
+    For code that uses a trained network as a fixed function (generation, inversion, an encoder's generator)
+    and records which file it was. Raises CheckpointError (one line) as `load_network` does.
     """
-    try:
-        local = dnnlib.util.open_url(path_or_url, return_filename=True)
-    except OSError as err:
-        raise _refuse(path_or_url, dnnlib.util.one_line(err)) from err
-    net = load_network(local, key=key, trust=trust, device=device)
-    return net.eval().requires_grad_(False), local, dnnlib.util.file_sha256(local)
+    local = _local_file(path_or_url, option)
+    net = _load_one(path_or_url, local, key, trust, device, option)
+    return net.eval().requires_grad_(False), local, files.file_sha256(local)
 
 
 def save_network_pkl(path, data_dict):
@@ -236,4 +325,4 @@ def save_network_pkl(path, data_dict):
     def write(tmp):
         with open(tmp, 'wb') as f:
             pickle.dump(data_dict, f, protocol=4)
-    dnnlib.util.atomic_write(path, write, fsync=True)
+    files.atomic_write(path, write, fsync=True)

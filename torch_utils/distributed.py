@@ -124,3 +124,17 @@ def map_in_order(fn, num_items):
     for part in all_gather_objects(mine):
         merged.update(part)
     return [merged[k] for k in range(int(num_items))]
+
+
+def resolve_device(device=None):
+    """torch.device of a device option: None = cuda when available (this rank's GPU in a sharded run), else cpu.
+    ValueError (one line) for a malformed name or CUDA on a machine without it."""
+    try:
+        device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    except RuntimeError as err:
+        raise ValueError(f'--device {device}: {err}') from err
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError('--device: CUDA is not available on this machine')
+    if device.type == 'cuda' and device.index is None and get_world_size() > 1:
+        device = torch.device('cuda', torch.cuda.current_device())          # This rank's GPU (LOCAL_RANK).
+    return device

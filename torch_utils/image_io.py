@@ -1,4 +1,4 @@
-"""Image files in, images out: listing and opening input images, conversion, atomic PNG/JSON writing.
+"""Image files in, images out: listing and opening input images, conversion, atomic PNG writing.
 
 Inputs (`list_folder`, `list_zip`, `open_image`): every file of a folder or zip is either taken as a
 candidate image or reported with the reason it is left out (hidden files, macOS resource forks). A
@@ -8,7 +8,6 @@ first frame, and say so.
 """
 
 import io
-import json
 import os
 import re
 import zipfile
@@ -18,7 +17,7 @@ import PIL
 import PIL.Image
 import torch
 
-from dnnlib.util import append_line, atomic_write
+from torch_utils.files import atomic_write
 
 #----------------------------------------------------------------------------
 # Listing and opening input images.
@@ -129,23 +128,10 @@ def make_grid(images: np.ndarray, cols: int = None) -> np.ndarray:
 #----------------------------------------------------------------------------
 
 def save_png(path, image: np.ndarray):
-    """Write uint8 `[H, W, C]` (C = 1 or 3) as PNG, atomically (temp file + rename)."""
-    image = image[:, :, 0] if image.shape[2] == 1 else image
+    """Write uint8 `[H, W, C]` (C = 1 or 3) or `[H, W]` as PNG, atomically (temp file + rename)."""
+    image = image[:, :, 0] if image.ndim == 3 and image.shape[2] == 1 else image
     atomic_write(path, lambda tmp: PIL.Image.fromarray(image).save(tmp, format='PNG'))
 
-
-def save_json(path, obj, indent=2):
-    """Write JSON atomically."""
-    def write(tmp):
-        with open(tmp, 'w') as f:
-            json.dump(obj, f, indent=indent)
-            f.write('\n')
-    atomic_write(path, write)
-
-
-def append_jsonl(path, obj):
-    """Append one JSON line (a line is written whole with one `write`)."""
-    append_line(path, json.dumps(obj))
 
 #----------------------------------------------------------------------------
 

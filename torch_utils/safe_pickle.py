@@ -10,27 +10,34 @@ Reading one safely means deciding what each of those may do:
   array pickle, `ndarray` resolves to an inert marker that only `_reconstruct` accepts (calling it
   would allocate any declared shape), tensors must be views inside their storage with no hooks or
   attributes, storage blobs are read by `torch.load(..., weights_only=True)`.
-- BUILD is allowed only on arrays, dtypes and our dicts: never on a class, a function or a
-  network, whose attributes it could otherwise overwrite for the rest of the process.
+- BUILD is allowed only on arrays, dtypes, our dicts and the inert records of TensorFlow networks
+  (`tf_records.TFNetworkRecord`, which checks the state it is given): never on a class, a function
+  or a network, whose attributes it could otherwise overwrite for the rest of the process.
 - Memory: byte strings are bounded by the file (Python reads declared lengths in chunks), storages
   must match their records (torch checks), and `allocation_limit` refuses tensor allocations that
   would take the running total past a budget, before they happen, while networks are constructed
   from the arguments a pickle records.
+
+`torch.save` files (rosinality's checkpoints) are read by `read_torch_save`: torch's own weights-only
+loader, with `TORCH_SAVE_GLOBALS` (pinned by a test) as the only globals allowed beyond its defaults.
 """
 
+import argparse
 import collections
 import contextlib
 import io
 import math
 import pickle
+import re
 import warnings
+import zipfile
 
 import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
 import dnnlib
-from . import persistence
+from . import persistence, tf_records
 
 PickleLoadError = persistence.PickleLoadError
 MAX_TENSOR_ELEMENTS = 1 << 31               # No network parameter comes near this.
@@ -158,6 +165,7 @@ def safe_globals():
         ('dnnlib.util', 'EasyDict'): dnnlib.EasyDict,
         ('torch_utils.persistence', '_rebuild_persistent'): persistence._rebuild_persistent_safe,
         ('torch_utils.persistence', '_reconstruct_persistent_obj'): persistence._reconstruct_persistent_obj,
+        tf_records.TF_NETWORK_GLOBAL: tf_records.TFNetworkRecord,
     }
     for module in ('numpy.core.multiarray', 'numpy._core.multiarray'):
         allowed[(module, '_reconstruct')] = _array_start
@@ -166,9 +174,10 @@ def safe_globals():
 
 
 # Instances that BUILD may hand state to: arrays and dtypes (of any dtype class) are filled this way; our
-# dicts get attributes. Exact types for the dicts, so that no class or subclass qualifies.
+# dicts get attributes; a TensorFlow network record checks and keeps its state. Exact types for these, so
+# that no class or subclass qualifies.
 _BUILDABLE_KINDS = (np.ndarray, np.dtype)
-_BUILDABLE_TYPES = (dnnlib.EasyDict, collections.OrderedDict)
+_BUILDABLE_TYPES = (dnnlib.EasyDict, collections.OrderedDict, tf_records.TFNetworkRecord)
 
 
 def _buildable(obj):
@@ -214,7 +223,8 @@ class TrustedUnpickler(pickle.Unpickler):
     """Plain unpickling, except that NVIDIA records become placeholders and storages map to the CPU."""
 
     _REPLACED = {('torch_utils.persistence', '_reconstruct_persistent_obj'): persistence._reconstruct_persistent_obj,
-                 ('torch.storage', '_load_from_bytes'): load_storage_trusted}
+                 ('torch.storage', '_load_from_bytes'): load_storage_trusted,
+                 tf_records.TF_NETWORK_GLOBAL: tf_records.TFNetworkRecord}
 
     def find_class(self, module_name, global_name):
         replacement = self._REPLACED.get((module_name, global_name))
@@ -330,3 +340,52 @@ def read(f, trust=False):
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='TypedStorage is deprecated')
         return unpickler.load()
+
+
+# ----------------------------------------------------------------------------
+# torch.save files.
+
+# Globals a rosinality training checkpoint needs beyond torch's weights-only defaults (its `args`).
+TORCH_SAVE_GLOBALS = (argparse.Namespace,)
+# The pickled magic number that starts torch.save's legacy (pre-zip) format.
+_LEGACY_TORCH_MAGIC = b'\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19'
+
+
+def is_torch_save(f):
+    """Whether binary file `f` (its position kept) is a torch.save file: a zip with a data.pkl, or the legacy format."""
+    here = f.tell()
+    try:
+        head = f.read(len(_LEGACY_TORCH_MAGIC))
+        f.seek(here)
+        if head.startswith(_LEGACY_TORCH_MAGIC):
+            return True
+        if not head.startswith(b'PK\x03\x04'):
+            return False
+        try:
+            with zipfile.ZipFile(f) as archive:
+                return any(name == 'data.pkl' or name.endswith('/data.pkl') for name in archive.namelist())
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+            return True                                   # A damaged zip: torch.load says what is wrong.
+    finally:
+        f.seek(here)
+
+
+def read_torch_save(f, trust=False):
+    """torch.load `f` to the CPU: weights only (tensors, containers, TORCH_SAVE_GLOBALS) unless `trust`.
+
+    A global outside the allow-list raises PickleLoadError naming it (one line), before anything is built.
+    """
+    if trust:
+        return torch.load(f, map_location='cpu', weights_only=False)
+    try:
+        with torch.serialization.safe_globals(list(TORCH_SAVE_GLOBALS)):
+            return torch.load(f, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r'GLOBAL ([\w.]+)', str(err))
+        if found is None:
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            detail = next((line for line in lines[1:] if not line.startswith('Check the documentation')), 'unknown')
+            raise PickleLoadError(f'the torch.save file cannot be read safely: {detail[:200]}') from err
+        raise PickleLoadError(
+            f'Refusing to load {found.group(1)} from the torch.save file: it is not on the safe loader\'s allow-list. '
+            f'If you trust the file, load it with trust=True (CLI: --trust-pickle), which may run code from it.') from err

@@ -16,7 +16,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
-from dnnlib.util import OutdirError, check_outdir
+from torch_utils.files import OutdirError, check_outdir
 from torch_utils.image_io import IMAGE_EXTENSIONS, ImageReadError, list_folder, list_zip, open_image
 from training.dataset_zip import LABELS_FILE, SKIPPED_FILE, archive_name, encode_png, write_image_zip, write_zip
 from training.tiny_data import render_shapes

@@ -15,7 +15,7 @@ import zipfile
 import numpy as np
 import PIL.Image
 
-from dnnlib.util import atomic_write
+from torch_utils.files import atomic_write
 
 LABELS_FILE = 'dataset.json'
 SKIPPED_FILE = 'skipped.json'

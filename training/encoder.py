@@ -1,58 +1,21 @@
 """An image encoder into the generator's own latent space: w, w+ (StyleGAN2) or W, W+ (Poirier-Ginter
 et al., "Overparameterization Improves StyleGAN Inversion"; the paper leaves the encoder as future work).
+A pyramid of discriminator blocks reads the image as tokens, one cross-attention with a query per predicted latent
+row and layer reads them, and a zero-initialised head adds the offset to `w_avg` (design: docs/encoder.md).
 
-Shapes (N = batch, L = `num_ws`, R = `latent_rows`, D = `w_dim`):
+Shapes (N = batch, L = `num_ws`, R = `latent_rows`, D = `w_dim`): img `[N, C, H, W]` in [-1, 1];
+params `[N, *LatentSpace.param_shape]`, so a prediction is an inversion start.
 
-    img     `[N, C, H, W]` float in [-1, 1], H = W = `img_resolution`
-    params  `[N, *param_shape]` with `param_shape` = (D,) for w, (L, D) for w+, (R, D) for W, (L, R, D) for W+,
-            the layout of `inversion.spaces.LatentSpace.param_shape`, so a prediction is an inversion start.
+Parameters (`parameter_count()` computes them; a test compares it with the module), with
+`ch(r) = min(channel_base // r, channel_max)` and blocks at r = res, res/2, ..., 2t (tmp = ch(r), out = ch(r/2)):
 
-Design. A W latent is R rows of D numbers: 512 x 512 = 262,144 numbers per image at 256 px, so a dense
-head from a pooled feature vector (512 x 262,144 = 134M weights per layer group) is out. Instead:
-
-1. A conv pyramid of StyleGAN2 discriminator blocks (`training.discriminator.DiscriminatorBlock`,
-   'resnet': fromRGB, two 3x3 convolutions, the second halving the size, and a 1x1 shortcut) from
-   `img_resolution` down to a `t x t` feature map (`t = token_resolution`), read as T = t^2 tokens of
-   `c_t` channels, each normalised to unit second moment, plus a learned position embedding `[T, c_t]`.
-2. One multi-head cross-attention: every predicted latent row is a query. The Q = L' * R' queries are
-   factored, `query[l, r] = layer_embed[l] + row_embed[r]` (L' = L for w+/W+ else 1, R' = R for W/W+
-   else 1), so the four spaces are the same code with different query grids, and per-layer spaces
-   cost L extra d-vectors rather than L * R. Keys and values are linear maps of the tokens (width d).
-3. Each query's attention output plus the query itself (a residual, so each row can also learn a
-   constant offset) goes through one linear layer `d -> D`: the offset from `w_avg`. That layer's weight
-   and bias start at zero, so the initial prediction is exactly `w_avg` (the optimiser's usual start).
-
-Why attention over a low-rank row basis (`R x k` learned basis times `k x D` predicted coefficients):
-the basis fixes the rank of the offset matrix to k for every image and needs a dense `F -> k * D`
-coefficient head (8M weights at k = 32, D = F = 512, times L for W+), while the attention offset has
-rank up to min(T, d) (256 at 256 px) chosen per image, costs O(Q * T * d) compute and only O((L' + R') * d)
-parameters for the queries; rows attend to different tokens, so they can differ as much as the rows
-of an optimised W do. The pyramid is the part that scales with resolution, as in the discriminator.
-
-Parameter count (`parameter_count()` computes it from this formula; a test compares it with the module):
-with `ch(r) = min(channel_base // r, channel_max)`, blocks at r = res, res/2, ..., 2t, tmp = ch(r), out = ch(r/2):
-
-    pyramid   = (C + 1) * ch(res)                                    (fromRGB of the first block)
-              + sum over blocks of  9 tmp^2 + tmp  +  9 tmp out + out  +  tmp out
+    pyramid   = (C + 1) * ch(res) + sum over blocks of  9 tmp^2 + tmp  +  9 tmp out + out  +  tmp out
     tokens    = t^2 * ch(t)                                          (position embedding)
     attention = 2 * (ch(t) * d + d)  +  (L' + R') * d                (keys, values; query embeddings)
     head      = d * D + D                                            (zero-initialised output layer)
 
-Defaults: channel_base = 32 * D, channel_max = D, d = D, t = min(16, res // 4), 4 heads. Totals:
-
-    preset                                          w          w+         W          W+
-    tiny      (32 px, C 3, L 8, R 64, D 64)         172,864    173,312    176,896    177,344
-    paper256  (256 px, C 3, L 14, R 512, D 512)     8,397,888  8,404,544  8,659,520  8,666,176
-
-(tiny: 156,160 in the pyramid; paper256 W: 7,477,824 pyramid + 131,072 position embedding + 525,312 keys
-and values + 262,656 query embeddings + 262,656 head.)
-
-The buffer `w_avg [D]` is the generator's `mapping.w_avg` (one mean for every row and layer), copied in
-by `Encoder.from_generator` and pickled with the encoder.
-
-Pickles: `save_encoder_pickle` writes {'E': encoder, **metadata} like a network snapshot; `load_encoder`
-reads it through the safe loader of `torch_utils.checkpoint` (the class is persistent and lives under
-`training`, which that loader may import), refusing files that hold no encoder with one line.
+with L' = L for per-layer spaces (else 1), R' = R for matrix spaces (else 1); defaults channel_base = 32 D,
+channel_max = D, d = D, t = min(16, res // 4), 4 heads.
 """
 
 import math
@@ -65,23 +28,12 @@ import dnnlib
 from torch_utils import checkpoint, misc
 from torch_utils.persistence import persistent_class
 from training.discriminator import DiscriminatorBlock
+from training.latent_spaces import LatentSpace
 from training.layers import FullyConnectedLayer, channels_at, normalize_2nd_moment, remember
 
-SPACES = ('w', 'w+', 'W', 'W+')
 
 #----------------------------------------------------------------------------
 # Geometry shared by the module and the parameter-count formula.
-
-
-def param_shape_of(space, num_ws, w_dim, latent_rows=None):
-    """Per-image shape of a latent in `space`: (D,), (L, D), (R, D) or (L, R, D) (as inversion.spaces)."""
-    if space not in SPACES:
-        raise ValueError(f'Unknown latent space {space!r}; choose one of {", ".join(SPACES)}')
-    if space in ('W', 'W+') and latent_rows is None:
-        raise ValueError(f'Space {space} needs an overparameterized generator (latent matrices); '
-                         f'this network has latent vectors: use w or w+')
-    rows = (int(latent_rows), int(w_dim)) if space in ('W', 'W+') else (int(w_dim),)
-    return ((int(num_ws),) + rows) if space.endswith('+') else rows
 
 
 def _design(img_resolution, w_dim, channel_base=None, channel_max=None, token_resolution=None, attn_dim=None,
@@ -108,7 +60,7 @@ def _query_grid(space, num_ws, latent_rows):
 
 def parameter_count(img_resolution, img_channels, space, num_ws, w_dim, latent_rows=None, **design_kwargs):
     """Trainable parameters of `Encoder(...)` with these arguments, from the docstring's formula."""
-    param_shape_of(space, num_ws, w_dim, latent_rows)
+    LatentSpace(space, num_ws, w_dim, latent_rows).param_shape
     d = _design(img_resolution, w_dim, **design_kwargs)
     ch = lambda r: channels_at(r, d['channel_base'], d['channel_max'])  # noqa: E731
     t, a = d['token_resolution'], d['attn_dim']
@@ -139,7 +91,7 @@ class Encoder(nn.Module):
         **design_kwargs,            # channel_base, channel_max, token_resolution, attn_dim, num_heads.
     ):
         super().__init__()
-        shape = param_shape_of(space, num_ws, w_dim, latent_rows)
+        shape = LatentSpace(space, num_ws, w_dim, latent_rows).param_shape
         design = _design(img_resolution, w_dim, **design_kwargs)
         remember(self, img_resolution=int(img_resolution), img_channels=int(img_channels), space=space,
                  num_ws=int(num_ws), w_dim=int(w_dim), latent_rows=None if latent_rows is None else int(latent_rows),
@@ -217,11 +169,7 @@ class Encoder(nn.Module):
         """params `[N, *param_shape]` -> ws `[N, num_ws, *w_shape]` for `G.synthesis` (expand views, no copies)
         with w_shape (D,) or (R, D); vector spaces on an overparameterized generator repeat the vector over rows."""
         misc.assert_shape(params, [None, *self.param_shape])
-        ws = params if self.space.endswith('+') else params.unsqueeze(1)        # [N, L or 1, (R,) D]
-        w_shape = (self.w_dim,) if self.latent_rows is None else (self.latent_rows, self.w_dim)
-        if self.latent_rows is not None and self.space in ('w', 'w+'):
-            ws = ws.unsqueeze(2)                                                 # [N, L or 1, 1, D]
-        return ws.expand(params.shape[0], self.num_ws, *w_shape)
+        return LatentSpace(self.space, self.num_ws, self.w_dim, self.latent_rows).to_ws(params)
 
     def extra_repr(self):
         return (f'space={self.space}, param_shape={self.param_shape}, img_resolution={self.img_resolution}, '

@@ -24,7 +24,7 @@ import json
 import os
 
 import dnnlib
-from torch_utils import checkpoint, persistence
+from torch_utils import checkpoint, files, persistence
 from training import networks, row_start, snapshot
 from training.resume import ResumeError, check_resume_file
 
@@ -95,19 +95,10 @@ def merge_kwargs(architecture, options, from_options):
 #----------------------------------------------------------------------------
 # Reading the source.
 
-def _is_zip(path):
-    with open(path, 'rb') as f:
-        return f.read(4) == b'PK\x03\x04'
-
-
 def _training_state(path):
-    """Our training state at `path` (a torch.save zip in our format), else None (a network file of any format)."""
-    if not _is_zip(path):
-        return None
-    try:
-        return snapshot.load_training_state(path)
-    except snapshot.StateError:
-        return None
+    """Our training state at `path` (told apart by content or name, as resume does), else None (a network file of
+    any format the loader reads, rosinality's .pt included)."""
+    return snapshot.load_training_state(path) if snapshot.is_training_state_file(path) else None
 
 
 def _networks(path):
@@ -228,7 +219,7 @@ def _fine_tuning_start(c, path, data, row_start_name, spread_kimg):
                                        c.get('resume_kimg', 0))
     has = {key: data.get(key) is not None for key in ('G', 'G_ema', 'D', 'augment_pipe')}
     record = dict(
-        source=os.path.abspath(path), sha256=dnnlib.util.file_sha256(path), latent_rows=G_kwargs['latent_rows'],
+        source=os.path.abspath(path), sha256=files.file_sha256(path), latent_rows=G_kwargs['latent_rows'],
         start_kimg=spread['row_spread_start_kimg'], row_start=name, row_spread_kimg=spread['row_spread_kimg'],
         G_kwargs=G_kwargs, D_kwargs=D_kwargs, conditional=G_source['c_dim'] > 0,
         from_checkpoint=dict(

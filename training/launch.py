@@ -15,7 +15,7 @@ import socket
 
 import torch
 
-from dnnlib.util import OutdirError, check_outdir  # noqa: F401 (train.py reports them)
+from torch_utils.files import OutdirError, check_outdir  # noqa: F401 (train.py reports them)
 from torch_utils import distributed
 from training import finetune, snapshot
 from training.training_loop import training_loop

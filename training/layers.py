@@ -43,11 +43,17 @@ def memory_format_of(channels_last):
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def compute_format(use_fp16, channels_last, force_fp32):
+def float_dtype_of(tensor):
+    """The dtype a layer computes in outside FP16: float32 for weights stored in float32 or less, float64 for a
+    network converted with `.double()` (exact references in tests; never a training setting)."""
+    return torch.promote_types(tensor.dtype, torch.float32)
+
+
+def compute_format(use_fp16, channels_last, force_fp32, float_dtype=torch.float32):
     """Keyword arguments of `Tensor.to` for a block's activations: FP16 (and channels_last, if asked)
-    for an FP16 block unless `force_fp32`; FP32 and contiguous otherwise."""
+    for an FP16 block unless `force_fp32`; `float_dtype` (FP32, see `float_dtype_of`) and contiguous otherwise."""
     if force_fp32 or not use_fp16:
-        return dict(dtype=torch.float32, memory_format=memory_format_of(channels_last and not force_fp32))
+        return dict(dtype=float_dtype, memory_format=memory_format_of(channels_last and not force_fp32))
     return dict(dtype=torch.float16, memory_format=memory_format_of(channels_last))
 
 
@@ -193,7 +199,7 @@ class MappingNetwork(nn.Module):
             self.embed = FullyConnectedLayer(c_dim, label_width)
         hidden = w_dim if layer_features is None else layer_features
         widths = [z_dim + label_width] + [hidden] * (num_layers - 1) + [w_dim]
-        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:num_layers + 1])):   # none for 0 layers
             self.add_module(f'fc{i}', FullyConnectedLayer(fan_in, fan_out, activation=activation,
                                                           lr_multiplier=lr_multiplier))
         if self.tracks_w_avg:
@@ -207,11 +213,12 @@ class MappingNetwork(nn.Module):
     def _inputs(self, z, c, num_images, rows_per_image):
         """Normalized latent rows, each followed by its image's normalized label embedding: `[N*R, F]`."""
         parts = []
+        dtype = float_dtype_of(next(self.parameters()))          # fc0's, or the label embedding's
         if self.z_dim > 0:
-            parts.append(normalize_2nd_moment(z.to(torch.float32).reshape(-1, self.z_dim)))
+            parts.append(normalize_2nd_moment(z.to(dtype).reshape(-1, self.z_dim)))
         if self.c_dim > 0:
             misc.assert_shape(c, [num_images, self.c_dim])
-            label = normalize_2nd_moment(self.embed(c.to(torch.float32)))              # [N, embed]
+            label = normalize_2nd_moment(self.embed(c.to(dtype)))                      # [N, embed]
             if rows_per_image != 1:
                 label = label.repeat_interleave(rows_per_image, dim=0)               # [N*R, embed]
             parts.append(label)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 import dnnlib
-from torch_utils.image_io import append_jsonl
+from torch_utils.files import append_jsonl
 
 #----------------------------------------------------------------------------
 

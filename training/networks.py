@@ -26,9 +26,10 @@ from torch_utils.ops import upfirdn2d
 from torch_utils.ops.modulated_conv2d import modulated_conv2d
 from torch_utils.persistence import persistent_class
 from training import nvlabs_layouts
+from training.latent_spaces import AUTO, LatentSpace
 from training.discriminator import Discriminator, DiscriminatorBlock, DiscriminatorEpilogue, MinibatchStdLayer  # noqa: F401  (re-export)
 from training.layers import (Conv2dLayer, FullyConnectedLayer, MappingNetwork, activate, channels_at,  # noqa: F401
-                             compute_format, default_gain, lowest_fp16_resolution, memory_format_of,
+                             compute_format, default_gain, float_dtype_of, lowest_fp16_resolution, memory_format_of,
                              normalize_2nd_moment, register_resample_filter, remember)
 
 _HALF_VARIANCE = math.sqrt(0.5)   # each branch of a residual sum, so the sum keeps unit variance
@@ -203,7 +204,8 @@ class SynthesisBlock(nn.Module):
             latents = tuple(ws)
             assert len(latents) == self.num_conv + self.num_torgb, 'one latent per conv, then the toRGB latent'
         force_fp32 = force_fp32 or (self.fp16_cuda_only and latents[0].device.type != 'cuda')
-        compute = compute_format(self.use_fp16, self.channels_last, force_fp32)
+        float_dtype = float_dtype_of(self.conv1.weight)
+        compute = compute_format(self.use_fp16, self.channels_last, force_fp32, float_dtype)
         batch_size = latents[0].shape[0]
         fused = self._fused(fused_modconv, compute['dtype'], batch_size)
         conv_args = dict(fused_modconv=fused, **layer_kwargs)
@@ -227,7 +229,7 @@ class SynthesisBlock(nn.Module):
             img = upfirdn2d.upsample2d(img, self.resample_filter)       # the lower resolutions' sum, doubled
         if self.num_torgb:
             rgb = self.torgb(x, latents[self.num_conv], fused_modconv=fused)
-            rgb = rgb.to(dtype=torch.float32, memory_format=torch.contiguous_format)
+            rgb = rgb.to(dtype=float_dtype, memory_format=torch.contiguous_format)
             img = rgb if img is None else img.add_(rgb)
         return x, img
 
@@ -272,8 +274,8 @@ class SynthesisNetwork(nn.Module):
         block_kwargs: noise_mode ('random', 'const', 'none'), force_fp32, fused_modconv.
         """
         misc.assert_shape(ws, [None, self.num_ws] + [None] * (ws.ndim - 3) + [self.w_dim])
-        ws = ws.to(torch.float32)
         blocks = [getattr(self, f'b{res}') for res in self.block_resolutions]
+        ws = ws.to(float_dtype_of(blocks[0].conv1.weight))
         per_block = self._latents_per_block(ws, blocks)
         x = img = None
         for block, latents in zip(blocks, per_block):
@@ -375,21 +377,30 @@ class Generator(nn.Module):
         """Per-image, per-layer intermediate latent shape: `(w_dim,)` or `(R, w_dim)`."""
         return (self.w_dim,) if self.latent_rows is None else (self.latent_rows, self.w_dim)
 
+    def latent_space(self, name=AUTO):
+        """The `LatentSpace` `name` of this generator ('w', 'w+', 'W', 'W+'; 'auto' or None: W when it is
+        overparameterized, w+ otherwise); ValueError for W or W+ of a StyleGAN2 generator."""
+        return LatentSpace.for_generator(self, name)
+
     def sample_z(self, n, generator=None, device=None, row_spread=1.0):
         """`[n, *z_shape]` latents. Latent matrices use the paper's correlated rows
         `Z_i = (z~_i + z~) / sqrt(2)` (unit variance per entry, correlation 0.5 between rows).
 
         generator: a `torch.Generator`, a `numpy.random.RandomState` (NVIDIA's seed
         convention: `RandomState(seed).randn(n, z_dim)` for the baseline), or None.
+        Drawn in float32 (float64 for a float64 copy of G: float32 draws of torch.randn differ in the
+        last bit between CPUs with and without AVX2, float64 ones do not).
         row_spread: `a` in `Z_i = (a z~_i + z~) / sqrt(1 + a^2)` (unit variance, correlation
         `1 / (1 + a^2)` between rows): 1 is the paper's sampling, 0 gives identical rows (a
         fine-tuned StyleGAN2's vector in every row, see training.row_start). The same numbers are
         drawn whatever `a` is.
         """
+        dtype = float_dtype_of(self.mapping.fc0.weight)     # float32 (float64 for a float64 copy of G)
         def randn(*shape):
             if isinstance(generator, np.random.RandomState):
-                return torch.from_numpy(generator.randn(*shape).astype(np.float32)).to(device)
-            return torch.randn(shape, generator=generator, device=device if generator is None else generator.device).to(device)
+                return torch.from_numpy(generator.randn(*shape)).to(device=device, dtype=dtype)
+            where = device if generator is None else generator.device
+            return torch.randn(shape, generator=generator, device=where, dtype=dtype).to(device)
         if self.latent_rows is None:
             return randn(n, self.z_dim)
         shared = randn(n, 1, self.z_dim)

@@ -3,8 +3,9 @@
 A training state (`training-state-K.pt`, see training.snapshot) restores everything the next step depends on:
 weights, Adam moments, counters, the path-length target, the ADA accumulators and every rank's RNG state (the
 sampler position follows from the image counter, and data-loader workers draw nothing random), so a run killed
-after any tick and resumed ends bitwise equal to an uninterrupted one. A network pickle (ours or NVIDIA's) gives
-weights only: fresh optimizers and RNG streams, at `resume_kimg`.
+after any tick and resumed ends bitwise equal to an uninterrupted one. A network file (ours, NVIDIA's PyTorch or
+TensorFlow pickles, rosinality's .pt; told apart by content) gives weights only: fresh optimizers and RNG streams,
+at `resume_kimg`.
 """
 
 import os
@@ -14,8 +15,8 @@ import torch
 from torch_utils import checkpoint
 from training import run_setup, snapshot
 
-_FIX = ("pass a network-snapshot-*.pkl or training-state-*.pt written by train.py (or a stylegan2-ada-pytorch "
-        "snapshot), or --resume=auto")
+_FIX = ("pass a network-snapshot-*.pkl or training-state-*.pt written by train.py (or a NVIDIA pickle or a "
+        "rosinality .pt), or --resume=auto")
 
 
 class ResumeError(ValueError):
@@ -39,7 +40,7 @@ def check_resume_file(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ResumeError(f'--resume: {path} does not exist; {_FIX}')
-    if path.endswith('.pt'):
+    if snapshot.is_training_state_file(path):
         try:
             snapshot.load_training_state(path)
         except snapshot.StateError as err:
@@ -91,8 +92,9 @@ def resume(run, resume_pkl, fallbacks=(), resume_kimg=0):
     path = os.fspath(resume_pkl)
     if (run.cfg.get('finetune') or {}).get('source') == os.path.abspath(path):   # training.finetune's start
         return _resume_weights(run, path, resume_kimg)
-    state_path = path if path.endswith('.pt') else snapshot.state_for_snapshot(path)
-    if state_path is not None and not path.endswith('.pt'):
+    is_state = snapshot.is_training_state_file(path)
+    state_path = path if is_state else snapshot.state_for_snapshot(path)
+    if state_path is not None and not is_state:
         state = snapshot.load_training_state(state_path)
         pkl_nimg = _pickle_nimg(path)
         if pkl_nimg is not None and pkl_nimg != state['progress']['cur_nimg']:

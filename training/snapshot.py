@@ -13,18 +13,18 @@ never leaves a partial file, damages the previous one, or pairs files of differe
 import copy
 import glob
 import os
-import pickle
 import re
+import zipfile
 
 import numpy as np
 import torch
 
-import dnnlib
+from torch_utils import files
 from torch_utils import checkpoint, misc
 from torch_utils.image_io import make_grid, save_png, to_uint8
 from training.phases import optimizers
 
-STATE_FORMAT = 'overparam-stylegan-training-state'
+STATE_FORMAT = checkpoint.TRAINING_STATE_FORMAT
 STATE_VERSION = 1
 _TAG = r'(\d{6,})(?:\.(\d{3}))?'           # kimg, with the remainder in images when not a whole kimg
 _STATE_RE = re.compile(rf'training-state-{_TAG}\.pt$')
@@ -66,6 +66,21 @@ def state_for_snapshot(pkl_path):
         return None
     path = os.path.join(os.path.dirname(os.path.abspath(pkl_path)), state_name(_nimg_of(m)))
     return path if os.path.isfile(path) else None
+
+
+def is_training_state_file(path):
+    """Whether `path` is (meant to be) a training state: by its name (training-state-*.pt, so that a damaged one
+    is reported as such) or by its content (the format marker in its pickle); other files, `.pt` ones included
+    (rosinality's checkpoints), are network files for `checkpoint.load_network_pkl`."""
+    path = os.fspath(path)
+    if _STATE_RE.search(os.path.basename(path)):
+        return True
+    try:
+        with zipfile.ZipFile(path) as archive:
+            member = next((name for name in archive.namelist() if name.endswith('data.pkl')), None)
+            return member is not None and STATE_FORMAT.encode() in archive.read(member)
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return False
 
 
 def list_states(run_dir):
@@ -173,7 +188,7 @@ def save_snapshot_pair(run_dir, cur_nimg, data, state, pkl_name=None, write_pkl=
     def write_both(tmp_pkl):
         write_pkl(tmp_pkl, data)
         save_training_state(state_path, state)
-    dnnlib.util.atomic_write(pkl_path, write_both, fsync=True)
+    files.atomic_write(pkl_path, write_both, fsync=True)
     return pkl_path, state_path
 
 _PER_RANK_BUFFERS = r'.*\.w_avg'    # running mean of each rank's own latents: allowed to differ
@@ -245,7 +260,7 @@ def save_training_state(path, state):
     def write(tmp):
         with open(tmp, 'wb') as f:
             torch.save(state, f)
-    dnnlib.util.atomic_write(path, write, fsync=True)
+    files.atomic_write(path, write, fsync=True)
 
 
 def load_training_state(path):
@@ -254,7 +269,7 @@ def load_training_state(path):
         raise StateError(f'{path} is not a readable training state (empty file)')
     try:
         state = torch.load(os.fspath(path), map_location='cpu', weights_only=True)
-    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as err:
+    except (OSError, *checkpoint.READ_ERRORS) as err:    # random bytes alone raise IndexError, KeyError, ...
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise StateError(f'{path} is not a readable training state ({detail[:160]})') from None
     if not isinstance(state, dict) or state.get('format') != STATE_FORMAT:
@@ -302,22 +317,19 @@ def prune_states(run_dir, keep):
 #----------------------------------------------------------------------------
 # Weights-only resume from a network pickle (ours or stylegan2-ada-pytorch's).
 
-_OTHER_GENERATOR = dict(G='G_ema', G_ema='G')
-
-
 def load_snapshot_weights(path, networks, trust=False):
     """Copy same-named weights from a snapshot pickle into `networks`; returns the pickle's `cur_nimg` or None.
 
     Keys missing from the pickle are skipped (an NVIDIA pickle without augment_pipe); shapes must match. A file
-    with one generator (e.g. only an EMA generator) starts both G and G_ema from it.
+    with a G_ema but no G (a released generator: NVIDIA's Gs alone, rosinality's g_ema) starts G from G_ema.
     """
     with open(path, 'rb') as f:
         data = checkpoint.load_network_pkl(f, trust=trust)
+    if data.get('G') is None and data.get('G_ema') is not None:
+        data['G'] = data['G_ema']
     missing = []
     for key, module in networks.items():
         src = data.get(key)
-        if src is None and key in _OTHER_GENERATOR:
-            src = data.get(_OTHER_GENERATOR[key])
         if module is None:
             continue
         if src is None:

@@ -1,8 +1,17 @@
 // Python binding and argument checks of the fused bias_act CUDA op.
+//
+// Normal build (with bias_act.cu): CUDA tensors only. Built alone with -DOPS_EMULATE: the same kernel runs on
+// CPU tensors through the host emulator of cuda_emulation.h (test-only; slow).
 #include <torch/extension.h>
-#include <c10/cuda/CUDAGuard.h>
 
+#ifdef OPS_EMULATE
+#include "bias_act.cu"
+#define OPS_DEVICE_CHECK(t, what) TORCH_CHECK((t).is_cpu(), "bias_act (emulated): ", what, " must be a CPU tensor")
+#else
+#include <c10/cuda/CUDAGuard.h>
 #include "bias_act.h"
+#define OPS_DEVICE_CHECK(t, what) TORCH_CHECK((t).is_cuda(), "bias_act: ", what, " must be a CUDA tensor")
+#endif
 
 // Same sizes, and the same strides along every dimension longer than 1.
 static bool same_layout(const torch::Tensor& a, const torch::Tensor& b) {
@@ -25,7 +34,7 @@ static void check_ref(const torch::Tensor& t, const torch::Tensor& x, const char
 torch::Tensor bias_act(torch::Tensor x, torch::Tensor b, torch::Tensor xref, torch::Tensor yref,
                        torch::Tensor dy, int64_t grad, int64_t dim, int64_t act,
                        double alpha, double gain, double clamp) {
-    TORCH_CHECK(x.is_cuda(), "bias_act: x must be a CUDA tensor");
+    OPS_DEVICE_CHECK(x, "x");
     TORCH_CHECK(x.is_non_overlapping_and_dense(), "bias_act: x must be dense (contiguous or channels-last)");
     TORCH_CHECK(x.scalar_type() == torch::kFloat || x.scalar_type() == torch::kDouble ||
                 x.scalar_type() == torch::kHalf, "bias_act: x must be float16, float32 or float64");
@@ -43,7 +52,9 @@ torch::Tensor bias_act(torch::Tensor x, torch::Tensor b, torch::Tensor xref, tor
     check_ref(yref, x, "yref");
     check_ref(dy, x, "dy");
 
+#ifndef OPS_EMULATE
     const c10::cuda::CUDAGuard guard(x.device());
+#endif
     torch::Tensor y = torch::empty_like(x);   // keeps the layout of a dense x
     TORCH_CHECK(same_layout(y, x), "bias_act: could not allocate y with the layout of x");
     if (x.numel() == 0)
@@ -69,5 +80,10 @@ torch::Tensor bias_act(torch::Tensor x, torch::Tensor b, torch::Tensor xref, tor
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+#ifdef OPS_EMULATE
+    m.attr("emulated") = true;
+#else
+    m.attr("emulated") = false;
+#endif
     m.def("bias_act", &bias_act, "Fused bias + activation + gain + clamp (CUDA)");
 }

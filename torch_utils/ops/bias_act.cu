@@ -1,8 +1,16 @@
 // CUDA kernel of the fused bias_act op: forward, gradient and second-order gradient.
+//
+// Compiled by nvcc for the plugin, or as C++ on the host by the test-only emulated build
+// (bias_act.cpp with -DOPS_EMULATE includes this file; see cuda_emulation.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+
+#ifdef OPS_EMULATE
+#include "cuda_emulation.h"
+#else
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
+#endif
 
 #include "bias_act.h"
 
@@ -116,9 +124,14 @@ void launch_bias_act(const BiasActParams& p, c10::ScalarType dtype) {
     const int threads = 256;
     int64_t blocks = (p.size_x + threads - 1) / threads;
     blocks = blocks < 65536 ? blocks : 65536;   // grid-stride loop covers the rest
-    cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND_HALF(dtype, "bias_act_cuda", [&] {
-        bias_act_kernel<scalar_t><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(p);
+#ifdef OPS_EMULATE
+        cuda_emu::launch(cuda_emu::Dim3{static_cast<unsigned>(blocks)}, threads, [&] { bias_act_kernel<scalar_t>(p); });
+#else
+        bias_act_kernel<scalar_t><<<static_cast<unsigned>(blocks), threads, 0, c10::cuda::getCurrentCUDAStream()>>>(p);
+#endif
     });
+#ifndef OPS_EMULATE
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
 }

@@ -1,13 +1,13 @@
 // Python bindings and argument checks of the fused modulated convolution.
 //
 // Normal build (with modulated_conv2d.cu): CUDA tensors only.
-// Built alone with -DMC_EMULATE: the same kernels run on CPU tensors through
+// Built alone with -DOPS_EMULATE: the same kernels run on CPU tensors through
 // the emulator of modulated_conv2d.h (test-only; slow).
 #include <torch/extension.h>
 
 #include <vector>
 
-#ifdef MC_EMULATE
+#ifdef OPS_EMULATE
 #include "modulated_conv2d.cu"
 #else
 #include <c10/cuda/CUDAGuard.h>
@@ -21,7 +21,7 @@ using torch::Tensor;
 constexpr int kConvTiles[3][2] = {{64, 64}, {128, 16}, {16, 128}};   // (rows, columns) per config
 
 void check_device(const Tensor& t, const Tensor& ref, const char* name) {
-#ifdef MC_EMULATE
+#ifdef OPS_EMULATE
     TORCH_CHECK(t.device().is_cpu(), "modulated_conv2d (emulated): ", name, " must be a CPU tensor");
 #else
     TORCH_CHECK(t.is_cuda(), "modulated_conv2d: ", name, " must be a CUDA tensor");
@@ -151,7 +151,7 @@ void conv(Tensor y, Tensor x, Tensor w, Tensor s, Tensor d, Tensor noise, std::v
                                   static_cast<int>(w.size(2)));
     if (y.numel() == 0)
         return;
-#ifndef MC_EMULATE
+#ifndef OPS_EMULATE
     const c10::cuda::CUDAGuard guard(x.device());
 #endif
     if (xtype == torch::kDouble)
@@ -196,7 +196,7 @@ void wgrad(Tensor dw, Tensor dsraw, Tensor gy, Tensor x, Tensor w, Tensor s, Ten
         tmax = g.ph[i].taps > tmax ? g.ph[i].taps : tmax;
     if (N == 0 || O == 0 || I == 0)
         return;
-#ifndef MC_EMULATE
+#ifndef OPS_EMULATE
     const c10::cuda::CUDAGuard guard(x.device());
 #endif
     auto fill = [&](auto& p) {
@@ -237,7 +237,7 @@ void wgrad(Tensor dw, Tensor dsraw, Tensor gy, Tensor x, Tensor w, Tensor s, Ten
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.def("conv", &conv, "Fused modulated convolution (forward, mode 0; input gradient, mode 1)");
     m.def("wgrad", &wgrad, "Weight and style gradients of the fused modulated convolution");
-#ifdef MC_EMULATE
+#ifdef OPS_EMULATE
     m.attr("emulated") = true;
 #else
     m.attr("emulated") = false;

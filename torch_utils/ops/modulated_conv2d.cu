@@ -8,14 +8,14 @@
 // fixed set of its elements (noise, cast, scatter; or the weight/style reductions).
 //
 // Compiled by nvcc for the plugin, or as C++ on the host by the test-only emulated
-// build (modulated_conv2d.cpp with -DMC_EMULATE includes this file).
+// build (modulated_conv2d.cpp with -DOPS_EMULATE includes this file).
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include <cstring>
 #include <type_traits>
 
-#ifndef MC_EMULATE
+#ifndef OPS_EMULATE
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>
@@ -25,7 +25,7 @@
 
 #include "modulated_conv2d.h"
 
-#ifndef MC_EMULATE
+#ifndef OPS_EMULATE
 using mc_dim3 = dim3;
 #endif
 
@@ -88,7 +88,7 @@ template <> struct TcK<c10::Half> { static constexpr int value = 16; };
 template <> struct TcK<c10::BFloat16> { static constexpr int value = 16; };
 template <> struct TcK<float> { static constexpr int value = 8; };
 
-#ifdef MC_EMULATE
+#ifdef OPS_EMULATE
 inline float tf32_round(float v) {   // keep 10 mantissa bits (round half up), like the TF32 conversion
     uint32_t bits;
     std::memcpy(&bits, &v, 4);
@@ -115,14 +115,14 @@ struct TensorCore {
     static constexpr int FM = BM / 16 / WM, FN = BN / 16 / WN;   // 16x16 fragments per warp
     static_assert(kThreads == 256 && WM * WN == 8 && FM * WM * 16 == BM && FN * WN * 16 == BN,
                   "tensor-core tile does not match 8 warps");
-#ifdef MC_EMULATE
+#ifdef OPS_EMULATE
     float c[FM][FN][16][16];   // every emulated lane computes its warp's tile; lane 0 stores it
 #else
     nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, KS, float> c[FM][FN];
 #endif
 
     MC_DEV void init() {
-#ifdef MC_EMULATE
+#ifdef OPS_EMULATE
         std::memset(c, 0, sizeof(c));
 #else
 #pragma unroll
@@ -135,7 +135,7 @@ struct TensorCore {
 
     MC_DEV void mma(const smem_t* As, const smem_t* Bs, int tid) {
         const int warp = tid / 32, wm = warp / WN, wn = warp % WN;
-#if defined(MC_EMULATE)
+#if defined(OPS_EMULATE)
         for (int ks = 0; ks < kBK; ks += KS)
             for (int fm = 0; fm < FM; fm++)
                 for (int fn = 0; fn < FN; fn++)
@@ -192,7 +192,7 @@ struct TensorCore {
 
     MC_DEV void store(float* Cs, int ldc, int tid) const {
         const int warp = tid / 32, wm = warp / WN, wn = warp % WN;
-#ifdef MC_EMULATE
+#ifdef OPS_EMULATE
         if (tid % 32 != 0)
             return;
         for (int fm = 0; fm < FM; fm++)
@@ -460,8 +460,8 @@ MC_GLOBAL void MC_BOUNDS wgrad_kernel(MC_GRID_CONST WgradParams<acc_t> p) {
 
 template <typename Kernel, typename Params>
 static void launch(Kernel kernel, mc_dim3 grid, const Params& p) {
-#ifdef MC_EMULATE
-    mc_emu::launch(grid, kThreads, [&]() { kernel(p); });
+#ifdef OPS_EMULATE
+    cuda_emu::launch(grid, kThreads, [&]() { kernel(p); });
 #else
     kernel<<<grid, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -16,10 +16,10 @@
 // (yb + ys*my, xb + xs*mx) and reads input pixel (isy*my + dy[t], isx*mx + dx[t])
 // with weight tap tw[t] (= ky*kw + kx). Out-of-range input pixels read as zero.
 //
-// With MC_EMULATE defined, this header also provides a small CPU emulator of the
-// CUDA execution model (one OS thread per CUDA thread, a barrier for
-// __syncthreads, static arrays for shared memory) so that the very same kernel
-// source can be unit-tested on a machine without a GPU.
+// With OPS_EMULATE defined, the portability layer below maps onto the host
+// emulator of the CUDA execution model (cuda_emulation.h: one OS thread per CUDA
+// thread, a barrier for __syncthreads, static arrays for shared memory), so that
+// the very same kernel source can be unit-tested on a machine without a GPU.
 #ifndef MODULATED_CONV2D_DECLS_H
 #define MODULATED_CONV2D_DECLS_H
 
@@ -90,111 +90,25 @@ void wgrad(const WgradParams<double>& p, c10::ScalarType xtype, int config, bool
 //----------------------------------------------------------------------------
 // Portability layer: CUDA, or the CPU emulator.
 
-#ifdef MC_EMULATE
-
-#include <condition_variable>
-#include <functional>
-#include <mutex>
-#include <thread>
-#include <vector>
-
-namespace mc_emu {
-
-struct Dim3 {
-    unsigned x = 1, y = 1, z = 1;
-};
-
-inline thread_local Dim3 tl_thread;   // threadIdx of the calling emulated thread
-inline thread_local Dim3 tl_block;    // blockIdx
-
-// Reusable barrier (generation counter) standing in for __syncthreads().
-class Barrier {
-public:
-    explicit Barrier(unsigned count) : count_(count) {}
-    void wait() {
-        std::unique_lock<std::mutex> lock(mutex_);
-        const unsigned long gen = gen_;
-        if (++waiting_ == count_) {
-            waiting_ = 0;
-            gen_++;
-            cv_.notify_all();
-        } else {
-            cv_.wait(lock, [&] { return gen_ != gen; });
-        }
-    }
-private:
-    std::mutex mutex_;
-    std::condition_variable cv_;
-    unsigned count_, waiting_ = 0;
-    unsigned long gen_ = 0;
-};
-
-inline Barrier* g_barrier = nullptr;
-inline std::mutex g_atomic_mutex;
-
-inline void syncthreads() { g_barrier->wait(); }
-
-template <typename T>
-inline T atomic_add(T* addr, T value) {
-    std::lock_guard<std::mutex> lock(g_atomic_mutex);
-    const T old = *addr;
-    *addr = old + value;
-    return old;
-}
-
-// Runs `body` for every block of `grid`, one block at a time (shared memory is a
-// static array), with `threads` OS threads playing the threads of the block.
-inline void launch(Dim3 grid, unsigned threads, const std::function<void()>& body) {
-    Barrier barrier(threads);
-    g_barrier = &barrier;
-    std::vector<std::thread> pool;
-    pool.reserve(threads);
-    for (unsigned t = 0; t < threads; t++) {
-        pool.emplace_back([&, t] {
-            tl_thread = Dim3{t, 0, 0};
-            for (unsigned z = 0; z < grid.z; z++)
-                for (unsigned y = 0; y < grid.y; y++)
-                    for (unsigned x = 0; x < grid.x; x++) {
-                        tl_block = Dim3{x, y, z};
-                        body();
-                        barrier.wait();   // nobody starts the next block while one still runs
-                    }
-        });
-    }
-    for (auto& th : pool)
-        th.join();
-    g_barrier = nullptr;
-}
-
-} // namespace mc_emu
-
-#define MC_GLOBAL
-#define MC_BOUNDS
+#ifdef OPS_EMULATE
+#include "cuda_emulation.h"
 #define MC_SHARED static
 #define MC_GRID_CONST const
-#define MC_DEV inline
-#define MC_SYNC() mc_emu::syncthreads()
-#define MC_ATOMIC_ADD(ptr, v) mc_emu::atomic_add((ptr), (v))
-#define MC_TID (static_cast<int>(mc_emu::tl_thread.x))
-#define MC_BID_X (static_cast<int>(mc_emu::tl_block.x))
-#define MC_BID_Y (static_cast<int>(mc_emu::tl_block.y))
-#define MC_BID_Z (static_cast<int>(mc_emu::tl_block.z))
-using mc_dim3 = mc_emu::Dim3;
-
-#else // CUDA
+#define MC_ATOMIC_ADD(ptr, v) cuda_emu::atomic_add((ptr), (v))
+using mc_dim3 = cuda_emu::Dim3;
+#else
+#define MC_SHARED __shared__
+#define MC_GRID_CONST const __grid_constant__
+#define MC_ATOMIC_ADD(ptr, v) atomicAdd((ptr), (v))
+#endif
 
 #define MC_GLOBAL __global__
 #define MC_BOUNDS __launch_bounds__(mc::kThreads)
-#define MC_SHARED __shared__
-#define MC_GRID_CONST const __grid_constant__
 #define MC_DEV __device__ __forceinline__
 #define MC_SYNC() __syncthreads()
-#define MC_ATOMIC_ADD(ptr, v) atomicAdd((ptr), (v))
 #define MC_TID (static_cast<int>(threadIdx.x))
 #define MC_BID_X (static_cast<int>(blockIdx.x))
 #define MC_BID_Y (static_cast<int>(blockIdx.y))
 #define MC_BID_Z (static_cast<int>(blockIdx.z))
-
-#endif // MC_EMULATE
 
 #endif // MODULATED_CONV2D_DECLS_H

@@ -1,13 +1,22 @@
 // Python binding and argument checks of the upfirdn2d CUDA op.
+//
+// Normal build (with upfirdn2d.cu): CUDA tensors only. Built alone with -DOPS_EMULATE: the same kernel runs on
+// CPU tensors through the host emulator of cuda_emulation.h (test-only; slow).
 #include <torch/extension.h>
-#include <c10/cuda/CUDAGuard.h>
 
+#ifdef OPS_EMULATE
+#include "upfirdn2d.cu"
+#define OPS_DEVICE_CHECK(t, what) TORCH_CHECK((t).is_cpu(), "upfirdn2d (emulated): ", what, " must be a CPU tensor")
+#else
+#include <c10/cuda/CUDAGuard.h>
 #include "upfirdn2d.h"
+#define OPS_DEVICE_CHECK(t, what) TORCH_CHECK((t).is_cuda(), "upfirdn2d: ", what, " must be a CUDA tensor")
+#endif
 
 torch::Tensor upfirdn2d(torch::Tensor x, torch::Tensor f, int64_t up_x, int64_t up_y,
                         int64_t down_x, int64_t down_y, int64_t pad_x0, int64_t pad_x1,
                         int64_t pad_y0, int64_t pad_y1, bool flip_filter, double gain) {
-    TORCH_CHECK(x.is_cuda(), "upfirdn2d: x must be a CUDA tensor");
+    OPS_DEVICE_CHECK(x, "x");
     TORCH_CHECK(x.dim() == 4, "upfirdn2d: x must be [N, C, H, W]");
     TORCH_CHECK(x.scalar_type() == torch::kFloat || x.scalar_type() == torch::kDouble ||
                 x.scalar_type() == torch::kHalf, "upfirdn2d: x must be float16, float32 or float64");
@@ -24,7 +33,9 @@ torch::Tensor upfirdn2d(torch::Tensor x, torch::Tensor f, int64_t up_x, int64_t 
     const int64_t out_h = span_h / down_y + 1;
     const int64_t out_w = span_w / down_x + 1;
 
+#ifndef OPS_EMULATE
     const c10::cuda::CUDAGuard guard(x.device());
+#endif
     torch::Tensor fc = f.contiguous();
     torch::Tensor y = torch::empty({n, c, out_h, out_w}, x.options().memory_format(x.suggest_memory_format()));
     if (y.numel() == 0)
@@ -55,5 +66,10 @@ torch::Tensor upfirdn2d(torch::Tensor x, torch::Tensor f, int64_t up_x, int64_t 
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+#ifdef OPS_EMULATE
+    m.attr("emulated") = true;
+#else
+    m.attr("emulated") = false;
+#endif
     m.def("upfirdn2d", &upfirdn2d, "Upsample, FIR filter and downsample (CUDA)");
 }

@@ -1,9 +1,17 @@
 // CUDA kernel of upfirdn2d: one thread per output pixel, visiting only the filter taps
 // that land on non-inserted (nonzero) input samples.
+//
+// Compiled by nvcc for the plugin, or as C++ on the host by the test-only emulated build
+// (upfirdn2d.cpp with -DOPS_EMULATE includes this file; see cuda_emulation.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+
+#ifdef OPS_EMULATE
+#include "cuda_emulation.h"
+#else
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
+#endif
 
 #include "upfirdn2d.h"
 
@@ -75,9 +83,14 @@ void launch_upfirdn2d(const Upfirdn2dParams& p, c10::ScalarType dtype) {
     const int64_t total = p.n * p.c * p.out_h * p.out_w;
     int64_t blocks = (total + threads - 1) / threads;
     blocks = blocks < 65536 ? blocks : 65536;
-    cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND_HALF(dtype, "upfirdn2d_cuda", [&] {
-        upfirdn2d_kernel<scalar_t><<<static_cast<unsigned>(blocks), threads, 0, stream>>>(p);
+#ifdef OPS_EMULATE
+        cuda_emu::launch(cuda_emu::Dim3{static_cast<unsigned>(blocks)}, threads, [&] { upfirdn2d_kernel<scalar_t>(p); });
+#else
+        upfirdn2d_kernel<scalar_t><<<static_cast<unsigned>(blocks), threads, 0, c10::cuda::getCurrentCUDAStream()>>>(p);
+#endif
     });
+#ifndef OPS_EMULATE
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
 }

@@ -28,14 +28,16 @@ import torch
 
 from tqdm import tqdm
 
-from dnnlib.util import atomic_write, check_outdir, make_outdir, parse_range
-from torch_utils.annotate import labelled_grid, titled, upscale_nearest
-from torch_utils.image_io import save_json, save_png
+from figures import curves, sheets
+from torch_utils.files import atomic_write, check_outdir, make_outdir
+from dnnlib.cli import parse_range
+from torch_utils import checkpoint
+from torch_utils.image_io import save_png
+from torch_utils.files import save_json
 
-from . import latents as saved_latents
-from .outputs import save_npz
-from .runner import load_generator
-from .spaces import LatentSpace
+from inversion import optimize, run_files
+from inversion.run_files import save_npz
+from training.latent_spaces import LatentSpace
 
 #----------------------------------------------------------------------------
 
@@ -217,33 +219,6 @@ def edit(ws, components, index, strength, layers=None, std=None):
 
 #----------------------------------------------------------------------------
 
-def plot_explained_variance(path, ratio, size=(640, 400)):
-    """Bar chart of explained variance ratios `[k]` with the cumulative curve, drawn with PIL."""
-    import PIL.Image
-    import PIL.ImageDraw
-    ratio = np.asarray(ratio, dtype=np.float64)
-    w, h = size
-    left, right, top, bottom = 50, 20, 30, 40
-    img = PIL.Image.new('RGB', size, 'white')
-    d = PIL.ImageDraw.Draw(img)
-    d.text((left, 8), 'Explained variance ratio (bars) and cumulative (line)', fill='black')
-    d.rectangle([left, top, w - right, h - bottom], outline='black')
-    k = max(len(ratio), 1)
-    pw, ph = w - left - right, h - top - bottom
-    bw = pw / k
-    for i, r in enumerate(ratio):
-        x0 = left + i * bw + 1
-        d.rectangle([x0, top + ph * (1 - r), x0 + max(bw - 2, 1), top + ph], fill=(70, 110, 200))
-    cum = np.cumsum(ratio)
-    pts = [(left + (i + 0.5) * bw, top + ph * (1 - c)) for i, c in enumerate(cum)]
-    if len(pts) > 1:
-        d.line(pts, fill=(220, 60, 40), width=2)
-    for frac in (0, 0.5, 1):
-        y = top + ph * (1 - frac)
-        d.text((5, y - 6), f'{frac:.1f}', fill='black')
-    d.text((left, h - bottom + 8), f'component 0..{k - 1}', fill='black')
-    atomic_write(path, lambda tmp: img.save(tmp, format='PNG'))
-
 #----------------------------------------------------------------------------
 
 def run_fit(network, outdir, *, num_samples=100000, num_components=20, seed=0, batch=None, device=None,
@@ -261,7 +236,7 @@ def run_fit(network, outdir, *, num_samples=100000, num_components=20, seed=0, b
         raise ValueError(f'--batch {batch}: must be a positive integer')
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     check_outdir(outdir)
-    G, sha256 = load_generator(network, trust_pickle=trust_pickle, device=device)
+    G, _local, sha256 = checkpoint.load_frozen_network(network, trust=trust_pickle, device=device, option='--network')
     G = G.to(device)
     rows = G.latent_rows or 1
     if batch is None:
@@ -280,7 +255,7 @@ def run_fit(network, outdir, *, num_samples=100000, num_components=20, seed=0, b
                 explained_variance_ratio=pca['explained_variance_ratio'].tolist(),
                 cumulative_ratio=np.cumsum(pca['explained_variance_ratio'].numpy()).tolist())
     save_json(outdir / 'explained_variance.json', info)
-    plot_explained_variance(outdir / 'explained_variance.png', pca['explained_variance_ratio'].numpy())
+    curves.explained_variance(outdir / 'explained_variance.png', pca['explained_variance_ratio'].numpy())
     return info
 
 
@@ -321,7 +296,7 @@ def run_edit(network, outdir, components, *, component, strengths, layers='all',
     device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     check_outdir(outdir)
     pca = load_pca(components)
-    G, sha256 = load_generator(network, trust_pickle=trust_pickle, device=device)
+    G, _local, sha256 = checkpoint.load_frozen_network(network, trust=trust_pickle, device=device, option='--network')
     G = G.to(device)
     fitted_on = str(pca.get('network_sha256', ''))
     if fitted_on and fitted_on != sha256 and not allow_other_network:
@@ -342,7 +317,7 @@ def run_edit(network, outdir, components, *, component, strengths, layers='all',
             space = LatentSpace.for_generator(G, 'W' if G.latent_rows else 'w')
             params = ws[:, 0].clone()                                     # Every layer gets the same latent.
         else:
-            names, space, params, _sha = saved_latents.read_latents(latents, G)
+            names, space, params, _sha = run_files.read_latents(latents, G)
             params = params.to(device)
     out_names, out_latents, out_space, blocks, stds = [], [], None, [], []
     outdir_path = Path(make_outdir(outdir))
@@ -352,22 +327,20 @@ def run_edit(network, outdir, components, *, component, strengths, layers='all',
         cells = []                                                        # [S][N, H, W, C]
         for s in strengths:
             edited, out_space = edit_params(params, space, pca['components'], comp, s, layer_list, std=std)
-            images = saved_latents.render(G, out_space, edited, device=device)
+            images = optimize.render(G, out_space, edited, device=device)
             cells.append(images)
             for i, name in enumerate(names):
                 label = f'{name}-c{comp}-s{_strength_label(s)}'
-                save_png(outdir_path / 'images' / f'{label}.png',
-                         titled(upscale_nearest(images[i]), [f'component {comp}', f'strength {_strength_label(s)}']))
+                caption = [f'component {comp}', f'strength {_strength_label(s)}']
+                save_png(outdir_path / 'images' / f'{label}.png', sheets.titled(sheets.upscale(images[i]), caption))
                 out_names.append(label)
                 out_latents.append(edited[i].cpu().numpy())
-        grid = np.stack([np.stack([upscale_nearest(cells[q][i]) for q in range(len(strengths))])
+        grid = np.stack([np.stack([sheets.upscale(cells[q][i]) for q in range(len(strengths))])
                          for i in range(len(names))])                     # [N, S, h, w, C]
-        blocks.append(labelled_grid(grid, col_labels=[f'strength {_strength_label(s)}' for s in strengths],
+        blocks.append(sheets.labelled_grid(grid, col_labels=[f'strength {_strength_label(s)}' for s in strengths],
                                     row_labels=names, title=f'component {comp} (std {std:.3g}), layers '
                                                             f'{_layers_label(layer_list, G.num_ws)}'))
-    width = max(b.shape[1] for b in blocks)
-    sheet = np.concatenate([np.pad(b, [(0, 6), (0, width - b.shape[1]), (0, 0)], constant_values=255) for b in blocks])
-    save_png(outdir_path / 'edits.png', sheet)
+    save_png(outdir_path / 'edits.png', sheets.stack_rows(blocks, gap=6))
     save_npz(outdir_path / 'edits.npz', names=np.array(out_names, dtype=str), latents=np.stack(out_latents),
              space=np.array(out_space.name), checkpoint_sha256=np.array(sha256), num_ws=out_space.num_ws,
              w_dim=out_space.w_dim, latent_rows=-1 if out_space.latent_rows is None else out_space.latent_rows)

@@ -1,35 +1,16 @@
-"""One resumable runner for per-image optimisation jobs (inversion, upsampling): `run_job(job, ...)`.
+"""The resumable runner of per-image optimisation jobs (inversion, upsampling): `run_job(job, ...)`.
 
-The runner owns everything but the optimisation: listing the targets, the output folder (checked
-before anything is written, locked against a second process, cleared of temporaries a killed run
-left), `run.json` (the settings that change results; other settings into the same folder are
-refused), `skipped.json` (every file of the target that is not processed, with its reason),
-`log.txt`, the progress bars, `results.jsonl` (one line per finished image: the completion marker),
-`state/<group>.pt` (resumable state of an unfinished batch), `lpips_curves.npz`/`lpips_curve.png`,
-`latents.npz` and `summary.json`.
+The runner owns everything but the optimisation: listing the targets, the output folder (checked before anything
+is written, locked against a second process, cleared of temporaries a killed run left), `run.json` (the settings
+that change results; other settings into the same folder are refused), `skipped.json` (every file of the target
+that is not processed, with its reason), `log.txt`, the progress bars, `results.jsonl` (one line per finished
+image: the completion marker), `state/<group>.pt` (resumable state of an unfinished batch), the LPIPS curves,
+`latents.npz` and `summary.json` (formats in `run_files`). A job supplies the optimisation (`Job`).
 
-A job supplies its optimisation through this interface:
-
-    kind                 'invert' | 'upsample' (for messages)
-    settings             dict of result-affecting settings (JSON-serialisable)
-    space                `spaces.LatentSpace` (shape of `<name>.npy`)
-    decode_resolution, channels, crop
-                         how target files are decoded (uint8 `[N, H, W, C]` batches)
-    decode(source)       optional, instead of the three above: `TargetSource` -> (uint8 `[H, W, C']`, note or
-                         None), raising `targets.TargetError` (the file goes to skipped.json with the reason);
-                         the inversion job appends the mask as a last channel
-    curve_key            metric that ends each image's curve and is logged per batch ('lpips')
-    curve_title          title of lpips_curve.png
-    make_inverter(images)                        -> `optimize.Inverter` for a uint8 batch
-    on_step(outdir, names, images, info)         after every step (e.g. video frames); may do nothing
-    finish(outdir, names, images, inverter)      write the per-image files, including `<name>.npy`;
-                                                 return one metrics dict per image
-    summarize(results, skipped)                  -> summary.json dict
-
-Resuming: images with a line in `results.jsonl` whose `<name>.npy` still loads are skipped; a batch
-with a readable `state/<group>.pt` continues from its step with its Adam state; damaged state or
-latent files are reported and their images redone. Since the loop has no randomness and each
-image's trajectory does not depend on its batch, the result equals the uninterrupted run.
+Resuming: images with a line in `results.jsonl` whose `<name>.npy` still loads are skipped; a batch with a
+readable `state/<group>.pt` continues from its step with its Adam state; damaged state or latent files are
+reported and their images redone. Since the loop has no randomness and each image's trajectory does not depend
+on its batch, the result equals the uninterrupted run.
 """
 
 import contextlib
@@ -37,24 +18,56 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from dnnlib.util import check_outdir, make_outdir, one_line, outdir_lock, remove_stale_temporaries
-from torch_utils import distributed
-from torch_utils.image_io import IMAGE_EXTENSIONS, save_json
+from dnnlib.util import one_line
+from torch_utils.files import check_outdir, make_outdir, outdir_lock, remove_stale_temporaries
+from torch_utils import checkpoint, distributed
+from torch_utils.image_io import IMAGE_EXTENSIONS
+from torch_utils.files import save_json
 
-from . import outputs, sharding
-from .optimize import truncation_steps
-from .targets import TargetError, decode_target, list_targets
+from figures.curves import lpips_curves
+from training.latent_spaces import LatentSpace
+from . import run_files, sharding
+from .losses import check_lpips_input
+from .optimize import Inverter, truncation_steps
+from .targets import TargetError, TargetSource, list_targets
 
 STATE_VERSION = 1
 
 
 class InversionError(ValueError):
     """A problem with the user's inputs or settings, reported as one line (a ValueError, so `cli_errors` reports it)."""
+
+
+class Job(Protocol):
+    """What `run_job` needs of a job: its settings and the optimisation of a batch of decoded targets."""
+
+    kind: str                   # 'invert' | 'upsample' (for messages)
+    settings: dict              # The settings that change results (JSON); run.json keeps them, resuming compares.
+    space: LatentSpace          # The space of the latents written as `<name>.npy`.
+    curve_key: str              # The metric that ends each image's curve and is logged per batch ('lpips').
+    curve_title: str            # Title of lpips_curve.png.
+
+    def decode(self, source: TargetSource) -> tuple:
+        """(uint8 `[H, W, C']`, note or None) of one target file; raises `targets.TargetError` for a file that
+        cannot be used (it goes to skipped.json with the reason)."""
+
+    def make_inverter(self, images: np.ndarray) -> Inverter:
+        """The optimisation of a uint8 batch `[N, H, W, C']` of decoded targets."""
+
+    def on_step(self, outdir: Path, names: list, images: np.ndarray, info: dict) -> None:
+        """Called after every step (e.g. video frames); may do nothing."""
+
+    def finish(self, outdir: Path, names: list, images: np.ndarray, inverter: Inverter) -> list:
+        """Write the per-image files, including `<name>.npy`; one metrics dict per image."""
+
+    def summarize(self, results: dict, skipped: dict) -> dict:
+        """summary.json of the run."""
 
 #----------------------------------------------------------------------------
 
@@ -68,6 +81,17 @@ def list_job_targets(target):
         raise InversionError(f'No images ({" ".join(IMAGE_EXTENSIONS)}, or any other format Pillow reads) found in '
                              f'{target}')
     return sources, ignored
+
+
+def load_generator(network, trust_pickle=False, device=None):
+    """(G_ema of the checkpoint `network`, frozen, in eval mode; SHA-256 of its file) for a per-image job:
+    InversionError (one line) for a file that cannot be loaded or a generator whose images LPIPS cannot take."""
+    G, _local, sha256 = checkpoint.load_frozen_network(network, trust=trust_pickle, device=device, option='--network')
+    try:
+        check_lpips_input(G)
+    except ValueError as err:
+        raise InversionError(str(err)) from err
+    return G, sha256
 
 
 def check_job_outdir(outdir):
@@ -97,7 +121,7 @@ class _Runner:
     def __init__(self, job, outdir, *, opt, log, device):
         self.job, self.outdir, self.opt, self.log, self.device = job, Path(outdir), opt, log, device
         self.results_path = self.outdir / 'results.jsonl'
-        self.results = outputs.read_results(self.results_path)
+        self.results = run_files.read_results(self.results_path)
         self.curves = {}
         self.skipped = {}                                                   # {source: record}
         self.skipped_path = self.outdir / 'skipped.json'
@@ -130,10 +154,7 @@ class _Runner:
         """uint8 [H, W, C], or None after recording the file in skipped.json."""
         job = self.job
         try:
-            if hasattr(job, 'decode'):                                      # e.g. images with their masks
-                image, note = job.decode(src)
-            else:
-                image, note = decode_target(src, job.decode_resolution, crop=job.crop, channels=job.channels)
+            image, note = job.decode(src)
         except TargetError as err:
             self.skipped[src.source] = dict(name=src.name, source=src.source, reason=str(err))
             self.save_skipped()
@@ -162,9 +183,9 @@ class _Runner:
             del self.results[name]
             self.log(f'{name}.npy is missing or damaged: redoing {name}')
         if bad:
-            outputs.rewrite_results(self.results_path, self.results)
+            run_files.rewrite_results(self.results_path, self.results)
         try:
-            self.curves = outputs.read_curves(self.outdir / 'lpips_curves.npz')
+            self.curves = run_files.read_curves(self.outdir / 'lpips_curves.npz')
         except (OSError, ValueError, KeyError, EOFError):
             self.log('lpips_curves.npz is damaged; the curves of earlier images are lost')
             self.curves = {}
@@ -174,7 +195,7 @@ class _Runner:
         groups = []
         for path in sorted((self.outdir / 'state').glob('*.pt')):
             try:
-                state = outputs.load_state(path)
+                state = run_files.load_state(path)
                 names = list(state['names'])
             except Exception as err:  # noqa: BLE001 - any damage means: start this batch again.
                 self.log(f'Resume state {path.name} is damaged ({type(err).__name__}); redoing its images')
@@ -196,7 +217,7 @@ class _Runner:
     def save_state(self, names, inverter, seconds):
         state = dict(version=STATE_VERSION, names=list(names), settings=self.job.settings, seconds=float(seconds),
                      **inverter.state_dict())
-        outputs.save_state(self.state_path(names), state)
+        run_files.save_state(self.state_path(names), state)
 
     def run_group(self, names, sources, images, state=None, images_bar=None):
         """Optimise one batch. images: uint8 `[N, H, W, C]`; state: a saved resume state or None."""
@@ -238,11 +259,11 @@ class _Runner:
         for i in todo:
             final = metrics[i].get(self.job.curve_key, np.nan)
             self.curves[names[i]] = np.append(history[:, i], final).astype(np.float32)
-        outputs.write_curves(self.curves_path, self.curves)
+        run_files.write_curves(self.curves_path, self.curves)
         for i in todo:
             record = dict(name=names[i], source=sources[i], **metrics[i], steps=inverter.steps, seconds=seconds / n,
                           batch_seconds=seconds, batch_size=n)
-            outputs.append_result(self.results_path, record)
+            run_files.append_result(self.results_path, record)
             self.results[names[i]] = record
         state_path = self.state_path(names)
         if state_path.exists():
@@ -258,17 +279,16 @@ class _Runner:
         job, s = self.job, self.job.settings
         if latents:
             space = job.space
-            outputs.write_latents_npz(self.outdir, list(self.results), space.name, s['network_sha256'],
+            run_files.write_latents_npz(self.outdir, list(self.results), space.name, s['network_sha256'],
                                       num_ws=space.num_ws, w_dim=space.w_dim,
                                       latent_rows=-1 if space.latent_rows is None else space.latent_rows)
         truncation_end = None
         if s.get('truncation', 1) != 1 and s.get('truncation_until', 1) < 1:
             truncation_end = truncation_steps(s['steps'], s['truncation_until'])
-        outputs.plot_curves(self.outdir / 'lpips_curve.png',
-                            {n: c for n, c in self.curves.items() if n in self.results},
-                            truncation_end=truncation_end, title=job.curve_title)
+        lpips_curves(self.outdir / 'lpips_curve.png', {n: c for n, c in self.curves.items() if n in self.results},
+                     truncation_end=truncation_end, title=job.curve_title)
         summary = job.summarize(self.results, self.skipped)
-        outputs.write_summary(self.outdir, summary)
+        run_files.write_summary(self.outdir, summary)
         return summary
 
 #----------------------------------------------------------------------------
@@ -302,7 +322,7 @@ def run_job(job, sources, ignored, outdir, *, batch, device, save_every=100, pro
             raise error
         if message is not None:
             raise InversionError(message)
-        base_log = outputs.RunLog(outdir / 'log.txt', echo=progress and rank == 0)
+        base_log = run_files.RunLog(outdir / 'log.txt', echo=progress and rank == 0)
         log = base_log if world == 1 else (lambda msg, echo=True: base_log(f'[rank {rank}/{world}] {msg}', echo))
         if header and rank == 0:
             log(header)
@@ -318,10 +338,10 @@ def run_job(job, sources, ignored, outdir, *, batch, device, save_every=100, pro
         distributed.barrier()                                              # results.jsonl etc. are final.
         if rank != 0:
             runner = _Runner(job, outdir, opt=opt, log=log, device=device)
-            runner.skipped = sharding._read_skipped(runner.skipped_path) or {}
+            runner.skipped = sharding.read_skipped(runner.skipped_path) or {}
             runner.curves = {}
             with contextlib.suppress(OSError, ValueError, KeyError, EOFError):
-                runner.curves = outputs.read_curves(runner.curves_path)
+                runner.curves = run_files.read_curves(runner.curves_path)
         by_name = {s.name: s for s in sources}
         groups = runner.saved_groups(by_name)
         distributed.barrier()                                              # Every rank has listed state/.
@@ -364,8 +384,8 @@ def run_job(job, sources, ignored, outdir, *, batch, device, save_every=100, pro
             if rank == 0:
                 sharding.merge_shards(outdir, log)
                 runner = _Runner(job, outdir, opt=opt, log=log, device=device)
-                runner.skipped = sharding._read_skipped(runner.skipped_path) or {}
-                runner.curves = outputs.read_curves(runner.curves_path)
+                runner.skipped = sharding.read_skipped(runner.skipped_path) or {}
+                runner.curves = run_files.read_curves(runner.curves_path)
         if rank == 0:
             summary = runner.write_run_files(latents=True)
             log(f'Done: {summary["images"]} images, {len(runner.skipped)} skipped -> {outdir}', echo=False)

@@ -1,68 +1,38 @@
-"""The interpolation job behind interpolate.py: latents from an inversion run (or from seeds),
-straight paths between pairs of them in the space they live in, images of the paths, and the
-table-3 metrics of "Overparameterization Improves StyleGAN Inversion" (sec. 4.3).
+"""The interpolation job behind interpolate.py: latents from an inversion run (or from seeds), straight paths
+between pairs of them in the space they live in, images of the paths, and the table-3 metrics of
+"Overparameterization Improves StyleGAN Inversion" (sec. 4.3; the mathematics is `metrics.interpolation`).
+The files it writes: docs/files.md."""
 
-The mathematics (lerp of synthesis inputs, path length over 5 segments, FID of midpoints) is
-in `metrics.interpolation`; this module reads and writes files:
-
-    interpolation.json       settings, pairs, per-pair path lengths, summary (with the LPIPS network)
-    pair-<i>-<j>.png         the frames of one path side by side, upscaled, titled (grid)
-    pair-<i>-<j>.gif         the same frames, forward then back (gif)
-    midpoint-<i>-<j>.png     only the t = 1/2 image (midpoints_only)
-    overview.png             one row per pair, at most OVERVIEW_MAX_ROWS rows (grid)
-"""
-
+import dataclasses
 import os
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import PIL.Image
 import torch
 from tqdm import tqdm
 
-from dnnlib.util import check_outdir, make_outdir
+from torch_utils.files import check_outdir, make_outdir
+from figures import sheets
 from metrics import detectors
+from metrics import lpips as lpips_lib
 from metrics import interpolation as interp
 from metrics.feature_stats import MetricOptions, compute_feature_stats_for_dataset
-from torch_utils.image_io import save_json, save_png, to_uint8
-from torch_utils import distributed
-from torch_utils.annotate import labelled_grid, upscale_nearest
+from torch_utils.image_io import save_png, to_uint8
+from torch_utils.files import save_json
+from torch_utils import checkpoint, distributed
 from training.sampling import class_label, latent_from_seed
 
-from .runner import InversionError, load_generator
-from .spaces import LatentSpace
+from inversion import run_files
+from inversion.job_runner import InversionError
 
 OVERVIEW_MAX_ROWS = 64
 MIN_FRAME_PX = 128                   # Frames of the PNG strips are upscaled (nearest) to at least this.
 
 #----------------------------------------------------------------------------
-# Where the latents come from.
+# Where the latents come from: an inversion run (`run_files.read_run_ws`), or seeds.
 
-def load_inversion_ws(G, run_dir, device='cpu'):
-    """(names, ws `[N, num_ws, *G.w_shape]`, space name, checkpoint sha256 or None) of the
-    latents in `<run_dir>/latents.npz`, as synthesis inputs on `device`.
-
-    ws is an expanded view of the stored latents (W+ of 100 images at R = 512 would take
-    gigabytes as a copy per layer); indexing a subset materialises only that subset.
-    """
-    path = Path(run_dir) / 'latents.npz'
-    if not path.is_file():
-        raise InversionError(f'{path} not found: --inversion-run must be a finished invert.py output folder')
-    with np.load(path) as data:
-        names = [str(n) for n in data['names']]
-        stored = torch.from_numpy(np.asarray(data['latents'], dtype=np.float32)).to(device)
-        space_name = str(data['space'])
-        sha = str(data['checkpoint_sha256']) if 'checkpoint_sha256' in data.files else None
-    if not names:
-        raise InversionError(f'{path} holds no latents')
-    try:
-        ws = LatentSpace.for_generator(G, space_name).to_ws(stored)
-    except (ValueError, AssertionError) as err:
-        raise InversionError(f'{path} does not fit this --network: {err}') from err
-    return names, ws, space_name, sha
-
-
-@torch.no_grad()
 def seed_ws(G, seeds, truncation_psi=1.0, truncation_cutoff=None, class_idx=None, device='cpu'):
     """(names 'seedNNNN', ws `[N, num_ws, *w_shape]`) of the latents generate.py draws for these
     seeds (`training.sampling.latent_from_seed`, NVIDIA's convention), mapped with the same
@@ -87,9 +57,9 @@ def save_gif(path, frames, duration_ms=80):
 def pair_strip(frames, title):
     """uint8 frames `[T, H, W, C]` of one path -> one titled strip: every frame upscaled (nearest) to
     >= `MIN_FRAME_PX`, its t = k / (T - 1) above it."""
-    big = np.stack([upscale_nearest(f, MIN_FRAME_PX) for f in frames])
+    big = np.stack([sheets.upscale(f, MIN_FRAME_PX) for f in frames])
     ts = [f't = {k / (len(frames) - 1):.3g}' for k in range(len(frames))] if len(frames) > 1 else None
-    return labelled_grid(big[None], col_labels=ts, title=title)
+    return sheets.labelled_grid(big[None], col_labels=ts, title=title)
 
 
 def write_pair_images(G, ws, pairs, outdir, steps=8, midpoints_only=False, grid=True, gif=False, batch_size=8,
@@ -122,13 +92,6 @@ def overview_rows(outdir, pairs, midpoints_only=False):
     return rows
 
 
-def stack_rows(rows):
-    """Rows of different widths -> one image, each row padded with white on the right."""
-    width = max(r.shape[1] for r in rows)
-    rows = [np.repeat(r, 3, axis=2) if r.shape[2] == 1 else r for r in rows]
-    return np.concatenate([np.pad(r, [(0, 0), (0, width - r.shape[1]), (0, 0)], constant_values=255) for r in rows],
-                          axis=0)
-
 #----------------------------------------------------------------------------
 # Metrics.
 
@@ -141,27 +104,16 @@ def real_feature_stats(data, resolution, detector_spec, device, max_real=None, b
                                              capture_mean_cov=True).get_mean_cov()
 
 
-def lpips_detector_spec(lpips=None, detector_path=None):
-    """The detector spec of an interpolate.py --lpips value (see `compute_metrics`)."""
-    if lpips is None:
-        return detectors.resolve_detector(detectors.VGG16_URL, detector_path)
-    kind, sep, path = str(lpips).partition(':')
-    if kind == 'vgg16-nvlabs':
-        return path if sep and path else detectors.VGG16_URL
-    return lpips
-
-
 def compute_metrics(G, ws, pairs, *, lpips=None, detector_path=None, data=None, max_real=None, device='cpu',
                     batch_size=8, progress=False, cache=True):
     """Table-3 metrics (`metrics.interpolation.interpolation_metrics`) plus what they were measured with.
 
-    lpips: None (NVIDIA's vgg16.pt, `vgg16-nvlabs`, resolved through detector_path),
-    'vgg16-nvlabs', 'vgg16-nvlabs:PATH' (as invert.py's --lpips), or any detector spec (a
-    TorchScript path or URL, 'random:<dim>:<seed>'). FID of the midpoints only when `data`
-    (real images) is given.
+    lpips: an LPIPS spec (`metrics.lpips`, as invert.py's --lpips), or None: NVIDIA's vgg16.pt resolved through
+    `detector_path` as the metrics resolve it. FID of the midpoints only when `data` (real images) is given.
     """
-    lpips_spec = lpips_detector_spec(lpips, detector_path)
-    distance_fn = detectors.lpips_distance_fn(lpips_spec, device=device)
+    if lpips is None:
+        lpips = lpips_lib.spec_from_detector(detectors.resolve_detector(detectors.VGG16_URL, detector_path))
+    distance_fn = lpips_lib.lpips_distance_fn(lpips, device=device)
     feature_fn = real = inception_spec = None
     if data is not None:
         inception_spec = detectors.resolve_detector(detectors.INCEPTION_URL, detector_path)
@@ -173,20 +125,51 @@ def compute_metrics(G, ws, pairs, *, lpips=None, detector_path=None, data=None, 
     with tqdm(total=len(pairs), desc='pairs', disable=not progress, leave=False) as bar:
         result = interp.interpolation_metrics(G, ws, pairs, distance_fn, feature_fn=feature_fn, real_features=real,
                                               batch_size=batch_size, progress=bar.update)
-    result.update(lpips=str(lpips_spec), lpips_network=detectors.lpips_network_name(lpips_spec),
+    result.update(lpips=str(lpips), lpips_network=distance_fn.lpips_network,
                   inception=None if inception_spec is None else str(inception_spec))
     return result
 
 #----------------------------------------------------------------------------
 
-def run_interpolation(network, outdir, *, inversion_run=None, seeds=None, pairs='all', steps=8, midpoints_only=False,
-                      grid=True, gif=False, metrics=False, lpips=None, detector_path=None, data=None, max_real=None,
-                      truncation_psi=1.0, class_idx=None, batch_size=8, device='cpu', trust_pickle=False,
-                      progress=False, cache=True, log=None):
-    """Everything interpolate.py does; writes the files of the module docstring into `outdir` and
-    returns the dict written to interpolation.json. Latents: `inversion_run` (a folder) or
-    `seeds` (a list of ints), exactly one. Bad inputs raise InversionError (one line) before
-    anything is written."""
+@dataclasses.dataclass(frozen=True)
+class InterpolationConfig:
+    """The options of interpolate.py (its --help says more)."""
+    network:        Optional[str] = None        # Generator checkpoint, path or URL.
+    inversion_run:  Optional[str] = None        # invert.py output folder (its latents.npz) ...
+    seeds:          Optional[tuple] = None      # ... or seeds to sample latents from, as generate.py does.
+    pairs:          str = 'all'                 # 'all' or index pairs like '0-1,2-5'.
+    steps:          int = 8                     # Frames per path (images and GIFs).
+    midpoints_only: bool = False                # Only the t = 1/2 image of each pair.
+    grid:           bool = True                 # A PNG per pair (frames side by side) and overview.png.
+    gif:            bool = False                # Also an animated GIF per pair.
+    metrics:        bool = False                # Table-3 metrics: path length, FID of midpoints (with data).
+    lpips:          Optional[str] = None        # LPIPS spec of the path lengths; None = NVIDIA's vgg16.pt through
+                                                # detector_path, as the metrics resolve it.
+    detector_path:  Optional[str] = None        # Where NVIDIA's Inception / VGG16 files are (metrics.detectors).
+    data:           Optional[str] = None        # Real images (zip or folder) for the FID of midpoints.
+    max_real:       Optional[int] = None        # At most this many real images for FID.
+    truncation_psi: float = 1.0                 # Truncation of seed latents.
+    class_idx:      Optional[int] = None        # Class label of seed latents (conditional networks).
+    batch_size:     int = 8                     # Images per generator call.
+    device:         Optional[str] = None        # None = cuda when available.
+    trust_pickle:   bool = False                # Unrestricted unpickling of the checkpoint (trusted files).
+    progress:       bool = False                # tqdm bars.
+    cache:          bool = True                 # Reuse cached real-image features.
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self):
+        return dataclasses.asdict(self)
+
+
+def run_interpolation(cfg, outdir, log=None):
+    """Everything interpolate.py does; writes its files (docs/files.md) into `outdir` and returns the dict
+    written to interpolation.json. Latents: `cfg.inversion_run` (a folder) or `cfg.seeds` (a list of ints),
+    exactly one. Bad inputs raise InversionError (one line) before anything is written; `log(message)` gets
+    warnings."""
+    c = cfg
+    network, inversion_run, seeds, steps = c.network, c.inversion_run, c.seeds, c.steps
     check_outdir(outdir)                            # Before loading anything: a bad --outdir costs nothing.
     if (inversion_run is None) == (seeds is None):
         raise InversionError('pass exactly one of --inversion-run DIR or --seeds RANGE')
@@ -194,20 +177,20 @@ def run_interpolation(network, outdir, *, inversion_run=None, seeds=None, pairs=
         raise InversionError(f'--inversion-run {inversion_run}: no such folder')
     if steps < 2:
         raise InversionError(f'--steps {steps}: a path needs at least 2 frames')
-    device = torch.device(device)
-    G, sha = load_generator(network, trust_pickle=trust_pickle, device=device)
+    device = distributed.resolve_device(c.device)
+    G, _local, sha = checkpoint.load_frozen_network(network, trust=c.trust_pickle, device=device, option='--network')
     if inversion_run is not None:
-        names, ws, space, run_sha = load_inversion_ws(G, inversion_run, device)
+        names, ws, space, run_sha = run_files.read_run_ws(G, inversion_run, device)
         if run_sha and run_sha != sha and log is not None:
             log(f'Warning: {inversion_run} was inverted with another checkpoint (sha256 {run_sha[:12]}...)')
     else:
         try:
-            names, ws = seed_ws(G, seeds, truncation_psi, class_idx=class_idx, device=device)
+            names, ws = seed_ws(G, seeds, c.truncation_psi, class_idx=c.class_idx, device=device)
         except ValueError as err:
             raise InversionError(str(err)) from None
         space = 'W' if G.latent_rows is not None else 'w'
     try:
-        pair_list = interp.parse_pairs(pairs, n=len(names))
+        pair_list = interp.parse_pairs(c.pairs, n=len(names))
     except ValueError as err:
         raise InversionError(f'--pairs: {err}') from None
     if not pair_list:
@@ -215,20 +198,20 @@ def run_interpolation(network, outdir, *, inversion_run=None, seeds=None, pairs=
 
     outdir = Path(make_outdir(outdir))
     # Sharded (torchrun): each rank draws every K-th pair; rank 0 assembles the overview and the JSON.
-    write_pair_images(G, ws, distributed.split_by_rank(pair_list), outdir, steps, midpoints_only, grid, gif,
-                      batch_size, names=names)
+    write_pair_images(G, ws, distributed.split_by_rank(pair_list), outdir, steps, c.midpoints_only, c.grid, c.gif,
+                      c.batch_size, names=names)
     distributed.barrier()
-    if grid and distributed.get_rank() == 0:
-        save_png(outdir / 'overview.png', stack_rows(overview_rows(outdir, pair_list, midpoints_only)))
+    if c.grid and distributed.get_rank() == 0:
+        save_png(outdir / 'overview.png', sheets.stack_rows(overview_rows(outdir, pair_list, c.midpoints_only)))
     record = dict(network=str(network), network_sha256=sha, inversion_run=None if inversion_run is None else str(inversion_run),
                   seeds=None if seeds is None else [int(s) for s in seeds], space=space, names=names,
-                  pairs=[list(p) for p in pair_list], steps=int(steps), midpoints_only=bool(midpoints_only),
-                  truncation_psi=None if seeds is None else float(truncation_psi))
-    if metrics:
+                  pairs=[list(p) for p in pair_list], steps=int(steps), midpoints_only=bool(c.midpoints_only),
+                  truncation_psi=None if seeds is None else float(c.truncation_psi))
+    if c.metrics:
         try:
-            summary = compute_metrics(G, ws, pair_list, lpips=lpips, detector_path=detector_path, data=data,
-                                      max_real=max_real, device=device, batch_size=batch_size, progress=progress,
-                                      cache=cache)
+            summary = compute_metrics(G, ws, pair_list, lpips=c.lpips, detector_path=c.detector_path, data=c.data,
+                                      max_real=c.max_real, device=device, batch_size=c.batch_size,
+                                      progress=c.progress, cache=c.cache)
         except detectors.DetectorUnavailableError as err:
             raise InversionError(str(err)) from None
         lengths = summary.pop('path_lengths')

@@ -1,5 +1,5 @@
-"""Latent spaces targeted by inversion: w, w+ (StyleGAN2) and W, W+ (Poirier-Ginter et al.,
-"Overparameterization Improves StyleGAN Inversion", sec. 3.2 and 4.2).
+"""The latent spaces of a generator, targeted by inversion and predicted by encoders: w, w+ (StyleGAN2) and W, W+
+(Poirier-Ginter et al., "Overparameterization Improves StyleGAN Inversion", sec. 3.2 and 4.2).
 
 One `LatentSpace` object describes how the optimised tensor `params` maps onto the synthesis
 input `ws [N, num_ws, *G.w_shape]`:
@@ -23,6 +23,7 @@ import torch
 #----------------------------------------------------------------------------
 
 SPACES = ('w', 'w+', 'W', 'W+')
+AUTO = 'auto'                   # The default space of a generator: W when it is overparameterized, else w+.
 
 
 class LatentSpace:
@@ -47,8 +48,11 @@ class LatentSpace:
         self.latent_rows = None if latent_rows is None else int(latent_rows)
 
     @classmethod
-    def for_generator(cls, G, name):
-        """The space `name` for generator `G` (raises ValueError for an invalid combination)."""
+    def for_generator(cls, G, name=AUTO):
+        """The space `name` of generator `G` (`G.num_ws`, `G.w_dim`, `G.latent_rows`); None or 'auto': W for an
+        overparameterized generator, w+ otherwise. Raises ValueError for an invalid combination."""
+        if name in (None, AUTO):
+            name = 'W' if G.latent_rows is not None else 'w+'
         return cls(name, num_ws=G.num_ws, w_dim=G.w_dim, latent_rows=G.latent_rows)
 
     def __repr__(self):
