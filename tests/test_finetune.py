@@ -113,6 +113,7 @@ def _check_start(name, tmp_path, data32):
         run.close()
 
 
+@pytest.mark.pins_numbers
 @pytest.mark.parametrize('name', PRETRAINED)
 def test_start_reproduces_the_pretrained_networks(name, tmp_path, data32):
     """Before the first step: G and G_ema given identical rows make the checkpoint's images (its architecture:
@@ -212,6 +213,7 @@ def test_row_start_options_need_a_pretrained_network(data32):
 #----------------------------------------------------------------------------
 # Exact resume.
 
+@pytest.mark.slow
 def test_killed_fine_tuning_run_resumes_bitwise_from_its_state(tmp_path, data32):
     """A fine-tuning run of the NVIDIA checkpoint (noise inputs, z 64: not the preset's architecture) with rows
     spreading over the first 16 images, killed after 12 (mid-spread) and resumed from its training state through
@@ -293,6 +295,7 @@ def test_sample_z_rows_match_the_formula(a):
     assert torch.equal(torch.randn(3, generator=g0), torch.randn(3, generator=g1))
 
 
+@pytest.mark.pins_numbers
 @pytest.mark.parametrize('a', [0.0, 0.5, 1.0])
 def test_sample_z_rows_keep_unit_variance_and_spread_correlation(a):
     G = networks.Generator(**tiny_generator_kwargs(latent_rows=32, dim=32))

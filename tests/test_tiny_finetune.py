@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from benchmarks import tiny_finetune as bench
 from benchmarks import tiny_finetune_report as report
 
-pytestmark = pytest.mark.usefixtures('one_thread')
+pytestmark = [pytest.mark.usefixtures('one_thread'), pytest.mark.slow]
 
 
 @pytest.fixture(scope='module')
