@@ -177,14 +177,15 @@ def adopt_newest_readable_state(c, paths):
 
 
 def _architecture(c, path, data):
-    """(G_kwargs, D_kwargs or None, D from the checkpoint?) of the checkpoint with the run's option keys."""
+    """(G_kwargs, D_kwargs, D from the checkpoint?, the checkpoint G's own kwargs): the checkpoint's architecture
+    with the run's option keys (a fresh D of the preset when the file has none)."""
     G = data.get('G') if data.get('G') is not None else data.get('G_ema')
-    kinds = {key: constructor_kwargs(net) for key, net in (('G', G), ('D', data.get('D'))) if net is not None}
+    nets = dict(G=G, D=data.get('D'))
     for key, cls in NETWORK_CLASSES.items():
-        net = G if key == 'G' else data.get('D')
-        if net is not None and not isinstance(net, cls):
-            raise FinetuneError(f'--resume: {path} holds a {type(net).__name__} as {key}, not a StyleGAN2 '
+        if nets[key] is not None and not isinstance(nets[key], cls):
+            raise FinetuneError(f'--resume: {path} holds a {type(nets[key]).__name__} as {key}, not a StyleGAN2 '
                                 f'{cls.__name__}; pass a StyleGAN2 network pickle')
+    kinds = {key: constructor_kwargs(net) for key, net in nets.items() if net is not None}
     _check_dataset(path, kinds['G'], c.training_set_kwargs)
     G_kwargs = merge_kwargs(kinds['G'], c.G_kwargs, G_FROM_OPTIONS)
     if 'D' in kinds:
