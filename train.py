@@ -7,7 +7,8 @@ import click
 from configs import presets
 from training import launch
 from training.augment import AUGPIPE_SPECS
-from training.resume import ResumeError, check_resume_file
+from training.resume import ResumeError
+from training.row_start import ROW_STARTS
 
 #----------------------------------------------------------------------------
 
@@ -46,8 +47,13 @@ def parse_metrics(ctx, param, value):
 @click.option('--tick',         help='Progress line every KIMG', type=click.FloatRange(min=0, min_open=True), metavar='KIMG')
 @click.option('--snap',         help='Snapshot (pkl, state, images, metrics) every INT ticks', type=click.IntRange(min=1), metavar='INT')
 @click.option('--seed',         help='Random seed', type=click.IntRange(min=0), metavar='INT')
-@click.option('--resume',       help="Resume from a .pkl (ours or NVIDIA's), a training-state .pt or 'auto'", metavar='PATH')
+@click.option('--resume',       help="Resume from a .pkl (ours or NVIDIA's; a StyleGAN2 with --rows R: fine-tune it into R rows), "
+                                     "a training-state .pt or 'auto'", metavar='PATH')
 @click.option('--resume-kimg',  help='Start kimg for a pickle without state', type=click.FloatRange(min=0), metavar='KIMG')
+@click.option('--row-start',    help='Fine-tuning a StyleGAN2 into rows: paper sampling, or rows spread from identical',
+              type=click.Choice(list(ROW_STARTS)))
+@click.option('--row-spread-kimg', help='--row-start=spread: kimg to reach the paper\'s row correlation',
+              type=click.FloatRange(min=0, min_open=True), metavar='KIMG')
 # Data and augmentation.
 @click.option('--mirror',       help='Add x-flipped copies of the data (NVIDIA default: off)', type=bool, metavar='BOOL')
 @click.option('--cond',         help='Condition on dataset labels', type=bool, metavar='BOOL')
@@ -79,13 +85,18 @@ def main(outdir, desc, dry_run, device, **opts):
     python dataset_tool.py --source=tiny:1000 --dest=data/tiny32.zip
     python train.py --outdir=runs --data=data/tiny32.zip --cfg=tiny-overparam
     python train.py --outdir=runs --data=data/tiny32.zip --cfg=tiny-overparam --resume=auto
+
+    \b
+    # Fine-tune a pretrained StyleGAN2 (its architecture, weights and w_avg) into R = 64 latent rows
+    # (docs/finetune.md); continue it after a kill with the same command and --resume=auto.
+    python train.py --outdir=runs --data=data/tiny32.zip --cfg=tiny-overparam --resume=BASELINE.pkl --kimg=10
     """
     if launch.env_world_size() is not None:
         opts['gpus'] = launch.env_world_size()
     try:
         o = presets.resolve_options(**opts)
         c = presets.build_training_kwargs(o)
-    except (ValueError, OSError, zipfile.BadZipFile) as err:   # --data and option values
+    except (ValueError, OSError, zipfile.BadZipFile) as err:   # --data, --resume and option values
         raise click.ClickException(str(err))
     desc = presets.run_description(o) + (f'-{desc}' if desc else '')
 
@@ -94,8 +105,6 @@ def main(outdir, desc, dry_run, device, **opts):
         return
     try:   # Bad inputs are refused before the run directory exists, so none is left behind.
         launch.check_outdir(outdir)
-        if c.resume_pkl not in (None, 'auto'):
-            check_resume_file(c.resume_pkl)
         launch.launch_training(c, outdir, desc, gpus=o.gpus, device_type=device,
                                options=dict(cfg=o.cfg, num_gpus=o.gpus, desc=desc))
     except (ResumeError, launch.OutdirError) as err:

@@ -174,15 +174,16 @@ def markdown(result):
     return '\n'.join(lines) + '\n'
 
 
-def replace_block(doc_path, block, outdir=None):
-    """Replace the text between BEGIN and END in `doc_path` by `block` (atomically); with outdir, also copy
-    the two figures from outdir into `images/` next to the document. Raises ValueError without markers."""
+def replace_block(doc_path, block, outdir=None, markers=(BEGIN, END), figures=(FIG5, FIG6)):
+    """Replace the text between the `markers` (BEGIN, END) in `doc_path` by `block` (atomically); with outdir,
+    also copy the `figures` from outdir into `images/` next to the document. Raises ValueError without markers."""
+    begin, end = markers
     doc_path = Path(doc_path)
     text = doc_path.read_text()
-    start, stop = text.find(BEGIN), text.find(END)
+    start, stop = text.find(begin), text.find(end)
     if start < 0 or stop < start:
-        raise ValueError(f'{doc_path}: no generated block (a line "{BEGIN}" ... "{END}") to replace')
-    new = text[:start] + block.rstrip('\n') + text[stop + len(END):]
+        raise ValueError(f'{doc_path}: no generated block (a line "{begin}" ... "{end}") to replace')
+    new = text[:start] + block.rstrip('\n') + text[stop + len(end):]
 
     def write(tmp):
         with open(tmp, 'w') as f:
@@ -191,6 +192,6 @@ def replace_block(doc_path, block, outdir=None):
     if outdir is not None:
         images = doc_path.parent / 'images'
         os.makedirs(images, exist_ok=True)
-        for name in (FIG5, FIG6):
+        for name in figures:
             if (Path(outdir) / name).is_file():
                 shutil.copyfile(Path(outdir) / name, images / name)

@@ -9,8 +9,10 @@ that is not None (EDM2 style), validates the result and returns the keyword argu
 import os
 
 import dnnlib
+from training import finetune
 from training.augment import AUGPIPE_SPECS
 from training.loss import PL_ROW_REDUCTIONS
+from training.row_start import ROW_STARTS
 
 #----------------------------------------------------------------------------
 # The preset table. `AUTO` entries are computed from the resolution and GPU count by `auto_options`.
@@ -26,6 +28,7 @@ COMMON = dict(
     map=2, ramp=0.05, style_mixing=0.9, pl_weight=2, pl_rows='sum', noise=False, aug='ada', augpipe=DEFAULT_AUGPIPE,
     target=0.6, mirror=False, cond=False,
     fp16_res=4, conv_clamp=256, G_reg=4, D_reg=16, gpus=1, seed=0, workers=3, keep_states=2, resume_kimg=0,
+    row_start=None, row_spread_kimg=None,     # fine-tuning starts only: None = training.finetune's defaults
 )
 
 # Paper runs: batch 64 = 16 per GPU on 4 GPUs (fewer GPUs accumulate 16-image rounds to the same batch).
@@ -69,6 +72,8 @@ OPTIONS = dict(
     G_reg='G lazy regularization interval', D_reg='D lazy regularization interval', workers='data workers',
     grid='image grid cells per side', keep_states='training states kept', resume='pkl, pt or auto',
     resume_kimg='kimg counter for weights-only resume', res='expected resolution',
+    row_start='rows of a fine-tuning start (training.row_start): paper or spread',
+    row_spread_kimg='spread: kimg over which the rows go from identical to the paper\'s correlation',
 )
 
 #----------------------------------------------------------------------------
@@ -139,10 +144,13 @@ def _validate(o):
     need(o.pl_rows in PL_ROW_REDUCTIONS, f"--pl-rows must be one of {', '.join(PL_ROW_REDUCTIONS)}, got '{o.pl_rows}'")
     need(o.kimg > 0 and o.tick > 0 and o.snap >= 1, '--kimg and --tick must be positive and --snap >= 1')
     need(not o.cond or o.has_labels, f'--cond=1 needs labels in {o.data}/dataset.json')
-    widest = min(o.cbase // 4, o.cmax)
-    need(o.rows is None or o.rows == 1 or o.rows >= max(widest, 3),
-         f'--rows={o.rows} is too small: the widest layer has {widest} channels, one row each')
     need(o.resume_kimg >= 0, '--resume-kimg must be >= 0')
+    need(o.row_start is None or o.row_start in ROW_STARTS,
+         f"--row-start must be one of {', '.join(ROW_STARTS)}, got '{o.row_start}'")
+    need(o.row_spread_kimg is None or o.row_spread_kimg > 0, '--row-spread-kimg must be > 0')
+    need(o.resume is not None or (o.row_start is None and o.row_spread_kimg is None),
+         '--row-start and --row-spread-kimg set how a fine-tuning run starts: give the pretrained StyleGAN2 '
+         'with --resume=PKL (and --rows R)')
 
 
 def build_training_kwargs(o):
@@ -188,7 +196,18 @@ def build_training_kwargs(o):
     c.resume_pkl = o.resume
     c.resume_kimg = o.resume_kimg
     c.precision = o.precision
+    # A network file to resume from decides the architecture; a StyleGAN2 into R rows is a fine-tuning start.
+    finetune.adopt_resume_source(c, row_start_name=o.row_start, spread_kimg=o.row_spread_kimg)
+    _check_rows(c.G_kwargs)
     return c
+
+
+def _check_rows(G_kwargs):
+    """Every layer reads one row per output channel: R must cover the widest layer (at 4x4) or be 1."""
+    rows, synthesis = G_kwargs.get('latent_rows'), G_kwargs.get('synthesis_kwargs', {})
+    widest = min(synthesis.get('channel_base', 32768) // 4, synthesis.get('channel_max', 512))
+    if not (rows is None or rows == 1 or rows >= max(widest, 3)):
+        raise ValueError(f'--rows={rows} is too small: the widest layer has {widest} channels, one row each')
 
 
 def setup_training_config(cfg='auto', **opts):

@@ -112,6 +112,27 @@ def labelled_lines(path, lines, title, xlabel, ylabel, log_y=False):
     save_figure(fig, path)
 
 
+def points_and_levels_figure(series, levels, title, xlabel, ylabel):
+    """series {label: [(x, y), ...]} as lines through dots in order of x (x need not be evenly spaced), levels
+    {label: y} as dashed horizontal lines (references such as another model's value) -> the Figure."""
+    fig = new_figure(size=(8.2, 5.2))
+    ax = fig.add_subplot(1, 1, 1)
+    for idx, (label, y) in enumerate(levels.items()):
+        ax.axhline(y, color=str(0.3 + 0.3 * idx), linestyle='--', linewidth=1.5, label=label)
+    for idx, (label, points) in enumerate(series.items()):
+        x, y = zip(*sorted(points))
+        ax.plot(x, y, color=f'C{idx}', marker='o', linewidth=2, label=label)
+    ax.grid(True, color='0.9')
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend()
+    return fig
+
+
+def points_and_levels(path, series, levels, title, xlabel, ylabel):
+    """`points_and_levels_figure` written to `path` as a PNG."""
+    save_figure(points_and_levels_figure(series, levels, title, xlabel, ylabel), path)
+
+
 def explained_variance(path, ratio):
     """Bars of the explained variance ratio `[k]` per component and the cumulative ratio (line)."""
     ratio = np.asarray(ratio, dtype=np.float64)

@@ -101,7 +101,8 @@ def _argv(cli, f, network, outdir, extra=()):
                          '--workers', 0],
         'interpolate': ['--network', n, '--seeds', '0-1', '--steps', 2, '--outdir', o, '--device', 'cpu',
                         '--no-progress'],
-        'train': ['--outdir', o, '--data', f['data'], '--cfg', 'tiny-overparam', '--resume', n, '--kimg', 0.001,
+        'train': ['--outdir', o, '--data', f['data'], '--cfg', 'tiny-overparam', '--rows', 32, '--resume', n,  # its R
+                  '--kimg', 0.001,
                   '--metrics', 'none', '--workers', 0, '--device', 'cpu'],
         'convert': ['--source', n, '--dest', os.path.join(o, 'out.pkl'), '--to', 'ours'],
     }[cli] + list(extra)

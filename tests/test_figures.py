@@ -71,3 +71,14 @@ def test_titled_panels_and_overview_are_upscaled_and_captioned():
     entries = [(f'img{i}', target, recon, 0.1 * i, mask if i == 1 else None) for i in range(3)]
     overview = sheets.target_recon_overview(entries, 'title')
     assert overview.shape[1] >= 3 * 128 and overview.shape[0] >= 2 * 128
+
+
+def test_points_and_levels_draws_sorted_points_and_reference_levels(tmp_path):
+    series = {'a': [(10, 3.0), (0, 1.0), (2.5, 2.0)], 'b': [(5, 4.0)]}
+    ax = curves.points_and_levels_figure(series, {'scratch': 2.5, 'w+': 0.5}, 'title', 'kimg', 'PSNR').axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert list(lines['a'].get_xdata()) == [0, 2.5, 10] and list(lines['a'].get_ydata()) == [1.0, 2.0, 3.0]
+    assert list(lines['scratch'].get_ydata()) == [2.5, 2.5] and list(lines['w+'].get_ydata()) == [0.5, 0.5]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ['scratch', 'w+', 'a', 'b']
+    curves.points_and_levels(tmp_path / 'p.png', series, {'scratch': 2.5}, 'title', 'kimg', 'PSNR')
+    assert (tmp_path / 'p.png').stat().st_size > 1000

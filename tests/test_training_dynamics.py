@@ -149,8 +149,8 @@ def test_nonfinite_path_length_keeps_pl_mean(tiny_run, monkeypatch):
     assert float(good) > 0
     original = run.loss.path_lengths
 
-    def nan_lengths(z, c):
-        img, grads, lengths = original(z, c)
+    def nan_lengths(z, c, *spread):
+        img, grads, lengths = original(z, c, *spread)
         return img, grads, lengths * float('nan')
     monkeypatch.setattr(run.loss, 'path_lengths', nan_lengths)
     run.step()

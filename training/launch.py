@@ -7,6 +7,7 @@ Three ways to get several processes, all ending in `training_loop(rank=..., worl
   * SLURM (`srun`): SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID, with MASTER_ADDR exported by the job script.
 """
 
+import copy
 import json
 import os
 import re
@@ -16,7 +17,7 @@ import torch
 
 from torch_utils.files import OutdirError, check_outdir  # noqa: F401 (train.py reports them)
 from torch_utils import distributed
-from training import snapshot
+from training import finetune, snapshot
 from training.training_loop import training_loop
 
 _RUN_RE = re.compile(r'^(\d+)-(.*)$')
@@ -46,6 +47,9 @@ def dry_run_report(o, c, outdir, desc, loop_title):
     """What `--dry-run` prints: the resolved options `o`, the loop's kwargs `c` (titled `loop_title`) and the run
     directory the run would use (the one `--resume=auto` continues, else the next new one)."""
     where = find_auto_resume(outdir, desc) if c.resume_pkl == 'auto' else None
+    if where is not None:   # What the run would continue: a fine-tuning run's recorded networks and row start.
+        c = copy.deepcopy(c)
+        finetune.adopt_newest_readable_state(c, snapshot.list_states(where[0])[::-1])
     return '\n'.join([f'Preset {o.cfg}; options:', json.dumps({k: o[k] for k in sorted(o)}, indent=2),
                       f'{loop_title}:', json.dumps(c, indent=2),
                       f'Run directory: {where[0] if where else next_run_dir(outdir, desc)}', 'Dry run: exiting.'])
@@ -55,7 +59,8 @@ def prepare_run_dir(outdir, desc, c, options=None):
     """Pick the run directory (resolving `c.resume_pkl == 'auto'` in place) and write training_options.json.
 
     'auto' continues the newest run of the same description in `outdir` from its newest training state, in
-    that directory (the older states are fallbacks should it be unreadable); without one it starts a new run.
+    that directory (the older states are fallbacks should it be unreadable), with the networks and row start a
+    fine-tuning run recorded there (training.finetune); without one it starts a new run.
     """
     run_dir = None
     if c.resume_pkl == 'auto':
@@ -64,6 +69,7 @@ def prepare_run_dir(outdir, desc, c, options=None):
         if found is not None:
             run_dir, c.resume_pkl = found
             c.resume_fallbacks = snapshot.list_states(run_dir)[-2::-1]
+            finetune.adopt_newest_readable_state(c, [c.resume_pkl, *c.resume_fallbacks])
     if run_dir is None:
         run_dir = next_run_dir(outdir, desc)
     os.makedirs(run_dir, exist_ok=True)
@@ -113,11 +119,11 @@ def launch_training(c, outdir, desc, gpus=1, device_type=None, options=None, loo
     if env_world_size() is not None:
         distributed.init()
         rank, world_size = distributed.get_rank(), distributed.get_world_size()
-        holder = [prepare_run_dir(outdir, desc, c, options) if rank == 0 else None, c.resume_pkl,
-                  c.get('resume_fallbacks', [])]
-        if world_size > 1:
+        holder = [prepare_run_dir(outdir, desc, c, options) if rank == 0 else None, dict(c)]
+        if world_size > 1:   # Rank 0 resolved 'auto' (and the networks it continues): every rank takes its kwargs.
             torch.distributed.broadcast_object_list(holder, src=0)
-        run_dir, c.resume_pkl, c.resume_fallbacks = holder
+        run_dir = holder[0]
+        c.update(holder[1])
         device = rank_device(_local_rank(), device_type)
         loop(run_dir=run_dir, rank=rank, world_size=world_size, device=device, **c, **loop_kwargs)
         return run_dir

@@ -20,6 +20,7 @@ import torch
 
 from torch_utils import training_stats
 from torch_utils.ops import conv2d_gradfix
+from training import row_start
 
 PHASES = ('Gmain', 'Greg', 'Gboth', 'Dmain', 'Dreg', 'Dboth')
 
@@ -118,6 +119,9 @@ class StyleGAN2Loss:
         pl_no_weight_grad       = False,    # Skip conv weight gradients in the PPL pass (vectors only, see below).
         style_mixing_per_image  = False,    # One cutoff per image; False = one per minibatch (stylegan2-ada-pytorch).
         pl_row_reduction        = 'sum',    # Latent matrices: 'sum' (fork default, ppl_power 0.5) or 'mean' (power 0).
+        row_spread_kimg         = 0,        # Fine-tuning into rows: rows spread from identical over this many kimg
+                                            # (training.row_start); 0 = the paper's sampling throughout.
+        row_spread_start_kimg   = 0,        # ... counted from this kimg (the fine-tuning's first image).
     ):
         if pl_row_reduction not in PL_ROW_REDUCTIONS:
             raise ValueError(f"pl_row_reduction must be one of {sorted(PL_ROW_REDUCTIONS)}, got {pl_row_reduction!r}")
@@ -130,6 +134,8 @@ class StyleGAN2Loss:
         self.pl_batch_shrink = int(pl_batch_shrink)
         self.pl_decay = float(pl_decay)
         self.pl_row_reduction = pl_row_reduction
+        self.row_spread_kimg = float(row_spread_kimg)
+        self.row_spread_start_kimg = float(row_spread_start_kimg)
         # Latent matrices reach the image only through the per-sample (grouped-conv) weights, so dropping weight
         # gradients would drop d img / d W: the flag is honoured for vectors only (and, as in stylegan2-ada-pytorch,
         # is only right with non-fused modulation, the training default).
@@ -153,22 +159,27 @@ class StyleGAN2Loss:
     #------------------------------------------------------------------------
     # Forward passes.
 
-    def run_G(self, z, c):
+    def row_spread(self, cur_nimg):
+        """`a` of `G.sample_z` at image `cur_nimg` (training.row_start; 1 = the paper's sampling, also when None)."""
+        return 1.0 if cur_nimg is None else row_start.row_spread(cur_nimg, self.row_spread_kimg,
+                                                                 self.row_spread_start_kimg)
+
+    def run_G(self, z, c, spread=1.0):
         """z `[N, *G.z_shape]`, c `[N, c_dim]` -> (img `[N, C, H, W]`, ws `[N, L, *G.w_shape]`).
 
         Only the first mapping call moves w_avg (train mode). The second latent of style mixing comes from
-        `G.sample_z`, so latent matrices get the paper's correlated rows there too.
+        `G.sample_z` with row spread `spread`, so latent matrices get the rows of `z`'s distribution there too.
         """
         ws = self.G.mapping(z, c)
         if self.style_mixing_prob != 0:
-            ws = self._mix_with_second_latent(ws, z, c)
+            ws = self._mix_with_second_latent(ws, z, c, spread)
         return self.G.synthesis(ws), ws
 
-    def _mix_with_second_latent(self, ws, z, c):
+    def _mix_with_second_latent(self, ws, z, c, spread=1.0):
         n = z.shape[0]
         cutoff = mixing_cutoff(n, ws.shape[1], self.style_mixing_prob, per_image=self.style_mixing_per_image,
                                device=z.device)
-        second = self.G.sample_z(n, device=z.device).to(z.dtype)
+        second = self.G.sample_z(n, device=z.device, row_spread=spread).to(z.dtype)
         return mix_styles(ws, self.G.mapping(second, c, skip_w_avg_update=True), cutoff)
 
     def run_D(self, img, c):
@@ -176,13 +187,13 @@ class StyleGAN2Loss:
         seen = img if self.augment_pipe is None else self.augment_pipe(img)
         return self.D(seen, c)
 
-    def path_lengths(self, z, c):
+    def path_lengths(self, z, c, spread=1.0):
         """Path lengths of `n = len(z)` images -> (img `[n, C, H, W]`, pl_grads `[n, L, *w_shape]`, lengths `[n]`).
 
         y ~ N(0, I) / sqrt(H * W) projects the image onto a random direction; `pl_grads = d <img, y> / d ws` keeps
         its graph (create_graph) so that the penalty on the lengths can be back-propagated.
         """
-        img, ws = self.run_G(z, c)
+        img, ws = self.run_G(z, c, spread)
         height, width = img.shape[2], img.shape[3]
         y = torch.randn_like(img) / np.sqrt(height * width)
         with conv2d_gradfix.no_weight_gradients(self.pl_no_weight_grad):
@@ -200,8 +211,8 @@ class StyleGAN2Loss:
     #------------------------------------------------------------------------
     # The four terms.
 
-    def _generator_adversarial(self, gen_z, gen_c, gain):
-        img = self.run_G(gen_z, gen_c)[0]         # ws not kept alive through the backward (W+: [N, L, R, w_dim])
+    def _generator_adversarial(self, gen_z, gen_c, gain, spread):
+        img = self.run_G(gen_z, gen_c, spread)[0]         # ws not kept alive through the backward (W+: [N, L, R, w_dim])
         logits = self.run_D(img, gen_c)
         _report_logits('fake', logits)
         per_image = training_stats.report('Loss/G/loss', _softplus(-logits))      # -log sigmoid(f)
@@ -217,18 +228,18 @@ class StyleGAN2Loss:
         self._pl_skips += (~finite).to(self._pl_skips.dtype)
         return target
 
-    def _path_length_regularizer(self, gen_z, gen_c, gain):
+    def _path_length_regularizer(self, gen_z, gen_c, gain, spread):
         n = max(gen_z.shape[0] // self.pl_batch_shrink, 1)
-        img, _, lengths = self.path_lengths(gen_z[:n], None if gen_c is None else gen_c[:n])
+        img, _, lengths = self.path_lengths(gen_z[:n], None if gen_c is None else gen_c[:n], spread)
         target = self._update_pl_mean(lengths)
         penalty = training_stats.report('Loss/pl_penalty', (lengths - target).square())
         weighted = training_stats.report('Loss/G/reg', penalty * self.pl_weight)
         # 0 * img keeps every synthesis parameter in the graph (a DDP requirement in NVIDIA's loop).
         _backward_mean(img[:, 0, 0, 0] * 0 + weighted, gain)
 
-    def _discriminator_fake(self, gen_z, gen_c, gain):
+    def _discriminator_fake(self, gen_z, gen_c, gain, spread):
         with torch.no_grad():
-            img = self.run_G(gen_z, gen_c)[0]
+            img = self.run_G(gen_z, gen_c, spread)[0]
         logits = self.run_D(img, gen_c)
         _report_logits('fake', logits)
         per_image = _softplus(logits)                                              # -log(1 - sigmoid(f))
@@ -258,21 +269,23 @@ class StyleGAN2Loss:
         regularizer (the caller passes gain = its interval), 'both' does both. real_img `[N, C, H, W]` in [-1, 1];
         real_c, gen_c `[N, c_dim]` (None when unconditional); gen_z `[N, *G.z_shape]`. The caller zeroes the
         gradients before, steps the optimizer after, and chooses which networks receive gradients
-        (requires_grad); D phases run G without a graph. cur_nimg (stylegan3's blur fade-in) is unused.
+        (requires_grad); D phases run G without a graph. cur_nimg: the image counter before this step, which sets
+        the row spread of the style-mixing latents (`row_spread`; None = the paper's sampling), as the loop's
+        `gen_z` were drawn.
         """
-        del cur_nimg
+        spread = self.row_spread(cur_nimg)
         if phase not in PHASES:
             raise ValueError(f'Unknown phase {phase!r}; expected one of {PHASES}')
         network, part = phase[0], phase[1:]
         main, reg = part in ('main', 'both'), part in ('reg', 'both')
         if network == 'G':
             if main:
-                self._generator_adversarial(gen_z, gen_c, gain)
+                self._generator_adversarial(gen_z, gen_c, gain, spread)
             if reg and self.pl_weight != 0:
-                self._path_length_regularizer(gen_z, gen_c, gain)
+                self._path_length_regularizer(gen_z, gen_c, gain, spread)
             return
         r1 = reg and self.r1_gamma != 0
-        fake_term = self._discriminator_fake(gen_z, gen_c, gain) if main else 0
+        fake_term = self._discriminator_fake(gen_z, gen_c, gain, spread) if main else 0
         if main or r1:
             self._discriminator_real(real_img, real_c, gain, adversarial=main, r1=r1, fake_term=fake_term)
 

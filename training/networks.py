@@ -382,7 +382,7 @@ class Generator(nn.Module):
         overparameterized, w+ otherwise); ValueError for W or W+ of a StyleGAN2 generator."""
         return LatentSpace.for_generator(self, name)
 
-    def sample_z(self, n, generator=None, device=None):
+    def sample_z(self, n, generator=None, device=None, row_spread=1.0):
         """`[n, *z_shape]` latents. Latent matrices use the paper's correlated rows
         `Z_i = (z~_i + z~) / sqrt(2)` (unit variance per entry, correlation 0.5 between rows).
 
@@ -390,6 +390,10 @@ class Generator(nn.Module):
         convention: `RandomState(seed).randn(n, z_dim)` for the baseline), or None.
         Drawn in float32 (float64 for a float64 copy of G: float32 draws of torch.randn differ in the
         last bit between CPUs with and without AVX2, float64 ones do not).
+        row_spread: `a` in `Z_i = (a z~_i + z~) / sqrt(1 + a^2)` (unit variance, correlation
+        `1 / (1 + a^2)` between rows): 1 is the paper's sampling, 0 gives identical rows (a
+        fine-tuned StyleGAN2's vector in every row, see training.row_start). The same numbers are
+        drawn whatever `a` is.
         """
         dtype = float_dtype_of(self.mapping.fc0.weight)     # float32 (float64 for a float64 copy of G)
         def randn(*shape):
@@ -401,7 +405,10 @@ class Generator(nn.Module):
             return randn(n, self.z_dim)
         shared = randn(n, 1, self.z_dim)
         rows = randn(n, self.latent_rows, self.z_dim)
-        return (rows + shared) * np.float32(np.sqrt(0.5))
+        if row_spread == 1:
+            return (rows + shared) * np.float32(np.sqrt(0.5))
+        a = float(row_spread)
+        return (rows * np.float32(a) + shared) * np.float32(1 / np.sqrt(1 + a * a))
 
     def forward(self, z: torch.Tensor, c: Optional[torch.Tensor], truncation_psi: float = 1,
                 truncation_cutoff: Optional[int] = None, **synthesis_kwargs) -> torch.Tensor:

@@ -90,6 +90,8 @@ def resume(run, resume_pkl, fallbacks=(), resume_kimg=0):
     fallbacks: older training states to try, newest first, when `resume_pkl` is an unreadable state (--resume auto).
     """
     path = os.fspath(resume_pkl)
+    if (run.cfg.get('finetune') or {}).get('source') == os.path.abspath(path):   # training.finetune's start
+        return _resume_weights(run, path, resume_kimg)
     is_state = snapshot.is_training_state_file(path)
     state_path = path if is_state else snapshot.state_for_snapshot(path)
     if state_path is not None and not is_state:

@@ -98,18 +98,19 @@ def data_iterator(training_set, cfg, rank, world_size, batch_per_rank, start_nim
     return iter(loader)
 
 
-def fetch_batch(data_iter, G, training_set, num_phases, batch_rank, batch_gpu, device):
+def fetch_batch(data_iter, G, training_set, num_phases, batch_rank, batch_gpu, device, row_spread=1.0):
     """One step's inputs: reals split in rounds, and fresh latents and labels for each of the `num_phases` phases.
 
     Returns (real_img, real_c, gen_z, gen_c): real_img is a tuple of rounds `[batch_gpu, C, H, W]` in [-1, 1] and
-    real_c of `[batch_gpu, c_dim]`; gen_z and gen_c hold one `[batch_rank, ...]` chunk per phase. Latents (G.sample_z)
-    and the labels' dataset indices come from the global RNG of `device`/the CPU, in this order.
+    real_c of `[batch_gpu, c_dim]`; gen_z and gen_c hold one `[batch_rank, ...]` chunk per phase. Latents (G.sample_z
+    with `row_spread`, see training.row_start) and the labels' dataset indices come from the global RNG of
+    `device`/the CPU, in this order.
     """
     images, labels = next(data_iter)
     real_img = (images.to(device).to(torch.float32) / 127.5 - 1).split(batch_gpu)
     real_c = labels.to(device).split(batch_gpu)
     n = num_phases * batch_rank
-    gen_z = G.sample_z(n, device=device).split(batch_rank)
+    gen_z = G.sample_z(n, device=device, row_spread=row_spread).split(batch_rank)
     picks = torch.randint(len(training_set), [n]).tolist()
     gen_c = torch.from_numpy(np.stack([training_set.get_label(i) for i in picks])).to(device).split(batch_rank)
     return real_img, real_c, gen_z, gen_c

@@ -195,11 +195,15 @@ _PER_RANK_BUFFERS = r'.*\.w_avg'    # running mean of each rank's own latents: a
 
 
 def capture_run_state(run):
-    """The training state of a TrainingRun (a collective call: every rank's RNG state is gathered)."""
+    """The training state of a TrainingRun (a collective call: every rank's RNG state is gathered). A fine-tuning
+    run's state also keeps its record (`cfg.finetune`: architecture and row start, see training.finetune)."""
     if run.world_size > 1:   # All ranks must hold the same weights (w_avg follows each rank's own latents).
         for module in (m for m in run.networks.values() if m is not None):
             misc.check_ddp_consistency(module, ignore_regex=_PER_RANK_BUFFERS)
-    return capture_training_state(run.progress, run.networks, run.phases, run.loss, run.device, run.world_size)
+    state = capture_training_state(run.progress, run.networks, run.phases, run.loss, run.device, run.world_size)
+    if run.cfg.get('finetune'):
+        state['finetune'] = run.cfg.finetune
+    return state
 
 
 def save_run_snapshot(run, state):

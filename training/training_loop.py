@@ -14,6 +14,7 @@ import torch
 
 import dnnlib
 from torch_utils import training_stats
+from training import finetune as finetune_lib
 from training import phases as phase_lib
 from training import resume as resume_lib
 from training import run_setup, snapshot, ticks
@@ -57,6 +58,7 @@ def training_loop(
     resume_pkl              = None,     # Snapshot .pkl (ours or NVIDIA's) or training-state .pt to resume, None = fresh.
     resume_fallbacks        = (),       # Older training states to try (newest first) if resume_pkl is unreadable.
     resume_kimg             = 0,        # kimg counter after a weights-only resume (pickle without training state).
+    finetune                = None,     # Record of a start from a pretrained StyleGAN2 (training.finetune), None = none.
     precision               = 'fp32',   # 'fp32', 'tf32' or 'mixed' (FP16 where num_fp16_res > 0).
     cudnn_benchmark         = True,     # torch.backends.cudnn.benchmark.
     abort_fn                = None,     # Callable -> True to stop after the current tick.
@@ -107,6 +109,8 @@ class TrainingRun:
         self.phases = phase_lib.setup_phases(self.G, self.D, c.G_opt_kwargs, c.D_opt_kwargs, c.G_reg_interval,
                                              c.D_reg_interval)
         run_setup.log_setup(self.log, self.training_set, self.G, self.D, self.phases)
+        for line in finetune_lib.describe(c.finetune) if c.finetune else []:
+            self.log(line)
         self.fresh = resume_lib.seed_and_resume(self)
         self.data_iter = run_setup.data_iterator(self.training_set, c, self.rank, self.world_size, self.batch_rank,
                                                  self.progress.cur_nimg, self.device)
@@ -119,8 +123,9 @@ class TrainingRun:
     # One training step: every due phase on one global batch, then the running averages.
 
     def fetch_batch(self):
+        spread = self.loss.row_spread(self.progress.cur_nimg) if hasattr(self.loss, 'row_spread') else 1.0
         return run_setup.fetch_batch(self.data_iter, self.G, self.training_set, len(self.phases), self.batch_rank,
-                                     self.cfg.batch_gpu, self.device)
+                                     self.cfg.batch_gpu, self.device, row_spread=spread)
 
     def step(self):
         c, p = self.cfg, self.progress
