@@ -29,9 +29,10 @@ from torch_utils import checkpoint, training_stats
 from torch_utils.image_io import make_grid, save_png, to_uint8
 from training import phases as phase_lib
 from training import resume as resume_lib
-from training import run_setup, snapshot, ticks
+from training import run_setup, snapshot
 from training.encoder_loss import EncoderLoss
-from training.run_log import RunLog, report_tick
+from training.run_log import report_tick
+from training.training_loop import Loop
 
 ENCODER_LOSSES = (('E', 'Loss/E/loss'), ('latent', 'Loss/E/latent'), ('lpips', 'Loss/E/lpips_fake'),
                   ('lpips_real', 'Loss/E/lpips_real'))     # (tick label, stat name)
@@ -108,38 +109,21 @@ def check_encoder_resume(path):
         raise resume_lib.ResumeError(f'--resume: {path} holds no encoder E; {_RESUME_FIX}')
 
 
-class EncoderRun:
+class EncoderRun(Loop):
     """Generator, encoder, loss, optimizer, data and resume state from `encoder_loop`'s arguments; `train()` runs.
+    Its networks are {'E'}, its phases one ('Emain')."""
 
-    Holds what training.resume and training.snapshot expect of a run: networks ({'E'}), phases (one, 'Emain'),
-    loss, progress, log, rank, world_size, device and cfg.random_seed.
-    """
-
-    @classmethod
-    def from_kwargs(cls, **kwargs):
-        """Like `encoder_loop(**kwargs)`, but returns the set-up run (for tests and notebooks)."""
-        return cls(run_setup.bind_config(encoder_loop, kwargs))
+    loop_function = encoder_loop
 
     def __init__(self, cfg):
-        self.cfg = c = cfg
-        self.device, self.rank, self.world_size = torch.device(c.device), c.rank, c.world_size
-        self.batch_rank = run_setup.batch_per_rank(c.batch_size, c.batch_gpu, c.world_size)
-        self.num_rounds = self.batch_rank // c.batch_gpu
-        self.round_real = int(round(c.batch_gpu * c.real_fraction)) if c.training_set_kwargs else 0
-        self.round_fake = c.batch_gpu - self.round_real
-        self.progress = dnnlib.EasyDict(cur_nimg=0, cur_tick=0, batch_idx=0, skipped_steps=0, skipped={})
-        self.last_snapshot = self.last_state = self.training_set = self.data_iter = self.bar = None
-        self.log = RunLog(c.run_dir, rank=c.rank, echo=c.verbose)
-        try:
-            self._setup()
-        except BaseException:
-            self.close()
-            raise
+        self.bar = None
+        super().__init__(cfg)
 
     def _setup(self):
         c = self.cfg
-        if self.rank == 0:
-            snapshot.remove_stale_temporaries(c.run_dir, self.log)
+        self.num_rounds = self.batch_rank // c.batch_gpu
+        self.round_real = int(round(c.batch_gpu * c.real_fraction)) if c.training_set_kwargs else 0
+        self.round_fake = c.batch_gpu - self.round_real
         self.G, self.network_path, self.network_sha256 = checkpoint.load_frozen_network(
             c.network_pkl, key='G_ema', trust=c.trust_pickle, device=self.device)
         if c.training_set_kwargs and self.round_real > 0:
@@ -163,7 +147,7 @@ class EncoderRun:
                  f'{list(self.E.param_shape)}: {n_params / 1e6:.3f} M parameters')
         self.log(f'Each step: {self.batch_rank} images per rank in {self.num_rounds} round(s) of {self.round_fake} '
                  f'G samples + {self.round_real} real images')
-        self.fresh = resume_lib.seed_and_resume(self)
+        self._start()
         if self.training_set is not None:
             real_per_rank = self.num_rounds * self.round_real
             start = self.progress.batch_idx * real_per_rank * self.world_size     # real images consumed so far
@@ -193,7 +177,7 @@ class EncoderRun:
         if phase_lib.reduce_gradients_(self.E, self.world_size):
             opt.step()
         else:
-            ticks.count_skip(self, 'Emain', 'gradients in Emain: step')
+            self.count_skip('Emain', 'gradients in Emain: step')
         opt.zero_grad(set_to_none=True)
         p.cur_nimg += c.batch_size
         p.batch_idx += 1
@@ -204,9 +188,8 @@ class EncoderRun:
     def train(self):
         c, p = self.cfg, self.progress
         total_nimg = int(round(c.total_kimg * 1000))
-        if p.cur_nimg >= total_nimg:
-            self.log(f'Nothing to do: kimg {p.cur_nimg / 1000:.3f} >= total_kimg {c.total_kimg}')
-            return self._summary(0.0, aborted=False)
+        if self._nothing_to_do(total_nimg):
+            return self.summary(0.0, aborted=False)
         with run_setup.side_rng(self.device):
             self._grid_setup()
             if self.fresh:
@@ -218,37 +201,34 @@ class EncoderRun:
                             desc='train_encoder',
                             bar_format='{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}]')
         on_step = None if self.bar is None else self.bar.update
-        return ticks.run_ticks(self, total_nimg, on_step=on_step)
+        return self.run_ticks(total_nimg, on_step=on_step)
 
-    def _tick(self, done):
+    def tick(self, done):
         """Report the tick, write the snapshot when due; returns True to abort."""
         c, p = self.cfg, self.progress
         self.timing['tick_end'] = time.time()
         report_tick(self.log, self.stats, p, self.timing, None, self.device, losses=ENCODER_LOSSES)
-        abort = ticks.tick_abort(self)
+        abort = self._abort()
         due = c.network_snapshot_ticks is not None and (done or abort or p.cur_tick % c.network_snapshot_ticks == 0)
         if due:
-            state = snapshot.capture_run_state(self)   # Before anything touches the RNG; checks ranks agree.
+            state = snapshot.capture_run_state(self.run_state)   # Before anything touches the RNG; ranks agree.
             with run_setup.side_rng(self.device):
                 if self.rank == 0:
                     self.last_snapshot, self.last_state = self._save_snapshot(state)
                     self._save_grid(f'recon{snapshot.kimg_tag(p.cur_nimg)}.png')
-        ticks.finish_tick(self)
+        self._finish_tick()
         return abort
 
     def _save_snapshot(self, state):
-        """encoder-snapshot-K.pkl and training-state-K.pt as one unit (`training.snapshot.save_snapshot_pair`)."""
+        """encoder-snapshot-K.pkl and training-state-K.pt as one unit (`training.snapshot.save_snapshot`)."""
         from training.encoder import save_encoder_pickle
         c, cur_nimg = self.cfg, int(self.progress.cur_nimg)
         E = copy.deepcopy(self.E).eval().requires_grad_(False).cpu()
         data = dict(E=E, generator_pkl=self.generator_ref(), generator_sha256=self.network_sha256, cur_nimg=cur_nimg,
                     space=c.space, loss=self.loss_description())
-        pkl_path, state_path = snapshot.save_snapshot_pair(
-            c.run_dir, cur_nimg, data, state, pkl_name=encoder_snapshot_name(cur_nimg),
-            write_pkl=lambda path, data: save_encoder_pickle(path, **data))
-        snapshot.prune_states(c.run_dir, c.keep_states)
-        self.log(f'Saved {os.path.basename(pkl_path)} and {os.path.basename(state_path)}')
-        return pkl_path, state_path
+        return snapshot.save_snapshot(c.run_dir, cur_nimg, data, state, c.keep_states, self.log,
+                                      pkl_name=encoder_snapshot_name(cur_nimg),
+                                      write_pkl=lambda path, data: save_encoder_pickle(path, **data))
 
     def generator_ref(self):
         """What the pickle records as its generator: the absolute path of a local file, else the URL."""
@@ -291,21 +271,11 @@ class EncoderRun:
 
     #------------------------------------------------------------------------
 
-    def _summary(self, seconds, aborted):
-        p = self.progress
-        return dict(run_dir=self.cfg.run_dir, cur_nimg=int(p.cur_nimg), kimg=p.cur_nimg / 1000,
-                    cur_tick=int(p.cur_tick),
-                    batch_idx=int(p.batch_idx), skipped_steps=int(p.skipped_steps), skipped=dict(p.skipped),
-                    seconds=seconds, aborted=aborted, snapshot_pkl=self.last_snapshot, training_state=self.last_state)
-
     def close(self):
         """Release the data loader, files and progress bar (safe to call twice)."""
-        self.data_iter = None
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        if self.training_set is not None:
-            self.training_set.close()
-        self.log.close()
+        super().close()
 
 #----------------------------------------------------------------------------

@@ -71,49 +71,49 @@ def _load_first_readable(paths, log):
     raise ResumeError(f'--resume: no readable training state ({"; ".join(errors)}); {_FIX}')
 
 
-def seed_and_resume(run):
-    """How every loop starts its steps: seed this rank's stream (`random_seed * world_size + rank`), resume from
-    `cfg.resume_pkl` if one is given (a full state restores the saved streams instead), then hand every rank rank 0's
-    networks. Returns True for a fresh start (nothing resumed from a full training state)."""
-    c = run.cfg
-    torch.manual_seed(c.random_seed * run.world_size + run.rank)
-    fresh = c.resume_pkl is None or not resume(run, c.resume_pkl, c.resume_fallbacks, c.resume_kimg)
-    if run.world_size > 1:
-        run_setup.broadcast_networks(run.networks)
+def seed_and_resume(state, random_seed, resume_pkl=None, fallbacks=(), resume_kimg=0, weights_only=None):
+    """How every loop starts its steps: seed this rank's stream (`random_seed * world_size + rank`), resume
+    `state` (a `run_setup.RunState`) from `resume_pkl` if one is given (a full training state restores the saved
+    streams instead), then hand every rank rank 0's networks. weights_only: a file to take weights from, never a
+    training state (the pretrained start of training.finetune). Returns True for a fresh start (nothing resumed
+    from a full training state)."""
+    torch.manual_seed(random_seed * state.world_size + state.rank)
+    fresh = resume_pkl is None or not resume(state, resume_pkl, random_seed, fallbacks, resume_kimg, weights_only)
+    if state.world_size > 1:
+        run_setup.broadcast_networks(state.networks)
     return fresh
 
 
-def resume(run, resume_pkl, fallbacks=(), resume_kimg=0):
-    """Load `resume_pkl` (state or pickle) into `run`; returns True when a full training state was restored.
-
-    run: a TrainingRun (networks, phases, loss, progress, log, rank, world_size, device, cfg.random_seed).
-    fallbacks: older training states to try, newest first, when `resume_pkl` is an unreadable state (--resume auto).
-    """
+def resume(state, resume_pkl, random_seed, fallbacks=(), resume_kimg=0, weights_only=None):
+    """Load `resume_pkl` (training state or network file) into `state` (a `run_setup.RunState`); returns True when a
+    full training state was restored. fallbacks: older training states to try, newest first, when `resume_pkl` is
+    an unreadable state (--resume auto); weights_only: see `seed_and_resume`."""
     path = os.fspath(resume_pkl)
-    if (run.cfg.get('finetune') or {}).get('source') == os.path.abspath(path):   # training.finetune's start
-        return _resume_weights(run, path, resume_kimg)
+    if weights_only is not None and os.path.abspath(weights_only) == os.path.abspath(path):
+        return _resume_weights(state, path, resume_kimg)
     is_state = snapshot.is_training_state_file(path)
     state_path = path if is_state else snapshot.state_for_snapshot(path)
     if state_path is not None and not is_state:
-        state = snapshot.load_training_state(state_path)
+        saved = snapshot.load_training_state(state_path)
         pkl_nimg = _pickle_nimg(path)
-        if pkl_nimg is not None and pkl_nimg != state['progress']['cur_nimg']:
-            run.log(f'Warning: {os.path.basename(state_path)} is at image {state["progress"]["cur_nimg"]}, '
-                    f'{os.path.basename(path)} at {pkl_nimg}: not one snapshot; using the pickle\'s weights only')
+        if pkl_nimg is not None and pkl_nimg != saved['progress']['cur_nimg']:
+            state.log(f'Warning: {os.path.basename(state_path)} is at image {saved["progress"]["cur_nimg"]}, '
+                      f'{os.path.basename(path)} at {pkl_nimg}: not one snapshot; using the pickle\'s weights only')
             state_path = None
     if state_path is None:
-        return _resume_weights(run, path, resume_kimg)
-    state_path, state = _load_first_readable([state_path, *fallbacks], run.log)
-    restored = snapshot.restore_training_state(state, run.networks, run.phases, run.loss, run.rank,
-                                               run.world_size, run.device)
-    for key in run.progress:
+        return _resume_weights(state, path, resume_kimg)
+    state_path, saved = _load_first_readable([state_path, *fallbacks], state.log)
+    restored = snapshot.restore_training_state(saved, state.networks, state.phases, state.loss, state.rank,
+                                               state.world_size, state.device)
+    progress = state.progress
+    for key in progress:
         if key in restored:
-            run.progress[key] = restored[key]
+            progress[key] = restored[key]
     if not restored['restored_rng']:
-        torch.manual_seed((run.cfg.random_seed * run.world_size + run.rank + run.progress.cur_nimg) % (1 << 63))
-    run.log(f'Resumed from {state_path}: kimg {run.progress.cur_nimg / 1000:.3f}, tick {run.progress.cur_tick}'
-            + ('' if restored['restored_rng'] else ' (world size changed: RNG reseeded, not an exact resume)'))
-    run.progress.cur_tick += 1   # The saved tick was completed.
+        torch.manual_seed((random_seed * state.world_size + state.rank + progress.cur_nimg) % (1 << 63))
+    state.log(f'Resumed from {state_path}: kimg {progress.cur_nimg / 1000:.3f}, tick {progress.cur_tick}'
+              + ('' if restored['restored_rng'] else ' (world size changed: RNG reseeded, not an exact resume)'))
+    progress.cur_tick += 1   # The saved tick was completed.
     return True
 
 
@@ -126,12 +126,12 @@ def _pickle_nimg(path):
     return int(value) if isinstance(value, int) else None
 
 
-def _resume_weights(run, path, resume_kimg):
+def _resume_weights(state, path, resume_kimg):
     try:
-        _, missing = snapshot.load_snapshot_weights(path, run.networks)
+        _, missing = snapshot.load_snapshot_weights(path, state.networks)
     except Exception as err:   # Same one-line report as check_resume_file.
         raise ResumeError(_pickle_message(path, err)) from None
-    run.progress.cur_nimg = int(round(resume_kimg * 1000))
-    run.log(f'Resumed weights from {path} (no training state: fresh optimizers, kimg {resume_kimg})'
-            + (f'; not in the pickle: {", ".join(missing)}' if missing else ''))
+    state.progress.cur_nimg = int(round(resume_kimg * 1000))
+    state.log(f'Resumed weights from {path} (no training state: fresh optimizers, kimg {resume_kimg})'
+              + (f'; not in the pickle: {", ".join(missing)}' if missing else ''))
     return False

@@ -1,14 +1,32 @@
 """Building what a training run needs from `training_loop`'s arguments: backend flags, networks, data stream."""
 
 import copy
+import dataclasses
 import inspect
 from contextlib import contextmanager
+from typing import Callable
 
 import numpy as np
 import torch
 
 import dnnlib
 from torch_utils import misc
+
+#----------------------------------------------------------------------------
+# What resuming and saving a training state read and write of a run.
+
+@dataclasses.dataclass
+class RunState:
+    """The part of a run (the GAN loop's or the encoder loop's) that a training state holds, for `training.resume`
+    and `training.snapshot`: restored in place on resume, captured at a snapshot."""
+    networks: dict              # name -> module or None: the networks whose weights are saved.
+    phases: list                # training.phases.Phase: their optimizers' states are saved.
+    loss: object                # The loss: its state_dict (the path-length mean), if it has one.
+    progress: dict              # The counters (cur_nimg, cur_tick, batch_idx, ...): restored in place.
+    rank: int                   # This process's rank ...
+    world_size: int             # ... of this many (the RNG states of all of them are saved).
+    device: torch.device        # This rank's device.
+    log: Callable               # log(message).
 
 #----------------------------------------------------------------------------
 # Backend flags.

@@ -194,25 +194,24 @@ def save_snapshot_pair(run_dir, cur_nimg, data, state, pkl_name=None, write_pkl=
 _PER_RANK_BUFFERS = r'.*\.w_avg'    # running mean of each rank's own latents: allowed to differ
 
 
-def capture_run_state(run):
-    """The training state of a TrainingRun (a collective call: every rank's RNG state is gathered). A fine-tuning
-    run's state also keeps its record (`cfg.finetune`: architecture and row start, see training.finetune)."""
-    if run.world_size > 1:   # All ranks must hold the same weights (w_avg follows each rank's own latents).
-        for module in (m for m in run.networks.values() if m is not None):
+def capture_run_state(state, **extra):
+    """The training state of a run (`run_setup.RunState`; a collective call: every rank's RNG state is gathered),
+    with `extra` entries (a fine-tuning run keeps its record there, see training.finetune)."""
+    if state.world_size > 1:   # All ranks must hold the same weights (w_avg follows each rank's own latents).
+        for module in (m for m in state.networks.values() if m is not None):
             misc.check_ddp_consistency(module, ignore_regex=_PER_RANK_BUFFERS)
-    state = capture_training_state(run.progress, run.networks, run.phases, run.loss, run.device, run.world_size)
-    if run.cfg.get('finetune'):
-        state['finetune'] = run.cfg.finetune
-    return state
+    saved = capture_training_state(state.progress, state.networks, state.phases, state.loss, state.device,
+                                   state.world_size)
+    saved.update({key: value for key, value in extra.items() if value})
+    return saved
 
 
-def save_run_snapshot(run, state):
-    """Rank 0 of a TrainingRun: the snapshot pair at its image count, then prune old states; returns both paths."""
-    c, cur_nimg = run.cfg, int(run.progress.cur_nimg)
-    data = snapshot_data(run.networks, c.training_set_kwargs, cur_nimg=cur_nimg, latent_rows=run.G.latent_rows)
-    paths = save_snapshot_pair(c.run_dir, cur_nimg, data, state)
-    prune_states(c.run_dir, c.keep_states)
-    run.log(f'Saved {os.path.basename(paths[0])} and {os.path.basename(paths[1])}')
+def save_snapshot(run_dir, cur_nimg, data, state, keep_states, log, **pair_kwargs):
+    """Rank 0: the snapshot pair at `cur_nimg` (`save_snapshot_pair`, with `pair_kwargs`), then the training states
+    beyond the newest `keep_states` removed; logged; returns both paths."""
+    paths = save_snapshot_pair(run_dir, cur_nimg, data, state, **pair_kwargs)
+    prune_states(run_dir, keep_states)
+    log(f'Saved {os.path.basename(paths[0])} and {os.path.basename(paths[1])}')
     return paths
 
 #----------------------------------------------------------------------------
