@@ -6,11 +6,11 @@ import click
 import torch
 
 import dnnlib
+from dnnlib.cli import cli_errors
 from inversion import run_files
 from metrics import detectors, metric_main
-from torch_utils.files import check_outdir
-from dnnlib.cli import cli_errors
 from torch_utils import checkpoint, distributed
+from torch_utils.files import check_outdir
 from training.encoder import load_encoder_pkl
 
 #----------------------------------------------------------------------------

@@ -6,12 +6,11 @@ from pathlib import Path
 import click
 import torch
 
-from torch_utils import checkpoint
-from torch_utils.image_io import make_grid, save_png, to_uint8
-from torch_utils.files import save_json
-from torch_utils.files import check_outdir, make_outdir
 from dnnlib.cli import cli_errors, parse_range
 from inversion import optimize, run_files
+from torch_utils import checkpoint
+from torch_utils.files import check_outdir, make_outdir, save_json
+from torch_utils.image_io import make_grid, save_png, to_uint8
 from training.latent_spaces import SPACES
 from training.sampling import generate_images
 

@@ -23,17 +23,16 @@ import click
 import torch
 
 from configs import offline_inversion, presets
-from dnnlib.util import url_cache_path
-from torch_utils.files import make_outdir
 from dnnlib.cli import cli_errors
-from inversion.losses import build_loss
-from metrics.lpips import DEFAULT_LPIPS, VGG16_URL, LpipsUnavailableError
-from inversion.inversion_job import InversionConfig, run_inversion
-from inversion.run_files import read_pairs
-from metrics.reconstruction import pixel_metrics, reconstruction_metrics
+from dnnlib.util import url_cache_path
 from figures.sheets import comparison_sheet
+from inversion.inversion_job import InversionConfig, run_inversion
+from inversion.losses import build_loss
+from inversion.run_files import read_pairs
+from metrics.lpips import DEFAULT_LPIPS, VGG16_URL, LpipsUnavailableError
+from metrics.reconstruction import pixel_metrics, reconstruction_metrics
+from torch_utils.files import make_outdir, save_json
 from torch_utils.image_io import save_png
-from torch_utils.files import save_json
 from training import launch
 from training.tiny_data import write_tiny_dataset, write_tiny_images
 

@@ -5,8 +5,8 @@ log.txt, latents.npz). See docs/downstream.md."""
 import click
 
 from dnnlib.cli import cli_errors
-from training.latent_spaces import SPACES
 from inversion.upsample import LOSSES, MODES, UpsampleConfig, run_upsample
+from training.latent_spaces import SPACES
 
 #----------------------------------------------------------------------------
 

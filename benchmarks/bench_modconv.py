@@ -19,8 +19,7 @@ import click
 import torch
 
 from benchmarks.timing import time_fn
-from torch_utils.ops import modulated_conv2d_cuda as mcc
-from torch_utils.ops import upfirdn2d
+from torch_utils.ops import modulated_conv2d_cuda as mcc, upfirdn2d
 from torch_utils.ops.modulated_conv2d import modulated_conv2d
 
 #----------------------------------------------------------------------------

@@ -74,7 +74,8 @@ def _reset_peak_rss():
 
 
 def run_worker(model, res, cmax, cbase, batch, rows, dim, iters, warmup, device_name, seed, clock, count_flops=False):
-    import torch                                              # Imported here: the driver needs no torch.
+    import torch  # Imported here: the driver needs no torch.
+
     from training import networks, phases as phase_lib
     from training.loss import StyleGAN2Loss
     rss_torch = _proc_status_mb('VmRSS')                      # Libraries only: subtracted from the peak.

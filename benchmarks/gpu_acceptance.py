@@ -22,7 +22,6 @@ Parts, in order, each stopped at its time budget (what it did not reach is liste
 Uses the public entry points: configs.presets, training.training_loop, inversion.optimize.
 """
 
-from contextlib import contextmanager
 import json
 import os
 import platform
@@ -32,6 +31,7 @@ import sys
 import time
 import traceback
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 
 import click
 import torch
@@ -39,8 +39,7 @@ import torch
 import dnnlib
 from benchmarks.timing import time_fn
 from configs import presets
-from torch_utils.ops import modulated_conv2d_cuda as mcc
-from torch_utils.ops import self_check, upfirdn2d
+from torch_utils.ops import modulated_conv2d_cuda as mcc, self_check, upfirdn2d
 from torch_utils.ops.modulated_conv2d import modulated_conv2d
 
 #----------------------------------------------------------------------------

@@ -34,8 +34,7 @@ import click
 import numpy as np
 import torch
 
-from benchmarks import tiny_finetune_report as report
-from benchmarks import tiny_paper_tables as tables
+from benchmarks import tiny_finetune_report as report, tiny_paper_tables as tables
 from configs import presets
 from dnnlib.cli import cli_errors
 from inversion.inversion_job import InversionConfig, run_inversion
@@ -45,9 +44,9 @@ from metrics.reconstruction import pixel_metrics, reconstruction_metrics
 from torch_utils import checkpoint
 from torch_utils.files import atomic_write, make_outdir, save_json
 from training import launch, snapshot
-from training.training_loop import TrainingRun
 from training.row_start import ROW_STARTS
 from training.tiny_data import TRAIN_SEED, write_tiny_dataset, write_tiny_images
+from training.training_loop import TrainingRun
 
 #----------------------------------------------------------------------------
 

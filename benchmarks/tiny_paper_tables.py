@@ -42,16 +42,14 @@ import torch
 
 from benchmarks import tiny_tables_report as report
 from configs import presets
-from torch_utils.files import OutdirError, atomic_write, make_outdir
 from dnnlib.cli import cli_errors
 from inversion.edit.interpolate import real_feature_stats
-from inversion.run_files import read_curves, read_pairs, read_run_ws
 from inversion.inversion_job import InversionConfig, run_inversion
-from metrics import detectors, lpips, metric_main
-from metrics import interpolation as interp
+from inversion.run_files import read_curves, read_pairs, read_run_ws
+from metrics import detectors, interpolation as interp, lpips, metric_main
 from metrics.reconstruction import pixel_metrics, reconstruction_metrics
 from torch_utils import checkpoint
-from torch_utils.files import save_json
+from torch_utils.files import OutdirError, atomic_write, make_outdir, save_json
 from training import launch
 from training.tiny_data import TRAIN_SEED, write_tiny_dataset, write_tiny_images
 

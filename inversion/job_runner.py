@@ -25,13 +25,12 @@ import torch
 from tqdm import tqdm
 
 from dnnlib.util import one_line
-from torch_utils.files import check_outdir, make_outdir, outdir_lock, remove_stale_temporaries
-from torch_utils import checkpoint, distributed
-from torch_utils.image_io import IMAGE_EXTENSIONS
-from torch_utils.files import save_json
-
 from figures.curves import lpips_curves
+from torch_utils import checkpoint, distributed
+from torch_utils.files import check_outdir, make_outdir, outdir_lock, remove_stale_temporaries, save_json
+from torch_utils.image_io import IMAGE_EXTENSIONS
 from training.latent_spaces import LatentSpace
+
 from . import run_files, sharding
 from .losses import check_lpips_input
 from .optimize import Inverter, truncation_steps

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 import dnnlib
+
 from . import detectors, lpips
 
 #----------------------------------------------------------------------------

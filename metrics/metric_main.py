@@ -14,6 +14,7 @@ import torch
 
 import dnnlib
 from torch_utils.files import append_jsonl
+
 from . import encoder_reconstruction, frechet, ppl, precision_recall, reconstruction
 from .feature_stats import MetricOptions
 

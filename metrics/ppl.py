@@ -16,7 +16,6 @@ normalises each row, so this is the row-wise counterpart of StyleGAN2's slerp of
 import numpy as np
 import torch
 
-from . import detectors
 from .feature_stats import frozen_copy, label_sampler, rank_generator
 
 #----------------------------------------------------------------------------

@@ -13,9 +13,8 @@ import torch
 from torch_utils import distributed
 
 from . import detectors
-from .lpips import normalised_weights
 from .frechet import frechet_distance
-
+from .lpips import normalised_weights
 
 #----------------------------------------------------------------------------
 # Per-image metrics on uint8 images.

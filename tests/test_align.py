@@ -11,8 +11,16 @@ from click.testing import CliRunner
 
 from preprocess import ffhq_align
 from preprocess.align_folder import align_folder, read_alignment
-from preprocess.ffhq_align import (align_face, aligned_from_source, ffhq_quad, level_face_eye_positions, map_points,
-                                   reflect_pad_soft, source_from_aligned, warp_quad)
+from preprocess.ffhq_align import (
+    align_face,
+    aligned_from_source,
+    ffhq_quad,
+    level_face_eye_positions,
+    map_points,
+    reflect_pad_soft,
+    source_from_aligned,
+    warp_quad,
+)
 from preprocess.landmarks import Face
 from preprocess.paste_back import paste_back
 

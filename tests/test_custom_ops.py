@@ -12,8 +12,6 @@ from conftest import OPS_DIR
 from torch_utils import custom_ops
 from torch_utils.ops import bias_act, upfirdn2d
 
-
-
 #----------------------------------------------------------------------------
 # Building
 

@@ -10,10 +10,10 @@ from click.testing import CliRunner
 
 import interpolate
 from conftest import tiny_generator_kwargs
+from figures import sheets
 from inversion.inversion_job import InversionConfig, run_inversion
 from metrics import interpolation as interp
 from metrics.ppl import l2_distance
-from figures import sheets
 from torch_utils import checkpoint
 from training import networks
 from training.tiny_data import write_tiny_images

@@ -202,8 +202,8 @@ def test_first_steps_follow_adam_with_the_papers_betas(checkpoints, tmp_path):
     Adam's first step is lr * sign(g) for any betas; the second and third show them (swapped betas move them by
     ~lr)."""
     from inversion.losses import build_loss
-    from training.latent_spaces import LatentSpace
     from inversion.targets import decode_target_with_mask, to_tensor
+    from training.latent_spaces import LatentSpace
     rng = np.random.RandomState(3)
     (tmp_path / 'in').mkdir()
     PIL.Image.fromarray(rng.randint(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / 'in' / 'a.png')

@@ -21,8 +21,7 @@ import quickstart
 import upsample
 from conftest import tiny_generator_kwargs
 from inversion import losses
-from metrics import lpips as lpips_lib
-from metrics import detectors, metric_main
+from metrics import detectors, lpips as lpips_lib, metric_main
 from torch_utils import checkpoint
 from training import networks
 from training.tiny_data import write_tiny_images

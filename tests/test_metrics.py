@@ -20,7 +20,6 @@ from metrics import detectors, feature_stats, frechet, lpips, metric_main, ppl, 
 from training.networks import Generator
 from training.tiny_data import write_tiny_dataset
 
-
 pytestmark = pytest.mark.pins_numbers
 
 @pytest.fixture(autouse=True)

@@ -24,8 +24,7 @@ import torch
 
 from conftest import OPS_DIR, emulated_plugin
 from torch_utils import custom_ops
-from torch_utils.ops import modulated_conv2d_cuda as mcc
-from torch_utils.ops import upfirdn2d
+from torch_utils.ops import modulated_conv2d_cuda as mcc, upfirdn2d
 from torch_utils.ops.modulated_conv2d import modulated_conv2d, modulated_conv2d_ref
 
 SOURCES = ['modulated_conv2d.cpp', 'modulated_conv2d.cu']

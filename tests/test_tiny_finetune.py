@@ -10,8 +10,7 @@ import PIL.Image
 import pytest
 from click.testing import CliRunner
 
-from benchmarks import tiny_finetune as bench
-from benchmarks import tiny_finetune_report as report
+from benchmarks import tiny_finetune as bench, tiny_finetune_report as report
 
 pytestmark = [pytest.mark.usefixtures('one_thread'), pytest.mark.slow]
 

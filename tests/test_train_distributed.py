@@ -10,8 +10,7 @@ import torch
 from configs import presets
 from test_training import read_stats, tiny_config
 from torch_utils import distributed
-from training import launch
-from training import phases as phase_lib
+from training import launch, phases as phase_lib
 from training.loss import StyleGAN2Loss
 from training.networks import Discriminator, Generator
 

@@ -14,13 +14,12 @@ import train as train_cli
 from configs import presets
 from conftest import shared_fixture
 from torch_utils import checkpoint
-from training import phases as phase_lib
+from training import phases as phase_lib, snapshot
 from training.augment import AUGPIPE_SPECS
-from training import snapshot
 from training.loss import StyleGAN2Loss
 from training.networks import Generator
-from training.tiny_data import write_tiny_dataset
 from training.run_setup import setup_backends as _setup_backends
+from training.tiny_data import write_tiny_dataset
 from training.training_loop import TrainingRun, training_loop
 
 ROWS = 32   # latent rows of the tiny overparameterized generator (>= its widest layer, 32 channels)

@@ -37,6 +37,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 import dnnlib
+
 from . import persistence, tf_records
 
 PickleLoadError = persistence.PickleLoadError

@@ -7,8 +7,8 @@ as one un-lazy optimizer would. The generator average G_ema has a half-life in i
 "Training GANs with Limited Data") steers the augmentation probability p from the sign of D's real logits.
 """
 
-from contextlib import contextmanager
 import dataclasses
+from contextlib import contextmanager
 
 import numpy as np
 import torch

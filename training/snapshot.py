@@ -19,8 +19,7 @@ import zipfile
 import numpy as np
 import torch
 
-from torch_utils import files
-from torch_utils import checkpoint, misc
+from torch_utils import checkpoint, files, misc
 from torch_utils.image_io import make_grid, save_png, to_uint8
 from training.phases import optimizers
 

@@ -18,10 +18,7 @@ import torch
 import dnnlib
 from torch_utils import training_stats
 from torch_utils.files import append_jsonl
-from training import finetune as finetune_lib
-from training import phases as phase_lib
-from training import resume as resume_lib
-from training import run_setup, snapshot
+from training import finetune as finetune_lib, phases as phase_lib, resume as resume_lib, run_setup, snapshot
 from training.run_log import RunLog, log_module_summaries, report_tick
 
 #----------------------------------------------------------------------------

@@ -13,19 +13,15 @@ import PIL.Image
 import torch
 from tqdm import tqdm
 
-from torch_utils.files import check_outdir, make_outdir
 from figures import sheets
-from metrics import detectors
-from metrics import lpips as lpips_lib
-from metrics import interpolation as interp
-from metrics.feature_stats import MetricOptions, compute_feature_stats_for_dataset
-from torch_utils.image_io import save_png, to_uint8
-from torch_utils.files import save_json
-from torch_utils import checkpoint, distributed
-from training.sampling import class_label, latent_from_seed
-
 from inversion import run_files
 from inversion.job_runner import InversionError
+from metrics import detectors, interpolation as interp, lpips as lpips_lib
+from metrics.feature_stats import MetricOptions, compute_feature_stats_for_dataset
+from torch_utils import checkpoint, distributed
+from torch_utils.files import check_outdir, make_outdir, save_json
+from torch_utils.image_io import save_png, to_uint8
+from training.sampling import class_label, latent_from_seed
 
 OVERVIEW_MAX_ROWS = 64
 MIN_FRAME_PX = 128                   # Frames of the PNG strips are upscaled (nearest) to at least this.
