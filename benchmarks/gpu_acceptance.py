@@ -285,7 +285,7 @@ def part_generator(part, cfg, ctx):
             G.train().requires_grad_(True)
             z = G.sample_z(cfg['g_batch'], generator=torch.Generator().manual_seed(1)).to(device)
 
-            def step():
+            def step(G=G, z=z):                      # bound now: `del G` below would leave a closure's G unbound
                 G.zero_grad(set_to_none=True)
                 G(z, None).square().mean().backward()
             with _precision(precision):
@@ -293,7 +293,7 @@ def part_generator(part, cfg, ctx):
                 peak = _peak_mb(device, step)
                 ms = time_fn(step, cfg['iters'], cfg['warmup'], lambda: _sync(device))
             out[preset] = dict(ms=ms, peak_mb=peak, latent_shape=list(G.z_shape))
-            del G
+            del G, step                              # step holds G too: the next preset starts without it
         if baseline in out and overparam in out:
             out.update(time_ratio=_ratio(out[overparam]['ms'], out[baseline]['ms']),
                        memory_ratio=_ratio(out[overparam]['peak_mb'], out[baseline]['peak_mb']))
