@@ -103,7 +103,8 @@ def main(device, batch, channels, rows, resolutions, with_up, dtype, iters, warm
     print(f'\nfwd+bwd ms ({device.type}, {row["dtype"]}, batch {batch}, {channels}->{channels} 3x3, rows {rows})')
     print('res  up  ' + ''.join(f'{v:>15}' for v in variants))
     for row in table:
-        print(f'{row["res"]:<4} {row["up"]:<3} ' + ''.join(f'{row["results"][v]["fwd_bwd_ms"]:>15.2f}' for v in variants))
+        print(f'{row["res"]:<4} {row["up"]:<3} '
+              + ''.join(f'{row["results"][v]["fwd_bwd_ms"]:>15.2f}' for v in variants))
 
 #----------------------------------------------------------------------------
 

@@ -365,7 +365,8 @@ def part_inversion(part, cfg, ctx):
                 break
         _sync(device)
         per_step = (time.perf_counter() - start) / max(done, 1)
-        out.append(dict(batch=batch, steps_timed=done, s_per_step=per_step, s_per_image_1000_steps=per_step * 1000 / batch))
+        out.append(dict(batch=batch, steps_timed=done, s_per_step=per_step,
+                        s_per_image_1000_steps=per_step * 1000 / batch))
     part.results['runs'] = out
     part.results['goal_s_per_image'] = GOALS['inversion_s_per_image']
 
@@ -414,11 +415,13 @@ def markdown(report):
         lines.append(f'| {name} | {status} | {p["seconds"]:.0f} | {_headline(name, p["results"])} | {skipped} |')
     layers = report['parts'].get('modconv_layers', {}).get('results', {}).get('layers', [])
     if layers:
-        lines += ['', '| precision | px | up | channels | fused ms | reference ms | baseline non-fused ms | fused / reference |',
+        lines += ['', '| precision | px | up | channels | fused ms | reference ms '
+                      '| baseline non-fused ms | fused / reference |',
                   '|---|---|---|---|---|---|---|---|']
         for r in layers:
             lines.append(f'| {r["precision"]} | {r["res"]} | {r["up"]} | {r["channels"]} | {_fmt(r["fused_ms"])} | '
-                         f'{_fmt(r["reference_ms"])} | {_fmt(r["baseline_nonfused_ms"])} | {_fmt(r["fused_over_reference"])} |')
+                         f'{_fmt(r["reference_ms"])} | {_fmt(r["baseline_nonfused_ms"])} | '
+                         f'{_fmt(r["fused_over_reference"])} |')
     lines.append(f'\nTotal {report["seconds"]:.0f} s. Command: `{report["command"]}`')
     return '\n'.join(lines) + '\n'
 
@@ -487,15 +490,18 @@ def main(out, dry_run, parts):
     chosen = None if parts is None else [p.strip() for p in parts.split(',') if p.strip()]
     unknown = sorted(set(chosen or []) - set(PARTS))
     if unknown:
-        raise click.BadParameter(f'unknown part(s) {", ".join(unknown)}; choose from {", ".join(PARTS)}', param_hint='--parts')
+        raise click.BadParameter(f'unknown part(s) {", ".join(unknown)}; choose from {", ".join(PARTS)}',
+                                 param_hint='--parts')
     if os.path.exists(out) and not os.path.isdir(out):
         raise click.BadParameter(f'{out} exists and is not a folder', param_hint='--out')
-    torch.set_num_threads(max(1, int(os.environ.get('OMP_NUM_THREADS', '1') or 1)) if dry_run else torch.get_num_threads())
+    torch.set_num_threads(max(1, int(os.environ.get('OMP_NUM_THREADS', '1') or 1)) if dry_run
+                          else torch.get_num_threads())
     report = run(out, dry_run=dry_run, parts=chosen)
     print(markdown(report))
     failed = [n for n, p in report['parts'].items() if p['status'] == 'failed']
     if failed:
-        raise SystemExit(f'gpu_acceptance: failed part(s): {", ".join(failed)} (see {os.path.join(out, "gpu-acceptance.json")})')
+        raise SystemExit(f'gpu_acceptance: failed part(s): {", ".join(failed)} '
+                         f'(see {os.path.join(out, "gpu-acceptance.json")})')
 
 
 if __name__ == '__main__':

@@ -22,7 +22,7 @@ overparameterized generator trained from scratch, on held-out images.
 Writes, in --outdir: `finetune.json` (every number, setting and time), `finetune.md` (the block docs/finetune.md
 includes; --update-doc replaces it between its markers), the figures, and the run folders (a rerun reuses
 finished ones; --only runs a part, e.g. in a parallel process).
-"""
+"""  # noqa: E501 (example commands stay one line each, to copy and paste)
 
 import json
 import os

@@ -276,7 +276,8 @@ def curves_of(outdir):
 @click.option('--update-doc', type=click.Path(dir_okay=False), default=None,
               help='Also replace the generated block of this Markdown file (docs/reproducing.md)')
 @cli_errors
-def main(outdir, networks, smoke, images, steps, kimg, mse_weight, l1_weight, batch, seed, wait_minutes, invert_only, report_only, update_doc):
+def main(outdir, networks, smoke, images, steps, kimg, mse_weight, l1_weight, batch, seed, wait_minutes, invert_only,
+         report_only, update_doc):
     """Tables 1-3 and figures 5-6 of the paper for a tiny baseline and its overparameterized twin."""
     if report_only:
         write_report(Path(outdir), json.loads((Path(outdir) / 'tables.json').read_text()), update_doc, click.echo)

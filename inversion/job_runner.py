@@ -201,7 +201,8 @@ class _Runner:
                 path.unlink(missing_ok=True)
                 continue
             if state.get('settings') != self.job.settings or any(n not in by_name for n in names):
-                raise InversionError(f'Resume state {path} does not fit this run (other settings or targets); remove it')
+                raise InversionError(f'Resume state {path} does not fit this run (other settings or targets); '
+                                     'remove it')
             if all(n in self.results for n in names):
                 path.unlink(missing_ok=True)
                 continue

@@ -143,7 +143,8 @@ def compute_recon(opts, with_detectors=True):
     distance_fn = feature_fn = None
     if with_detectors:
         distance_fn = opts.lpips_distance()
-        inception = detectors.get_detector(opts.detector(detectors.INCEPTION_URL), device=opts.device, verbose=opts.progress)
+        inception = detectors.get_detector(opts.detector(detectors.INCEPTION_URL), device=opts.device,
+                                           verbose=opts.progress)
 
         def feature_fn(images):
             return inception(images, return_features=True)

@@ -91,8 +91,10 @@ def overview_rows(outdir, pairs, midpoints_only=False):
 #----------------------------------------------------------------------------
 # Metrics.
 
-def real_feature_stats(data, resolution, detector_spec, device, max_real=None, batch_size=64, progress=False, cache=True):
-    """Inception (mean `[D]`, cov `[D, D]`) of the images in `data` (zip or folder), cached as calc_metrics caches them."""
+def real_feature_stats(data, resolution, detector_spec, device, max_real=None, batch_size=64, progress=False,
+                       cache=True):
+    """Inception (mean `[D]`, cov `[D, D]`) of the images in `data` (zip or folder),
+    cached as calc_metrics caches them."""
     opts = MetricOptions(dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path=data, max_size=None,
                                              xflip=False, use_labels=False, resolution=resolution),
                          device=device, batch_size=batch_size, progress=progress, num_workers=0, cache=cache)
@@ -199,7 +201,8 @@ def run_interpolation(cfg, outdir, log=None):
     distributed.barrier()
     if c.grid and distributed.get_rank() == 0:
         save_png(outdir / 'overview.png', sheets.stack_rows(overview_rows(outdir, pair_list, c.midpoints_only)))
-    record = dict(network=str(network), network_sha256=sha, inversion_run=None if inversion_run is None else str(inversion_run),
+    record = dict(network=str(network), network_sha256=sha,
+                  inversion_run=None if inversion_run is None else str(inversion_run),
                   seeds=None if seeds is None else [int(s) for s in seeds], space=space, names=names,
                   pairs=[list(p) for p in pair_list], steps=int(steps), midpoints_only=bool(c.midpoints_only),
                   truncation_psi=None if seeds is None else float(c.truncation_psi))
