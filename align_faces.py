@@ -13,19 +13,22 @@ from preprocess.paste_back import DEFAULT_FEATHER
 @click.group(invoke_without_command=True, context_settings=dict(max_content_width=120))
 @click.option('--source', metavar='DIR|FILE', help='Photos (folder searched recursively, or one file)')
 @click.option('--dest', metavar='DIR', help='Where the crops and alignment.jsonl go (same DIR again = resume)')
-@click.option('--resolution', type=click.IntRange(min=8), default=1024, show_default=True, help='Side of the crops in pixels')
+@click.option('--resolution', type=click.IntRange(min=8), default=1024, show_default=True,
+              help='Side of the crops in pixels')
 @click.option('--multiple', type=click.Choice(MULTIPLE_MODES), default='largest', show_default=True,
               help='Photos with several faces: align the largest, all (<name>_face<k>.png), or skip them')
 @click.option('--min-score', type=float, default=0.0, show_default=True,
               help='Keep detections scoring above this (dlib HOG margin; raise it to drop weak false detections)')
 @click.option('--upsample', type=click.IntRange(min=0), default=1, show_default=True,
               help='Times dlib doubles the photo before detecting (more finds smaller faces, slower)')
-@click.option('--landmark-model', metavar='DAT', help='68-point dlib model; default: the one in face-recognition-models')
+@click.option('--landmark-model', metavar='DAT',
+              help='68-point dlib model; default: the one in face-recognition-models')
 @click.option('--transform-size', type=click.IntRange(min=8), default=TRANSFORM_SIZE, show_default=True,
               help='Render the square at this size before the final resize (FFHQ: 4096)')
 @click.option('--no-padding', is_flag=True, help='Black outside the photo instead of reflection padding + blur')
-@click.option('--overview', metavar='PNG', help='Also write a labelled picture of the first photos, their squares and crops '
-                                                '(keep it outside --dest, which should hold only crops)')
+@click.option('--overview', metavar='PNG',
+              help='Also write a labelled picture of the first photos, their squares and crops '
+                   '(keep it outside --dest, which should hold only crops)')
 @click.option('--quiet', is_flag=True, help='No progress bar')
 @click.pass_context
 def main(ctx, source, dest, resolution, multiple, min_score, upsample, landmark_model, transform_size, no_padding,
@@ -39,7 +42,7 @@ def main(ctx, source, dest, resolution, multiple, min_score, upsample, landmark_
     python align_faces.py --source photos/ --dest aligned/ --resolution 256
     python align_faces.py --source group.jpg --dest aligned/ --multiple all --overview aligned-overview.png
     python align_faces.py paste-back --aligned aligned/ --reconstructions out/ --pattern '{name}-recon.png' --dest pasted/
-    """
+    """  # noqa: E501 (the help shows these examples verbatim: one command a line)
     if ctx.invoked_subcommand is not None:
         return
     for name, value in (('source', source), ('dest', dest)):

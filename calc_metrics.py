@@ -6,11 +6,11 @@ import click
 import torch
 
 import dnnlib
+from dnnlib.cli import cli_errors
 from inversion import run_files
 from metrics import detectors, metric_main
-from torch_utils.files import check_outdir
-from dnnlib.cli import cli_errors
 from torch_utils import checkpoint, distributed
+from torch_utils.files import check_outdir
 from training.encoder import load_encoder_pkl
 
 #----------------------------------------------------------------------------
@@ -19,7 +19,8 @@ def _parse_metrics(value):
     names = [m.strip() for m in value.split(',') if m.strip()]
     bad = [m for m in names if not metric_main.is_valid_metric(m)]
     if bad or not names:
-        raise click.BadParameter(f'{", ".join(bad) or "none given"}; valid: {", ".join(metric_main.list_valid_metrics())}')
+        raise click.BadParameter(f'{", ".join(bad) or "none given"}; '
+                                 f'valid: {", ".join(metric_main.list_valid_metrics())}')
     return names
 
 
@@ -32,22 +33,29 @@ def _parse_metrics(value):
 @click.option('--encoder', 'encoder_pkl', metavar='PKL',
               help='Encoder pickle from train_encoder.py (encoder_recon); --network defaults to its generator')
 @click.option('--mirror', is_flag=True, help='x-flip the real images (legacy metrics only; *_full ignore it)')
-@click.option('--gpus', type=click.IntRange(min=1), default=1, show_default=True, help='Expected processes (launch with torchrun)')
-@click.option('--detector-path', help="Local Inception/VGG16 TorchScript file or folder, 'inception=P,vgg16=P', or random:DIM:SEED")
+@click.option('--gpus', type=click.IntRange(min=1), default=1, show_default=True,
+              help='Expected processes (launch with torchrun)')
+@click.option('--detector-path',
+              help="Local Inception/VGG16 TorchScript file or folder, 'inception=P,vgg16=P', or random:DIM:SEED")
 @click.option('--inversion-run', type=click.Path(file_okay=False), help='Inversion output folder (recon metrics)')
-@click.option('--run-dir', '--outdir', 'run_dir', help='Where metric-<name>.jsonl is appended [default: next to the network]')
-@click.option('--num-images', type=click.IntRange(min=2), help='Quick run: generated images / PPL samples and a cap on real images')
+@click.option('--run-dir', '--outdir', 'run_dir',
+              help='Where metric-<name>.jsonl is appended [default: next to the network]')
+@click.option('--num-images', type=click.IntRange(min=2),
+              help='Quick run: generated images / PPL samples and a cap on real images')
 @click.option('--seed', type=int, default=0, show_default=True, help='Seed of latents, labels and KID subsets')
-@click.option('--batch', 'batch_size', type=click.IntRange(min=1), default=64, show_default=True, help='Images per detector call')
-@click.option('--workers', 'num_workers', type=click.IntRange(min=0), default=3, show_default=True, help='Data loader workers')
-@click.option('--trunc', 'truncation_psi', type=float, default=1.0, show_default=True, help='Truncation psi of generated images')
+@click.option('--batch', 'batch_size', type=click.IntRange(min=1), default=64, show_default=True,
+              help='Images per detector call')
+@click.option('--workers', 'num_workers', type=click.IntRange(min=0), default=3, show_default=True,
+              help='Data loader workers')
+@click.option('--trunc', 'truncation_psi', type=float, default=1.0, show_default=True,
+              help='Truncation psi of generated images')
 @click.option('--device', default=None, help='Device [default: cuda:LOCAL_RANK if available, else cpu]')
 @click.option('--no-cache', is_flag=True, help='Recompute dataset features instead of reading the cache')
 @click.option('--trust-pickle', is_flag=True, help='Unpickle without restrictions (only for files you trust)')
 @click.option('--verbose/--quiet', default=True, show_default=True, help='Progress bars')
 @cli_errors
-def main(network_pkl, metric_list, data, encoder_pkl, mirror, gpus, detector_path, inversion_run, run_dir, num_images, seed, batch_size,
-         num_workers, truncation_psi, device, no_cache, trust_pickle, verbose):
+def main(network_pkl, metric_list, data, encoder_pkl, mirror, gpus, detector_path, inversion_run, run_dir, num_images,
+         seed, batch_size, num_workers, truncation_psi, device, no_cache, trust_pickle, verbose):
     """Compute metrics and append each to <run-dir>/metric-<name>.jsonl.
 
     \b
@@ -63,8 +71,8 @@ def main(network_pkl, metric_list, data, encoder_pkl, mirror, gpus, detector_pat
     distributed.init()
     rank, world = distributed.get_rank(), distributed.get_world_size()
     if gpus != world and rank == 0:
-        click.echo(f'Note: --gpus={gpus} but {world} process(es) running; using {world} (launch with torchrun for more).',
-                   err=True)
+        click.echo(f'Note: --gpus={gpus} but {world} process(es) running; using {world} '
+                   '(launch with torchrun for more).', err=True)
     local_rank = int(os.environ.get('LOCAL_RANK', '0'))
     device = torch.device(device or (f'cuda:{local_rank}' if torch.cuda.is_available() else 'cpu'))
 
@@ -79,7 +87,8 @@ def main(network_pkl, metric_list, data, encoder_pkl, mirror, gpus, detector_pat
     G, recorded_data = None, None
     if any(metric_main.needs_generator(m) for m in names):
         if not network_pkl:
-            raise click.UsageError(f'--network is required for {", ".join(m for m in names if metric_main.needs_generator(m))}')
+            raise click.UsageError('--network is required for '
+                                   f'{", ".join(m for m in names if metric_main.needs_generator(m))}')
         pkl = checkpoint.load_network_pkl(network_pkl, trust=trust_pickle, device=device)
         G = checkpoint.network_in(pkl, network_pkl, 'G_ema', option='--network')
         recorded_data = (pkl.get('training_set_kwargs') or {}).get('path')

@@ -23,7 +23,8 @@ def cli():
 @click.option('--network', required=True, help='Checkpoint path or URL (uses G_ema).')
 @click.option('--num-samples', type=click.IntRange(min=2), default=100000, show_default=True,
               help='Sampled latents (for overparameterized nets: matrices, each giving R rows).')
-@click.option('--components', type=click.IntRange(min=1), default=20, show_default=True, help='Principal components kept.')
+@click.option('--components', type=click.IntRange(min=1), default=20, show_default=True,
+              help='Principal components kept.')
 @click.option('--seed', type=int, default=0, show_default=True, help='Sampling seed.')
 @click.option('--batch', type=click.IntRange(min=1), default=None, help='Latents mapped at once (default: 65536 rows).')
 @click.option('--device', default=None, help='Device (default: cuda if available).')
@@ -63,7 +64,8 @@ def edit(network, components_path, seeds, latents, component_specs, strength, la
     try:
         strengths = [float(s) for s in strength.split(',') if s.strip()]
     except ValueError as err:
-        raise click.BadParameter(f'{strength!r}: expected numbers separated by commas', param_hint='--strength') from err
+        raise click.BadParameter(f'{strength!r}: expected numbers separated by commas',
+                                 param_hint='--strength') from err
     if not strengths:
         raise click.BadParameter('give at least one strength, e.g. -2,0,2', param_hint='--strength')
     try:

@@ -6,12 +6,11 @@ from pathlib import Path
 import click
 import torch
 
-from torch_utils import checkpoint
-from torch_utils.image_io import make_grid, save_png, to_uint8
-from torch_utils.files import save_json
-from torch_utils.files import check_outdir, make_outdir
 from dnnlib.cli import cli_errors, parse_range
 from inversion import optimize, run_files
+from torch_utils import checkpoint
+from torch_utils.files import check_outdir, make_outdir, save_json
+from torch_utils.image_io import make_grid, save_png, to_uint8
 from training.latent_spaces import SPACES
 from training.sampling import generate_images
 
@@ -29,9 +28,11 @@ def _seeds(text):
 @click.command()
 @click.pass_context
 @click.option('--network', 'network_pkl', help='Checkpoint path or URL', required=True)
-@click.option('--seeds', callback=lambda ctx, param, value: _seeds(value), default='0-7', show_default=True, help="Seeds, e.g. '0-3,7'")
+@click.option('--seeds', callback=lambda ctx, param, value: _seeds(value), default='0-7', show_default=True,
+              help="Seeds, e.g. '0-3,7'")
 @click.option('--trunc', 'truncation_psi', type=float, default=1.0, show_default=True, help='Truncation psi')
-@click.option('--trunc-cutoff', 'truncation_cutoff', type=click.IntRange(min=0), default=None, help='Truncate only the first N layers')
+@click.option('--trunc-cutoff', 'truncation_cutoff', type=click.IntRange(min=0), default=None,
+              help='Truncate only the first N layers')
 @click.option('--noise-mode', type=click.Choice(['const', 'random', 'none']), default='const', show_default=True)
 @click.option('--class', 'class_idx', type=click.IntRange(min=0), default=None, help='Class label (conditional nets)')
 @click.option('--outdir', required=True, help='Where to write the images')
@@ -77,9 +78,9 @@ def main(ctx, network_pkl, seeds, truncation_psi, truncation_cutoff, noise_mode,
     images = to_uint8(images)
     outdir, files = _save_images(outdir, [f'seed{seed:04d}' for seed in seeds], images)
     save_json(outdir / 'generate.json', dict(network=str(network_pkl), seeds=seeds, truncation_psi=truncation_psi,
-                                             truncation_cutoff=truncation_cutoff, noise_mode=noise_mode, class_idx=class_idx,
-                                             z_shape=list(G.z_shape), images=files, grid='grid.png',
-                                             seconds=round(time.time() - start, 3)))
+                                             truncation_cutoff=truncation_cutoff, noise_mode=noise_mode,
+                                             class_idx=class_idx, z_shape=list(G.z_shape), images=files,
+                                             grid='grid.png', seconds=round(time.time() - start, 3)))
     click.echo(f'Wrote {len(files)} images and grid.png to {outdir}')
 
 

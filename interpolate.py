@@ -20,17 +20,25 @@ from torch_utils import distributed
 @click.option('--steps', type=int, default=8, show_default=True, help='Frames per path (images and GIFs)')
 @click.option('--midpoints-only', is_flag=True, help='Write only the t = 1/2 image of each pair')
 @click.option('--outdir', required=True, type=str, help='Output folder')
-@click.option('--grid/--no-grid', default=True, show_default=True, help='PNG per pair (frames side by side) + overview.png')
+@click.option('--grid/--no-grid', default=True, show_default=True,
+              help='PNG per pair (frames side by side) + overview.png')
 @click.option('--gif', is_flag=True, help='Also write an animated GIF per pair')
-@click.option('--metrics', is_flag=True, help='Table-3 metrics: path length over 5 segments, FID of midpoints (with --data)')
-@click.option('--lpips', type=str, help="LPIPS of the path lengths: vgg16-nvlabs[:PATH] or a detector spec [default: vgg16-nvlabs, NVIDIA's vgg16.pt, through --detector-path]")
-@click.option('--detector-path', type=str, help="Local Inception/VGG16 TorchScript file or folder, 'inception=P,vgg16=P', or random:DIM:SEED")
+@click.option('--metrics', is_flag=True,
+              help='Table-3 metrics: path length over 5 segments, FID of midpoints (with --data)')
+@click.option('--lpips', type=str,
+              help="LPIPS of the path lengths: vgg16-nvlabs[:PATH] or a detector spec "
+                   "[default: vgg16-nvlabs, NVIDIA's vgg16.pt, through --detector-path]")
+@click.option('--detector-path', type=str,
+              help="Local Inception/VGG16 TorchScript file or folder, 'inception=P,vgg16=P', or random:DIM:SEED")
 @click.option('--data', type=str, help='Real images (zip or folder) for FID of midpoints')
 @click.option('--max-real', type=int, help='Use at most this many real images for FID')
 @click.option('--cache/--no-cache', default=True, show_default=True, help='Reuse cached real-image features')
-@click.option('--trunc', 'truncation_psi', type=float, default=1.0, show_default=True, help='Truncation psi (--seeds only)')
-@click.option('--class', 'class_idx', type=click.IntRange(min=0), default=None, help='Class label (--seeds, conditional nets)')
-@click.option('--batch', 'batch_size', type=click.IntRange(min=1), default=8, show_default=True, help='Images per generator call')
+@click.option('--trunc', 'truncation_psi', type=float, default=1.0, show_default=True,
+              help='Truncation psi (--seeds only)')
+@click.option('--class', 'class_idx', type=click.IntRange(min=0), default=None,
+              help='Class label (--seeds, conditional nets)')
+@click.option('--batch', 'batch_size', type=click.IntRange(min=1), default=8, show_default=True,
+              help='Images per generator call')
 @click.option('--device', help='cuda, cuda:K or cpu  [default: cuda if available]')
 @click.option('--trust-pickle', is_flag=True, help='Allow arbitrary code in the checkpoint pickle (trusted files only)')
 @click.option('--progress/--no-progress', default=True, show_default=True)

@@ -18,7 +18,8 @@ SHARD_TIMEOUT_S = 7 * 24 * 3600      # How long a rank of a sharded run (torchru
 #----------------------------------------------------------------------------
 
 @click.command(context_settings=dict(max_content_width=120))
-@click.option('--network', metavar='PKL',                   help='Checkpoint path or URL (any format of README "Bringing your checkpoints")')
+@click.option('--network', metavar='PKL',
+              help='Checkpoint path or URL (any format of README "Bringing your checkpoints")')
 @click.option('--target', metavar='DIR|FILE|ZIP',          help='Image folder (recursive), single image, or zip')
 @click.option('--outdir', metavar='DIR',                   help='Where to write the results (same DIR again = resume)')
 @click.option('--space', type=click.Choice(SPACES + ('auto',)), default='auto', show_default=True,
@@ -28,7 +29,8 @@ SHARD_TIMEOUT_S = 7 * 24 * 3600      # How long a rank of a sharded run (torchru
                    'train_encoder.py (--space auto then takes the encoder\'s space)')
 @click.option('--steps', type=click.IntRange(min=0), default=1000, show_default=True,
               help='Adam steps per image; 0 = evaluate the start (with --init encoder: the encoder alone)')
-@click.option('--lr', type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True, help='Adam learning rate')
+@click.option('--lr', type=click.FloatRange(min=0, min_open=True), default=0.05, show_default=True,
+              help='Adam learning rate')
 @click.option('--batch', type=BatchType(), default='auto', show_default=True,
               help='Images optimised together; auto = fit free GPU memory (8 off CUDA)')
 @click.option('--truncation', type=click.FloatRange(0, 1), default=None,
@@ -50,16 +52,22 @@ SHARD_TIMEOUT_S = 7 * 24 * 3600      # How long a rank of a sharded run (torchru
 @click.option('--mask', metavar='DIR', type=click.Path(file_okay=False),
               help='Masks named like the targets (any image format): white = keep, black = ignore, grey = weight. '
                    'The alpha channel of RGBA targets is a mask too')
-@click.option('--lpips', default='vgg16-nvlabs', show_default=True, callback=checked_by(parse_lpips_spec), metavar='SPEC',
+@click.option('--lpips', default='vgg16-nvlabs', show_default=True, callback=checked_by(parse_lpips_spec),
+              metavar='SPEC',
               help="vgg16-nvlabs[:PATH] (StyleGAN2's LPIPS: NVIDIA vgg16.pt, URL by default) | vgg (lpips package) | "
                    'vgg-random (random VGG trunk: offline smoke runs and tests only)')
 @click.option('--trust-pickle', is_flag=True, help='Unpickle without restrictions (only for files you trust)')
-@click.option('--mse-weight', type=click.FloatRange(min=0), default=0.0, show_default=True, help='Weight of a pixel MSE term')
-@click.option('--l1-weight', type=click.FloatRange(min=0), default=0.0, show_default=True, help='Weight of a pixel L1 term')
-@click.option('--save-video', is_flag=True, help='Write frames/<name>/stepNNNNN.png (target | current) during optimisation')
-@click.option('--video-every', type=click.IntRange(min=1), default=10, show_default=True, help='Steps between video frames')
+@click.option('--mse-weight', type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help='Weight of a pixel MSE term')
+@click.option('--l1-weight', type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help='Weight of a pixel L1 term')
+@click.option('--save-video', is_flag=True,
+              help='Write frames/<name>/stepNNNNN.png (target | current) during optimisation')
+@click.option('--video-every', type=click.IntRange(min=1), default=10, show_default=True,
+              help='Steps between video frames')
 @click.option('--align', is_flag=True,
-              help='First align the faces of --target as FFHQ was (align_faces.py) into OUTDIR/aligned, and invert those')
+              help='First align the faces of --target as FFHQ was (align_faces.py) into OUTDIR/aligned, '
+                   'and invert those')
 @click.option('--align-resolution', type=click.IntRange(min=8), default=1024, show_default=True,
               help='--align: side of the aligned crops (then resized to the generator, as FFHQ 1024 -> 256)')
 @click.option('--align-multiple', type=click.Choice(MULTIPLE_MODES), default='largest', show_default=True,
@@ -77,8 +85,8 @@ def main(ctx, outdir, resume_dir, **options):
     unless --truncation is given; --steps 0 then gives the encoder's reconstruction alone.
     Writes <name>.npy, <name>-recon.png, <name>-pair.png per image, and latents.npz,
     results.jsonl, summary.json, overview.png, lpips_curve.png, skipped.json, log.txt per run.
-    With --mask, RGBA targets or --crop pad only the kept pixels count (in the loss and the metrics). A killed run continues
-    when started again with the same --outdir (or with --resume DIR).
+    With --mask, RGBA targets or --crop pad only the kept pixels count (in the loss and the metrics).
+    A killed run continues when started again with the same --outdir (or with --resume DIR).
 
     \b
     python invert.py --network=overparam-ffhq256.pkl --target=celebahq-test/ --space=W --outdir=out/W

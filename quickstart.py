@@ -23,17 +23,16 @@ import click
 import torch
 
 from configs import offline_inversion, presets
-from dnnlib.util import url_cache_path
-from torch_utils.files import make_outdir
 from dnnlib.cli import cli_errors
-from inversion.losses import build_loss
-from metrics.lpips import DEFAULT_LPIPS, VGG16_URL, LpipsUnavailableError
-from inversion.inversion_job import InversionConfig, run_inversion
-from inversion.run_files import read_pairs
-from metrics.reconstruction import pixel_metrics, reconstruction_metrics
+from dnnlib.util import url_cache_path
 from figures.sheets import comparison_sheet
+from inversion.inversion_job import InversionConfig, run_inversion
+from inversion.losses import build_loss
+from inversion.run_files import read_pairs
+from metrics.lpips import DEFAULT_LPIPS, VGG16_URL, LpipsUnavailableError
+from metrics.reconstruction import pixel_metrics, reconstruction_metrics
+from torch_utils.files import make_outdir, save_json
 from torch_utils.image_io import save_png
-from torch_utils.files import save_json
 from training import launch
 from training.tiny_data import write_tiny_dataset, write_tiny_images
 
@@ -72,7 +71,8 @@ def write_comparison(path, runs, num_shown=8):
     columns = [list(first['target'][:k])] + [list(r['recon'][:k]) for r in runs.values()]
     captions = [[None] * k] + [[f'LPIPS {r["lpips"][i]:.4f}\nPSNR {r["psnr"][i]:.2f} dB' for i in range(k)]
                                for r in runs.values()]
-    means = '\n'.join(f'{space}: mean LPIPS {sum(r["lpips"]) / len(r["lpips"]):.4f}, PSNR {sum(r["psnr"]) / len(r["psnr"]):.2f} dB'
+    means = '\n'.join(f'{space}: mean LPIPS {sum(r["lpips"]) / len(r["lpips"]):.4f}, '
+                      f'PSNR {sum(r["psnr"]) / len(r["psnr"]):.2f} dB'
                       for space, r in runs.items())
     save_png(path, comparison_sheet(columns, ['target'] + [f'inverted into {s}' for s in runs], captions,
                                     title=f'{len(first["target"])} held-out images (first {k} shown)\n{means}'))
@@ -89,9 +89,11 @@ def train_tiny(outdir, kimg, cfg, seed):
 
 @click.command()
 @click.option('--outdir', default='out/quickstart', show_default=True)
-@click.option('--kimg', type=click.FloatRange(min=0, min_open=True), default=3, show_default=True, help='Training length')
+@click.option('--kimg', type=click.FloatRange(min=0, min_open=True), default=3, show_default=True,
+              help='Training length')
 @click.option('--cfg', type=click.Choice(['tiny-overparam', 'tiny']), default='tiny-overparam', show_default=True)
-@click.option('--images', 'num_images', type=click.IntRange(min=1), default=8, show_default=True, help='Held-out targets')
+@click.option('--images', 'num_images', type=click.IntRange(min=1), default=8, show_default=True,
+              help='Held-out targets')
 @click.option('--steps', type=click.IntRange(min=1), default=300, show_default=True, help='Inversion steps')
 @click.option('--seed', type=int, default=0, show_default=True)
 @cli_errors
@@ -113,7 +115,8 @@ def main(outdir, kimg, cfg, num_images, steps, seed):
     spaces = ('w', 'W') if cfg == 'tiny-overparam' else ('w', 'w+')
     summary = dict(training_run=str(run_dir), snapshot=str(pkl), lpips=lpips, lpips_notice=notice,
                    loss=dict(loss, description=describe_loss(loss)), inversions={})
-    click.echo(f'[3/3] inverting the held-out images into {" and ".join(spaces)} ({steps} steps), loss {describe_loss(loss)} ...')
+    click.echo(f'[3/3] inverting the held-out images into {" and ".join(spaces)} ({steps} steps), '
+               f'loss {describe_loss(loss)} ...')
     shown = {}
     for space in spaces:
         inv_dir = outdir / f'invert-{space.replace("+", "plus")}'

@@ -21,10 +21,12 @@ def parse_metrics(ctx, param, value):
 @click.command(context_settings=dict(max_content_width=120, terminal_width=120))
 # Required.
 @click.option('--outdir',       help='Where to make the run directory', metavar='DIR', required=True)
-@click.option('--data',         help='Training data (zip or folder from dataset_tool.py)', metavar='PATH', required=True)
+@click.option('--data',         help='Training data (zip or folder from dataset_tool.py)', metavar='PATH',
+              required=True)
 @click.option('--cfg',          help='Preset; the options below override it', default='auto', show_default=True,
               type=click.Choice(list(presets.PRESETS)))
-@click.option('--gpus',         help='Processes (torchrun/SLURM: from the environment)', type=click.IntRange(min=1), metavar='INT')
+@click.option('--gpus',         help='Processes (torchrun/SLURM: from the environment)', type=click.IntRange(min=1),
+              metavar='INT')
 # Model and loss.
 @click.option('--rows',         help='Latent rows R, 0 = StyleGAN2', type=click.IntRange(min=0), metavar='INT')
 @click.option('--dim',          help='z and w dimensionality', type=click.IntRange(min=1), metavar='INT')
@@ -33,7 +35,8 @@ def parse_metrics(ctx, param, value):
 @click.option('--cmax',         help='Capacity: channel_max', type=click.IntRange(min=1), metavar='INT')
 @click.option('--noise',        help='Per-pixel noise inputs (the paper: 0)', type=bool, metavar='BOOL')
 @click.option('--gamma',        help='R1 regularization weight', type=click.FloatRange(min=0), metavar='FLOAT')
-@click.option('--lr',           help='Adam learning rate of G and D', type=click.FloatRange(min=0, min_open=True), metavar='LR')
+@click.option('--lr',           help='Adam learning rate of G and D', type=click.FloatRange(min=0, min_open=True),
+              metavar='LR')
 @click.option('--ema',          help='EMA half-life of G_ema in kimg', type=click.FloatRange(min=0), metavar='KIMG')
 @click.option('--mbstd',        help='Minibatch-std group size', type=click.IntRange(min=1), metavar='INT')
 @click.option('--style-mixing', help='Style mixing probability', type=click.FloatRange(min=0, max=1), metavar='P')
@@ -43,27 +46,35 @@ def parse_metrics(ctx, param, value):
 # Schedule.
 @click.option('--batch',        help='Total batch size', type=click.IntRange(min=1), metavar='INT')
 @click.option('--batch-gpu',    help='Images per GPU per accumulation round', type=click.IntRange(min=1), metavar='INT')
-@click.option('--kimg',         help='Training length (thousands of images)', type=click.FloatRange(min=0, min_open=True), metavar='KIMG')
-@click.option('--tick',         help='Progress line every KIMG', type=click.FloatRange(min=0, min_open=True), metavar='KIMG')
-@click.option('--snap',         help='Snapshot (pkl, state, images, metrics) every INT ticks', type=click.IntRange(min=1), metavar='INT')
+@click.option('--kimg',         help='Training length (thousands of images)',
+              type=click.FloatRange(min=0, min_open=True), metavar='KIMG')
+@click.option('--tick',         help='Progress line every KIMG', type=click.FloatRange(min=0, min_open=True),
+              metavar='KIMG')
+@click.option('--snap',         help='Snapshot (pkl, state, images, metrics) every INT ticks',
+              type=click.IntRange(min=1), metavar='INT')
 @click.option('--seed',         help='Random seed', type=click.IntRange(min=0), metavar='INT')
-@click.option('--resume',       help="Resume from a .pkl (ours or NVIDIA's; a StyleGAN2 with --rows R: fine-tune it into R rows), "
-                                     "a training-state .pt or 'auto'", metavar='PATH')
-@click.option('--resume-kimg',  help='Start kimg for a pickle without state', type=click.FloatRange(min=0), metavar='KIMG')
+@click.option('--resume',       help="Resume from a .pkl (ours or NVIDIA's; a StyleGAN2 with --rows R: fine-tune it "
+                                     "into R rows), a training-state .pt or 'auto'", metavar='PATH')
+@click.option('--resume-kimg',  help='Start kimg for a pickle without state', type=click.FloatRange(min=0),
+              metavar='KIMG')
 @click.option('--row-start',    help='Fine-tuning a StyleGAN2 into rows: paper sampling, or rows spread from identical',
               type=click.Choice(list(ROW_STARTS)))
 @click.option('--row-spread-kimg', help='--row-start=spread: kimg to reach the paper\'s row correlation',
               type=click.FloatRange(min=0, min_open=True), metavar='KIMG')
 # Data and augmentation.
-@click.option('--mirror',       help='Add x-flipped copies of the data (NVIDIA default: off)', type=bool, metavar='BOOL')
+@click.option('--mirror',       help='Add x-flipped copies of the data (NVIDIA default: off)', type=bool,
+              metavar='BOOL')
 @click.option('--cond',         help='Condition on dataset labels', type=bool, metavar='BOOL')
 @click.option('--subset',       help='Train on only N images', type=click.IntRange(min=1), metavar='INT')
 @click.option('--aug',          help='Augmentation: ada (NVIDIA default) or noaug', type=click.Choice(['noaug', 'ada']))
 @click.option('--augpipe',      help="ADA pipe ('bgc' = NVIDIA default)", type=click.Choice(sorted(AUGPIPE_SPECS)))
-@click.option('--target',       help='ADA target of mean sign(D(real))', type=click.FloatRange(min=0, max=1), metavar='FLOAT')
+@click.option('--target',       help='ADA target of mean sign(D(real))', type=click.FloatRange(min=0, max=1),
+              metavar='FLOAT')
 # Performance and outputs.
-@click.option('--precision',    help='fp32 (paper), tf32, or mixed (FP16, fastest)', type=click.Choice(list(presets.PRECISIONS)))
-@click.option('--metrics',      help="Metrics at snapshots, comma-separated, or 'none'", callback=parse_metrics, metavar='LIST')
+@click.option('--precision',    help='fp32 (paper), tf32, or mixed (FP16, fastest)',
+              type=click.Choice(list(presets.PRECISIONS)))
+@click.option('--metrics',      help="Metrics at snapshots, comma-separated, or 'none'", callback=parse_metrics,
+              metavar='LIST')
 @click.option('--workers',      help='DataLoader worker processes', type=click.IntRange(min=0), metavar='INT')
 @click.option('--grid',         help='Image grids of INT x INT samples', type=click.IntRange(min=1), metavar='INT')
 @click.option('--device',       help='[default: cuda if available]', type=click.Choice(['cpu', 'cuda']))

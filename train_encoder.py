@@ -19,33 +19,42 @@ from training.resume import ResumeError
               required=True)
 @click.option('--cfg',           help='Preset; the options below override it', default='tiny', show_default=True,
               type=click.Choice(list(encoder_presets.ENCODER_PRESETS)))
-@click.option('--data',          help='Real images to reconstruct too (zip or folder from dataset_tool.py)', metavar='PATH')
+@click.option('--data',          help='Real images to reconstruct too (zip or folder from dataset_tool.py)',
+              metavar='PATH')
 @click.option('--space',         help='Target space; auto = W for overparameterized generators, else w+',
               type=click.Choice(list(encoder_presets.SPACES) + ['auto']))
-@click.option('--gpus',          help='Processes (torchrun/SLURM: from the environment)', type=click.IntRange(min=1), metavar='INT')
+@click.option('--gpus',          help='Processes (torchrun/SLURM: from the environment)', type=click.IntRange(min=1),
+              metavar='INT')
 # Objective.
-@click.option('--latent-weight', help='Weight of the latent MSE on G samples', type=click.FloatRange(min=0), metavar='FLOAT')
+@click.option('--latent-weight', help='Weight of the latent MSE on G samples', type=click.FloatRange(min=0),
+              metavar='FLOAT')
 @click.option('--mse-weight',    help='Weight of the pixel MSE ([0, 1] pixels; LPIPS has weight 1)',
               type=click.FloatRange(min=0), metavar='FLOAT')
-@click.option('--lpips',         help='LPIPS network: vgg16-nvlabs[:PATH], vgg, vgg-random (offline tests only)', metavar='SPEC')
-@click.option('--sample-psi',    help='Truncation of the G samples trained on', type=click.FloatRange(0, 1), metavar='PSI')
+@click.option('--lpips',         help='LPIPS network: vgg16-nvlabs[:PATH], vgg, vgg-random (offline tests only)',
+              metavar='SPEC')
+@click.option('--sample-psi',    help='Truncation of the G samples trained on', type=click.FloatRange(0, 1),
+              metavar='PSI')
 @click.option('--real-fraction', help='Share of real images in each batch (with --data)', type=click.FloatRange(0, 1),
               metavar='P')
-@click.option('--design',        help='Encoder design arguments as a JSON object (see training/encoder.py)', metavar='JSON')
+@click.option('--design',        help='Encoder design arguments as a JSON object (see training/encoder.py)',
+              metavar='JSON')
 # Schedule.
 @click.option('--batch',         help='Total batch size', type=click.IntRange(min=1), metavar='INT')
-@click.option('--batch-gpu',     help='Images per GPU per accumulation round', type=click.IntRange(min=1), metavar='INT')
+@click.option('--batch-gpu',     help='Images per GPU per accumulation round', type=click.IntRange(min=1),
+              metavar='INT')
 @click.option('--lr',            help='Adam learning rate', type=click.FloatRange(min=0, min_open=True), metavar='LR')
-@click.option('--kimg',          help='Training length (thousands of images)', type=click.FloatRange(min=0, min_open=True),
+@click.option('--kimg',          help='Training length (thousands of images)',
+              type=click.FloatRange(min=0, min_open=True), metavar='KIMG')
+@click.option('--tick',          help='Progress line every KIMG', type=click.FloatRange(min=0, min_open=True),
               metavar='KIMG')
-@click.option('--tick',          help='Progress line every KIMG', type=click.FloatRange(min=0, min_open=True), metavar='KIMG')
-@click.option('--snap',          help='Snapshot (pkl, state, recon grid) every INT ticks', type=click.IntRange(min=1), metavar='INT')
+@click.option('--snap',          help='Snapshot (pkl, state, recon grid) every INT ticks', type=click.IntRange(min=1),
+              metavar='INT')
 @click.option('--seed',          help='Random seed', type=click.IntRange(min=0), metavar='INT')
 @click.option('--resume',        help="Resume from an encoder .pkl (weights), a training-state .pt (exact) or 'auto'",
               metavar='PATH')
 @click.option('--workers',       help='DataLoader worker processes', type=click.IntRange(min=0), metavar='INT')
-@click.option('--trust-pickle',  help='Allow arbitrary code in the generator pickle (files you trust only)', is_flag=True,
-              default=None)
+@click.option('--trust-pickle',  help='Allow arbitrary code in the generator pickle (files you trust only)',
+              is_flag=True, default=None)
 @click.option('--device',        help='[default: cuda if available]', type=click.Choice(['cpu', 'cuda']))
 @click.option('--desc',          help='Extra text for the run directory name', metavar='STR')
 @click.option('-n', '--dry-run', help='Print the resolved options and exit', is_flag=True)
@@ -64,7 +73,7 @@ def main(outdir, desc, dry_run, device, **opts):
     \b
     # FFHQ 256 on 4 GPUs, with real images in half of each batch.
     python train_encoder.py --outdir=runs-enc --network=overparam256.pkl --cfg=paper256 --data=ffhq256.zip --gpus=4
-    """
+    """  # noqa: E501 (the help shows these examples verbatim: one command a line)
     if launch.env_world_size() is not None:
         opts['gpus'] = launch.env_world_size()
     if opts['lpips'] is not None:

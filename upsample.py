@@ -5,8 +5,8 @@ log.txt, latents.npz). See docs/downstream.md."""
 import click
 
 from dnnlib.cli import cli_errors
-from training.latent_spaces import SPACES
 from inversion.upsample import LOSSES, MODES, UpsampleConfig, run_upsample
+from training.latent_spaces import SPACES
 
 #----------------------------------------------------------------------------
 
@@ -24,7 +24,8 @@ from inversion.upsample import LOSSES, MODES, UpsampleConfig, run_upsample
 @click.option('--truncation', type=click.FloatRange(0, 1), default=0.9, show_default=True,
               help='Truncation psi, applied before every step; 1 = off.')
 @click.option('--loss', type=click.Choice(LOSSES), default='lpips-lowres', show_default=True, help='Low-res loss.')
-@click.option('--lpips', default='vgg16-nvlabs', show_default=True, help='LPIPS model: vgg16-nvlabs[:PATH], vgg, vgg-random.')
+@click.option('--lpips', default='vgg16-nvlabs', show_default=True,
+              help='LPIPS model: vgg16-nvlabs[:PATH], vgg, vgg-random.')
 @click.option('--batch', type=int, default=8, show_default=True, help='Images optimised together.')
 @click.option('--save-every', type=click.IntRange(min=0), default=100, show_default=True,
               help='Save resumable state every N steps; 0 = never')

@@ -15,8 +15,6 @@ from benchmarks.timing import time_fn
 from torch_utils import checkpoint
 
 
-
-
 @click.command()
 @click.option('--pkl', required=True, help='stylegan2-ada-pytorch snapshot')
 @click.option('--batch', type=int, default=16, show_default=True)

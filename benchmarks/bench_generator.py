@@ -131,7 +131,8 @@ def main(res, batch, rows, channel_base, channel_max, device, impl, iters, warmu
         def fmt(v):
             return '-' if v is None else f'{v}'
         r = results
-        row = (f'| {hw} | {res} | {batch} | {rows} | {impl} | {r["baseline_nonfused"]["ms"]} | {r["baseline_fused"]["ms"]} '
+        row = (f'| {hw} | {res} | {batch} | {rows} | {impl} '
+               f'| {r["baseline_nonfused"]["ms"]} | {r["baseline_fused"]["ms"]} '
                f'| {r["overparam"]["ms"]} | {ratios["overparam_vs_baseline_nonfused"]} '
                f'| {fmt(r["baseline_nonfused"]["peak_mb"])} | {fmt(r["baseline_fused"]["peak_mb"])} '
                f'| {fmt(r["overparam"]["peak_mb"])} |\n')

@@ -19,8 +19,7 @@ import click
 import torch
 
 from benchmarks.timing import time_fn
-from torch_utils.ops import modulated_conv2d_cuda as mcc
-from torch_utils.ops import upfirdn2d
+from torch_utils.ops import modulated_conv2d_cuda as mcc, upfirdn2d
 from torch_utils.ops.modulated_conv2d import modulated_conv2d
 
 #----------------------------------------------------------------------------
@@ -104,7 +103,8 @@ def main(device, batch, channels, rows, resolutions, with_up, dtype, iters, warm
     print(f'\nfwd+bwd ms ({device.type}, {row["dtype"]}, batch {batch}, {channels}->{channels} 3x3, rows {rows})')
     print('res  up  ' + ''.join(f'{v:>15}' for v in variants))
     for row in table:
-        print(f'{row["res"]:<4} {row["up"]:<3} ' + ''.join(f'{row["results"][v]["fwd_bwd_ms"]:>15.2f}' for v in variants))
+        print(f'{row["res"]:<4} {row["up"]:<3} '
+              + ''.join(f'{row["results"][v]["fwd_bwd_ms"]:>15.2f}' for v in variants))
 
 #----------------------------------------------------------------------------
 

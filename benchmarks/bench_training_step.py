@@ -74,7 +74,8 @@ def _reset_peak_rss():
 
 
 def run_worker(model, res, cmax, cbase, batch, rows, dim, iters, warmup, device_name, seed, clock, count_flops=False):
-    import torch                                              # Imported here: the driver needs no torch.
+    import torch  # Imported here: the driver needs no torch.
+
     from training import networks, phases as phase_lib
     from training.loss import StyleGAN2Loss
     rss_torch = _proc_status_mb('VmRSS')                      # Libraries only: subtracted from the peak.
@@ -93,7 +94,8 @@ def run_worker(model, res, cmax, cbase, batch, rows, dim, iters, warmup, device_
                            synthesis_kwargs=dict(channel_base=cbase, channel_max=cmax, num_fp16_res=0,
                                                  conv_clamp=256, use_noise=False)).train().to(device)
     D = networks.Discriminator(c_dim=0, img_resolution=res, img_channels=3, channel_base=cbase, channel_max=cmax,
-                               num_fp16_res=0, conv_clamp=256, epilogue_kwargs=dict(mbstd_group_size=4)).train().to(device)
+                               num_fp16_res=0, conv_clamp=256,
+                               epilogue_kwargs=dict(mbstd_group_size=4)).train().to(device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     G.requires_grad_(False)
     D.requires_grad_(False)
@@ -147,7 +149,8 @@ def run_worker(model, res, cmax, cbase, batch, rows, dim, iters, warmup, device_
         flops['total'] = {name: counters[name].total for name in PHASES}
         flops['total']['iteration'] = (flops['total']['Gmain'] + flops['total']['Greg'] / reg_interval['Greg']
                                        + flops['total']['Dmain'] + flops['total']['Dreg'] / reg_interval['Dreg'])
-    return dict(model=model, ms={k: round(v, 1) for k, v in ms.items()}, peak_mb=None if peak_mb is None else round(peak_mb, 1),
+    return dict(model=model, ms={k: round(v, 1) for k, v in ms.items()},
+                peak_mb=None if peak_mb is None else round(peak_mb, 1),
                 rss_after_import_mb=round(rss_torch, 1), rss_before_timed_mb=round(rss_before, 1), hardware=hardware,
                 torch=torch.__version__, iters=iters, warmup=warmup, clock=clock, flops=flops)
 
@@ -191,7 +194,8 @@ def _flop_summary(rounds):
     out = {}
     for key in ('iteration', *PHASES):
         base, over = (first[model]['flops']['total'][key] for model in MODELS)
-        entry = dict(baseline=round(base / 1e9, 3), overparam=round(over / 1e9, 3), ratio=round(over / base, 3) if base else None)
+        entry = dict(baseline=round(base / 1e9, 3), overparam=round(over / 1e9, 3),
+                     ratio=round(over / base, 3) if base else None)
         if key in PHASES:
             entry['classes'] = {model: {k: round(v / 1e9, 3) for k, v in first[model]['flops'][key].items()}
                                 for model in MODELS}
@@ -210,8 +214,8 @@ def _print_flop_table(flops, summary):
     for key in PHASES:
         classes = flops[key]['classes']
         names = sorted(set(classes['baseline']) | set(classes['overparam']))
-        print(f'  {key}: ' + ', '.join(f'{n} {classes["baseline"].get(n, 0):.2f} -> {classes["overparam"].get(n, 0):.2f}'
-                                       for n in names))
+        print(f'  {key}: ' + ', '.join(f'{n} {classes["baseline"].get(n, 0):.2f} '
+                                       f'-> {classes["overparam"].get(n, 0):.2f}' for n in names))
 
 
 def _print_table(summary):
@@ -273,7 +277,8 @@ def main(res, cmax, cbase, batch, rows, dim, threads, rounds, iters, warmup, dev
                 out, err = proc.communicate()
                 if proc.returncode != 0:
                     sys.stderr.write(err)
-                    raise click.ClickException(f'worker {model} (round {rnd + 1}) failed with exit code {proc.returncode}')
+                    raise click.ClickException(f'worker {model} (round {rnd + 1}) failed with exit code '
+                                               f'{proc.returncode}')
                 record[model] = json.loads(out.strip().splitlines()[-1])
                 print(json.dumps(dict(round=rnd + 1, **record[model])), flush=True)
         records.append(record)
@@ -284,7 +289,8 @@ def main(res, cmax, cbase, batch, rows, dim, threads, rounds, iters, warmup, dev
     if flops:
         _print_flop_table(flops, summary)
     result = dict(bench='training_step', command=' '.join(['python -m benchmarks.bench_training_step', *sys.argv[1:]]),
-                  clock=clock, parallel=parallel, res=res, cmax=cmax, cbase=cbase, batch=batch, rows=rows, dim=dim, threads=threads, rounds=rounds,
+                  clock=clock, parallel=parallel, res=res, cmax=cmax, cbase=cbase, batch=batch, rows=rows, dim=dim,
+                  threads=threads, rounds=rounds,
                   device=device, allocator=ALLOCATOR_ENV if device == 'cpu' else None,
                   date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), machine=platform.platform(),
                   summary=summary, gflops=flops, records=records)

@@ -24,11 +24,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from figures.curves import labelled_lines                    # noqa: E402
-from metrics.reconstruction import ssim                      # noqa: E402
-from torch_utils import checkpoint                           # noqa: E402
-from torch_utils.files import atomic_write, save_json        # noqa: E402
-from training.encoder import load_encoder_pkl                # noqa: E402
+from figures.curves import labelled_lines  # noqa: E402
+from metrics.reconstruction import ssim  # noqa: E402
+from torch_utils import checkpoint  # noqa: E402
+from torch_utils.files import atomic_write, save_json  # noqa: E402
+from training.encoder import load_encoder_pkl  # noqa: E402
 
 #----------------------------------------------------------------------------
 

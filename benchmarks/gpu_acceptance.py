@@ -22,7 +22,6 @@ Parts, in order, each stopped at its time budget (what it did not reach is liste
 Uses the public entry points: configs.presets, training.training_loop, inversion.optimize.
 """
 
-from contextlib import contextmanager
 import json
 import os
 import platform
@@ -32,6 +31,7 @@ import sys
 import time
 import traceback
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 
 import click
 import torch
@@ -39,8 +39,7 @@ import torch
 import dnnlib
 from benchmarks.timing import time_fn
 from configs import presets
-from torch_utils.ops import modulated_conv2d_cuda as mcc
-from torch_utils.ops import self_check, upfirdn2d
+from torch_utils.ops import modulated_conv2d_cuda as mcc, self_check, upfirdn2d
 from torch_utils.ops.modulated_conv2d import modulated_conv2d
 
 #----------------------------------------------------------------------------
@@ -286,7 +285,7 @@ def part_generator(part, cfg, ctx):
             G.train().requires_grad_(True)
             z = G.sample_z(cfg['g_batch'], generator=torch.Generator().manual_seed(1)).to(device)
 
-            def step():
+            def step(G=G, z=z):                      # bound now: `del G` below would leave a closure's G unbound
                 G.zero_grad(set_to_none=True)
                 G(z, None).square().mean().backward()
             with _precision(precision):
@@ -294,7 +293,7 @@ def part_generator(part, cfg, ctx):
                 peak = _peak_mb(device, step)
                 ms = time_fn(step, cfg['iters'], cfg['warmup'], lambda: _sync(device))
             out[preset] = dict(ms=ms, peak_mb=peak, latent_shape=list(G.z_shape))
-            del G
+            del G, step                              # step holds G too: the next preset starts without it
         if baseline in out and overparam in out:
             out.update(time_ratio=_ratio(out[overparam]['ms'], out[baseline]['ms']),
                        memory_ratio=_ratio(out[overparam]['peak_mb'], out[baseline]['peak_mb']))
@@ -366,7 +365,8 @@ def part_inversion(part, cfg, ctx):
                 break
         _sync(device)
         per_step = (time.perf_counter() - start) / max(done, 1)
-        out.append(dict(batch=batch, steps_timed=done, s_per_step=per_step, s_per_image_1000_steps=per_step * 1000 / batch))
+        out.append(dict(batch=batch, steps_timed=done, s_per_step=per_step,
+                        s_per_image_1000_steps=per_step * 1000 / batch))
     part.results['runs'] = out
     part.results['goal_s_per_image'] = GOALS['inversion_s_per_image']
 
@@ -415,11 +415,13 @@ def markdown(report):
         lines.append(f'| {name} | {status} | {p["seconds"]:.0f} | {_headline(name, p["results"])} | {skipped} |')
     layers = report['parts'].get('modconv_layers', {}).get('results', {}).get('layers', [])
     if layers:
-        lines += ['', '| precision | px | up | channels | fused ms | reference ms | baseline non-fused ms | fused / reference |',
+        lines += ['', '| precision | px | up | channels | fused ms | reference ms '
+                      '| baseline non-fused ms | fused / reference |',
                   '|---|---|---|---|---|---|---|---|']
         for r in layers:
             lines.append(f'| {r["precision"]} | {r["res"]} | {r["up"]} | {r["channels"]} | {_fmt(r["fused_ms"])} | '
-                         f'{_fmt(r["reference_ms"])} | {_fmt(r["baseline_nonfused_ms"])} | {_fmt(r["fused_over_reference"])} |')
+                         f'{_fmt(r["reference_ms"])} | {_fmt(r["baseline_nonfused_ms"])} | '
+                         f'{_fmt(r["fused_over_reference"])} |')
     lines.append(f'\nTotal {report["seconds"]:.0f} s. Command: `{report["command"]}`')
     return '\n'.join(lines) + '\n'
 
@@ -488,15 +490,18 @@ def main(out, dry_run, parts):
     chosen = None if parts is None else [p.strip() for p in parts.split(',') if p.strip()]
     unknown = sorted(set(chosen or []) - set(PARTS))
     if unknown:
-        raise click.BadParameter(f'unknown part(s) {", ".join(unknown)}; choose from {", ".join(PARTS)}', param_hint='--parts')
+        raise click.BadParameter(f'unknown part(s) {", ".join(unknown)}; choose from {", ".join(PARTS)}',
+                                 param_hint='--parts')
     if os.path.exists(out) and not os.path.isdir(out):
         raise click.BadParameter(f'{out} exists and is not a folder', param_hint='--out')
-    torch.set_num_threads(max(1, int(os.environ.get('OMP_NUM_THREADS', '1') or 1)) if dry_run else torch.get_num_threads())
+    torch.set_num_threads(max(1, int(os.environ.get('OMP_NUM_THREADS', '1') or 1)) if dry_run
+                          else torch.get_num_threads())
     report = run(out, dry_run=dry_run, parts=chosen)
     print(markdown(report))
     failed = [n for n, p in report['parts'].items() if p['status'] == 'failed']
     if failed:
-        raise SystemExit(f'gpu_acceptance: failed part(s): {", ".join(failed)} (see {os.path.join(out, "gpu-acceptance.json")})')
+        raise SystemExit(f'gpu_acceptance: failed part(s): {", ".join(failed)} '
+                         f'(see {os.path.join(out, "gpu-acceptance.json")})')
 
 
 if __name__ == '__main__':

@@ -22,7 +22,7 @@ overparameterized generator trained from scratch, on held-out images.
 Writes, in --outdir: `finetune.json` (every number, setting and time), `finetune.md` (the block docs/finetune.md
 includes; --update-doc replaces it between its markers), the figures, and the run folders (a rerun reuses
 finished ones; --only runs a part, e.g. in a parallel process).
-"""
+"""  # noqa: E501 (example commands stay one line each, to copy and paste)
 
 import json
 import os
@@ -34,8 +34,7 @@ import click
 import numpy as np
 import torch
 
-from benchmarks import tiny_finetune_report as report
-from benchmarks import tiny_paper_tables as tables
+from benchmarks import tiny_finetune_report as report, tiny_paper_tables as tables
 from configs import presets
 from dnnlib.cli import cli_errors
 from inversion.inversion_job import InversionConfig, run_inversion
@@ -45,9 +44,9 @@ from metrics.reconstruction import pixel_metrics, reconstruction_metrics
 from torch_utils import checkpoint
 from torch_utils.files import atomic_write, make_outdir, save_json
 from training import launch, snapshot
-from training.training_loop import TrainingRun
 from training.row_start import ROW_STARTS
 from training.tiny_data import TRAIN_SEED, write_tiny_dataset, write_tiny_images
+from training.training_loop import TrainingRun
 
 #----------------------------------------------------------------------------
 

@@ -52,7 +52,8 @@ def goal(result, thresholds=GOAL):
     within = [r for r in rows if r['kimg_ok'] and math.isfinite(r['gain_fraction'])]
     per_start = {}
     for name in dict.fromkeys(r['row_start'] for r in rows):
-        mine = [r for r in rows if r['row_start'] == name and r['kimg'] > 0] or [r for r in rows if r['row_start'] == name]
+        mine = ([r for r in rows if r['row_start'] == name and r['kimg'] > 0]
+                or [r for r in rows if r['row_start'] == name])
         per_start[name] = dict(mean_psnr=float(np.mean([r['psnr'] for r in mine])),
                                mean_fid_ratio=float(np.mean([r['fid_ratio'] for r in mine])), lengths=len(mine))
     return dict(thresholds=dict(thresholds), baseline_wplus_psnr=base, scratch_W_psnr=scratch, scratch_gain_db=gain,
@@ -194,17 +195,19 @@ def markdown(result):
                          f'{r["fid_ratio"]:.2f} x.')
             lines.append('')
         for r in ([min(tuned, key=lambda r: (r['kimg'], -r['gain_fraction']))] if tuned else []):
-            lines.append(f'{"The first fine-tuned snapshot meeting it" if g["first_met"]["kimg"] == 0 else "**Goal met**"}:'
-                         f' the `{r["row_start"]}` row start at {r["kimg"]:g} kimg ({100 * r["kimg_fraction"]:.0f} % of '
-                         f'the from-scratch kimg) reaches {100 * r["gain_fraction"]:.0f} % of the gain with FID '
+            met = 'The first fine-tuned snapshot meeting it' if g['first_met']['kimg'] == 0 else '**Goal met**'
+            lines.append(f'{met}: the `{r["row_start"]}` row start at {r["kimg"]:g} kimg '
+                         f'({100 * r["kimg_fraction"]:.0f} % of the from-scratch kimg) '
+                         f'reaches {100 * r["gain_fraction"]:.0f} % of the gain with FID '
                          f'{r["fid_ratio"]:.2f} x.')
     else:
         b = g['best_within']
         if b is None:
             lines.append('**Goal not met**: no fine-tuned snapshot within a third of the from-scratch kimg.')
         else:
-            lines.append(f'**Goal not met**: the best snapshot within a third of the from-scratch kimg (`{b["row_start"]}` '
-                         f'row start, {b["kimg"]:g} kimg) reaches {100 * b["gain_fraction"]:.0f} % of the gain '
+            lines.append(f'**Goal not met**: the best snapshot within a third of the from-scratch kimg '
+                         f'(`{b["row_start"]}` row start, {b["kimg"]:g} kimg) '
+                         f'reaches {100 * b["gain_fraction"]:.0f} % of the gain '
                          f'(short by {100 * (t["gain_fraction"] - b["gain_fraction"]):.0f} points, '
                          f'{(t["gain_fraction"] - b["gain_fraction"]) * g["scratch_gain_db"]:.2f} dB) with FID '
                          f'{b["fid_ratio"]:.2f} x ({_mark(b["fid_ok"])} for the FID bound).')

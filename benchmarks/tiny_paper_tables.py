@@ -42,16 +42,14 @@ import torch
 
 from benchmarks import tiny_tables_report as report
 from configs import presets
-from torch_utils.files import OutdirError, atomic_write, make_outdir
 from dnnlib.cli import cli_errors
 from inversion.edit.interpolate import real_feature_stats
-from inversion.run_files import read_curves, read_pairs, read_run_ws
 from inversion.inversion_job import InversionConfig, run_inversion
-from metrics import detectors, lpips, metric_main
-from metrics import interpolation as interp
+from inversion.run_files import read_curves, read_pairs, read_run_ws
+from metrics import detectors, interpolation as interp, lpips, metric_main
 from metrics.reconstruction import pixel_metrics, reconstruction_metrics
 from torch_utils import checkpoint
-from torch_utils.files import save_json
+from torch_utils.files import OutdirError, atomic_write, make_outdir, save_json
 from training import launch
 from training.tiny_data import TRAIN_SEED, write_tiny_dataset, write_tiny_images
 
@@ -278,7 +276,8 @@ def curves_of(outdir):
 @click.option('--update-doc', type=click.Path(dir_okay=False), default=None,
               help='Also replace the generated block of this Markdown file (docs/reproducing.md)')
 @cli_errors
-def main(outdir, networks, smoke, images, steps, kimg, mse_weight, l1_weight, batch, seed, wait_minutes, invert_only, report_only, update_doc):
+def main(outdir, networks, smoke, images, steps, kimg, mse_weight, l1_weight, batch, seed, wait_minutes, invert_only,
+         report_only, update_doc):
     """Tables 1-3 and figures 5-6 of the paper for a tiny baseline and its overparameterized twin."""
     if report_only:
         write_report(Path(outdir), json.loads((Path(outdir) / 'tables.json').read_text()), update_doc, click.echo)

@@ -60,8 +60,9 @@ def _check(claim, holds, detail):
 
 def orderings(t2, t3, t1=None):
     """[dict(claim, holds, detail)]: table 1's 'the baseline generates at least as well' (FID, PPL; the paper's
-    overparameterized model is slightly worse in both) when t1 is given, table 2's 'W (and W+) reconstruct better than baseline w+', metric by
-    metric, and table 3's 'interpolation FID and path length of W, W+ close to baseline w+' (ratio in CLOSE)."""
+    overparameterized model is slightly worse in both) when t1 is given, table 2's 'W (and W+) reconstruct better
+    than baseline w+', metric by metric, and table 3's 'interpolation FID and path length of W, W+ close to baseline
+    w+' (ratio in CLOSE)."""
     out = []
     if t1 is not None:
         for key, name in (('fid', 'FID'), ('ppl', 'PPL')):
@@ -72,9 +73,12 @@ def orderings(t2, t3, t1=None):
         r = t2[label]
         out.append(_check(f'{label} LPIPS < baseline w+ LPIPS', r['lpips'] < b['lpips'],
                           f'{r["lpips"]:.4f} vs {b["lpips"]:.4f}'))
-        out.append(_check(f'{label} PSNR > baseline w+ PSNR', r['psnr'] > b['psnr'], f'{r["psnr"]:.2f} vs {b["psnr"]:.2f} dB'))
-        out.append(_check(f'{label} SSIM > baseline w+ SSIM', r['ssim'] > b['ssim'], f'{r["ssim"]:.3f} vs {b["ssim"]:.3f}'))
-    out.append(_check('overparam W+ LPIPS < overparam W LPIPS', t2['overparam W+']['lpips'] < t2['overparam W']['lpips'],
+        out.append(_check(f'{label} PSNR > baseline w+ PSNR', r['psnr'] > b['psnr'],
+                          f'{r["psnr"]:.2f} vs {b["psnr"]:.2f} dB'))
+        out.append(_check(f'{label} SSIM > baseline w+ SSIM', r['ssim'] > b['ssim'],
+                          f'{r["ssim"]:.3f} vs {b["ssim"]:.3f}'))
+    out.append(_check('overparam W+ LPIPS < overparam W LPIPS',
+                      t2['overparam W+']['lpips'] < t2['overparam W']['lpips'],
                       f'{t2["overparam W+"]["lpips"]:.4f} vs {t2["overparam W"]["lpips"]:.4f}'))
     b3 = t3['baseline w+']
     for label in ('overparam W', 'overparam W+'):
@@ -83,7 +87,8 @@ def orderings(t2, t3, t1=None):
                 continue
             ratio = t3[label][key] / b3[key] if b3[key] else float('inf')
             out.append(_check(f'{label} {name} close to baseline w+ (ratio in [{CLOSE[0]}, {CLOSE[1]}])',
-                              CLOSE[0] <= ratio <= CLOSE[1], f'{t3[label][key]:.4g} vs {b3[key]:.4g}, ratio {ratio:.2f}'))
+                              CLOSE[0] <= ratio <= CLOSE[1],
+                              f'{t3[label][key]:.4g} vs {b3[key]:.4g}, ratio {ratio:.2f}'))
     return out
 
 #----------------------------------------------------------------------------
@@ -109,7 +114,8 @@ def _times(result):
 def markdown(result):
     """The generated block (markers included) for docs/reproducing.md."""
     s, tr = result['settings'], result['training']
-    loss = f'LPIPS (`vgg-random`) + {s["mse_weight"]:g} x MSE' + (f' + {s["l1_weight"]:g} x L1' if s['l1_weight'] else '')
+    loss = (f'LPIPS (`vgg-random`) + {s["mse_weight"]:g} x MSE'
+            + (f' + {s["l1_weight"]:g} x L1' if s['l1_weight'] else ''))
     cmd = 'OMP_NUM_THREADS=1 python -m benchmarks.tiny_paper_tables --outdir DIR'
     if s['networks_given']:
         cmd += ' --networks BASE.pkl OVER.pkl'
@@ -122,14 +128,16 @@ def markdown(result):
     how = ('trained by this command' if not s['networks_given'] else
            'given with `--networks`, trained before by the same recipe: `train.py --data tiny32.zip --cfg CFG '
            '--kimg 30 --device cpu`, only `--cfg` differs')
-    lines.append(f'Generators ({how}), on the bundled shapes (`tiny32.zip`, {s["train_images"]} images, 32 px), seed {s["seed"]}:')
+    lines.append(f'Generators ({how}), on the bundled shapes (`tiny32.zip`, {s["train_images"]} images, 32 px), '
+                 f'seed {s["seed"]}:')
     lines.append('')
     for model in ('baseline', 'overparam'):
         t = tr[model]
         lines.append(f'- {model}: `{t.get("cfg") or ("tiny" if model == "baseline" else "tiny-overparam")}`, '
                      f'{t["kimg"] if t["kimg"] is not None else "?"} kimg, {_fmt_time(t["seconds"])} of training '
                      f'on the shared 2-core CPU (from its log.txt)')
-    lines += ['', f'Held-out targets: {s["images"]} images of `write_tiny_images` (its own seed, not in the training set). '
+    lines += ['',
+              f'Held-out targets: {s["images"]} images of `write_tiny_images` (its own seed, not in the training set). '
               f'Inversion: invert.py\'s optimiser (Adam lr 0.05, from the mean latent, truncation 0.9 for the first '
               f'half), {s["steps"]} steps, loss {loss} (the lpips package\'s VGG16 with a seeded *random* trunk: '
               f'NVIDIA\'s vgg16.pt is not available here). FID everywhere: the real FID code with the seeded '
@@ -146,7 +154,8 @@ def markdown(result):
         lines.append(f'| {model} ({r["ppl_space"]}) | {r["fid"]:.4f} | {r["ppl"]:.4g} | {p["fid"]} | {p["ppl"]} |')
     lines += ['', f'**Table 2** (reconstruction of the {s["images"]} held-out images; LPIPS, PSNR, SSIM, MSE of '
               'the saved uint8 reconstructions; FID of reconstructions vs targets)', '',
-              '| space | LPIPS mean | LPIPS median | PSNR (dB) | SSIM | MSE | FID (random features) | paper LPIPS | paper FID |',
+              '| space | LPIPS mean | LPIPS median | PSNR (dB) | SSIM | MSE | FID (random features) '
+              '| paper LPIPS | paper FID |',
               '|---|---|---|---|---|---|---|---|---|']
     for label, r in result['table2'].items():
         p = PAPER_T2.get(label, {})
@@ -156,7 +165,8 @@ def markdown(result):
     t3 = result['table3']
     n_pairs = next(iter(t3.values()))['num_pairs']
     lines += ['', f'**Table 3** (all {n_pairs} pairs interpolated linearly in their space; FID of the midpoints vs the '
-              f'{s["train_images"]} training images; path length: vgg-random LPIPS summed over 5 segments, mean over pairs)', '',
+              f'{s["train_images"]} training images; path length: vgg-random LPIPS summed over 5 segments, '
+              'mean over pairs)', '',
               '| space | midpoint FID (random features) | path length mean | median | paper FID | paper PPL |',
               '|---|---|---|---|---|---|']
     for label, r in t3.items():

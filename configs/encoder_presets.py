@@ -58,7 +58,7 @@ def resolve_encoder_options(cfg='tiny', **opts):
     if isinstance(o.design, str):
         o.design = _parse_design(o.design)
 
-    from torch_utils import checkpoint          # The generator decides the space, resolution and shapes.
+    from torch_utils import checkpoint  # The generator decides the space, resolution and shapes.
     G = checkpoint.load_network(o.network, trust=o.trust_pickle)
     o.latent_rows, o.resolution = G.latent_rows, G.img_resolution
     if o.space == 'auto':

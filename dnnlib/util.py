@@ -17,7 +17,6 @@ import urllib.parse
 import urllib.request
 import uuid
 
-
 # ----------------------------------------------------------------------------
 # Dictionary with attribute access, as used for every `*_kwargs` config tree.
 

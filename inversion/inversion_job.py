@@ -266,9 +266,9 @@ class InversionJob:
         return run_files.summarize(
             results, self.space.name, s['steps'], self.args,
             extra=dict(checkpoint_sha256=s['network_sha256'], precision=s['precision'], lpips=s['lpips'],
-                       lpips_network=self.lpips_network, device=str(self.device), skipped=len(skipped), mask=s.get('mask'),
-                       masked_images=sum(bool(r.get('masked')) for r in results.values()), init=self.init_name,
-                       encoder_sha256=s.get('encoder_sha256'), truncation=s['truncation']))
+                       lpips_network=self.lpips_network, device=str(self.device), skipped=len(skipped),
+                       mask=s.get('mask'), masked_images=sum(bool(r.get('masked')) for r in results.values()),
+                       init=self.init_name, encoder_sha256=s.get('encoder_sha256'), truncation=s['truncation']))
 
 #----------------------------------------------------------------------------
 
@@ -305,7 +305,8 @@ def run_inversion(cfg, target, outdir, skipped=()):
     if cfg.truncation is None:
         cfg = cfg.replace(truncation=DEFAULT_TRUNCATION[INIT_MEAN if encoder is None else INIT_ENCODER])
     settings = dict(network_sha256=sha256, target=os.path.abspath(os.path.expanduser(str(target))),
-                    space=latent_space.name, steps=int(cfg.steps), lr=float(cfg.lr), betas=[float(b) for b in cfg.betas],
+                    space=latent_space.name, steps=int(cfg.steps), lr=float(cfg.lr),
+                    betas=[float(b) for b in cfg.betas],
                     truncation=float(cfg.truncation), truncation_until=float(cfg.truncation_until), crop=cfg.crop,
                     lpips=str(cfg.lpips), mse_weight=float(cfg.mse_weight), l1_weight=float(cfg.l1_weight),
                     precision=cfg.precision, seed=int(cfg.seed),

@@ -25,13 +25,12 @@ import torch
 from tqdm import tqdm
 
 from dnnlib.util import one_line
-from torch_utils.files import check_outdir, make_outdir, outdir_lock, remove_stale_temporaries
-from torch_utils import checkpoint, distributed
-from torch_utils.image_io import IMAGE_EXTENSIONS
-from torch_utils.files import save_json
-
 from figures.curves import lpips_curves
+from torch_utils import checkpoint, distributed
+from torch_utils.files import check_outdir, make_outdir, outdir_lock, remove_stale_temporaries, save_json
+from torch_utils.image_io import IMAGE_EXTENSIONS
 from training.latent_spaces import LatentSpace
+
 from . import run_files, sharding
 from .losses import check_lpips_input
 from .optimize import Inverter, truncation_steps
@@ -202,7 +201,8 @@ class _Runner:
                 path.unlink(missing_ok=True)
                 continue
             if state.get('settings') != self.job.settings or any(n not in by_name for n in names):
-                raise InversionError(f'Resume state {path} does not fit this run (other settings or targets); remove it')
+                raise InversionError(f'Resume state {path} does not fit this run (other settings or targets); '
+                                     'remove it')
             if all(n in self.results for n in names):
                 path.unlink(missing_ok=True)
                 continue

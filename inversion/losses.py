@@ -114,7 +114,8 @@ class MaskedLoss(torch.nn.Module):
             return getattr(self.loss, name)
 
 
-def build_loss(spec=DEFAULT_LPIPS, device=None, resolution=256, mse_weight=0.0, l1_weight=0.0, precision='fp32', seed=0):
+def build_loss(spec=DEFAULT_LPIPS, device=None, resolution=256, mse_weight=0.0, l1_weight=0.0, precision='fp32',
+               seed=0):
     """`InversionLoss` from an `--lpips` spec (see `parse_lpips_spec`), on `device`.
 
     precision: 'bf16' runs the VGG under bfloat16 autocast; 'fp32'/'tf32' leave it in float32.

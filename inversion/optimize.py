@@ -94,7 +94,8 @@ class Inverter:
         with precision_context(precision):
             self.target_state = loss.prepare_target(targets)
         n = targets.shape[0]
-        params = space.init_from(self.w_avg, n) if init is None else init.detach().to(self.device, torch.float32).clone()
+        params = (space.init_from(self.w_avg, n) if init is None
+                  else init.detach().to(self.device, torch.float32).clone())
         assert tuple(params.shape) == (n, *space.param_shape)
         self.params = params.requires_grad_(True)                           # [N, *param_shape]
         self.optimizer = torch.optim.Adam([self.params], lr=lr, betas=tuple(betas), eps=eps)

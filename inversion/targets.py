@@ -31,7 +31,7 @@ import PIL.Image
 import PIL.ImageOps
 import torch
 
-from torch_utils.image_io import IMAGE_EXTENSIONS, ImageReadError, disambiguate_names, list_folder, list_zip, open_image
+from torch_utils.image_io import ImageReadError, disambiguate_names, list_folder, list_zip, open_image
 
 #----------------------------------------------------------------------------
 

@@ -70,7 +70,8 @@ class RandomDetector(torch.nn.Module):
             x = x.repeat([1, 3, 1, 1])
         x = x / 127.5 - 1
         if resize_images and tuple(x.shape[2:]) != (self.resize, self.resize):
-            x = torch.nn.functional.interpolate(x, size=(self.resize, self.resize), mode='bilinear', align_corners=False)
+            x = torch.nn.functional.interpolate(x, size=(self.resize, self.resize), mode='bilinear',
+                                                align_corners=False)
         acts = []
         for idx in range(self.num_convs):
             w, b = getattr(self, f'conv{idx}_weight'), getattr(self, f'conv{idx}_bias')

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 import dnnlib
+
 from . import detectors, lpips
 
 #----------------------------------------------------------------------------
@@ -44,8 +45,9 @@ class MetricOptions(dnnlib.EasyDict):
             raise ValueError(f'rank {rank} outside [0, num_gpus={num_gpus})')
         if device is None:
             device = torch.device('cuda', rank) if torch.cuda.is_available() else torch.device('cpu')
-        super().__init__(G=G, G_kwargs=dnnlib.EasyDict(G_kwargs or {}), dataset_kwargs=dnnlib.EasyDict(dataset_kwargs or {}),
-                         num_gpus=int(num_gpus), rank=int(rank), device=torch.device(device), detector_path=detector_path,
+        super().__init__(G=G, G_kwargs=dnnlib.EasyDict(G_kwargs or {}),
+                         dataset_kwargs=dnnlib.EasyDict(dataset_kwargs or {}), num_gpus=int(num_gpus), rank=int(rank),
+                         device=torch.device(device), detector_path=detector_path,
                          num_gen=num_gen, max_real=max_real, seed=int(seed), batch_size=int(batch_size),
                          batch_gen=int(batch_gen), num_workers=int(num_workers), cache=bool(cache),
                          progress=bool(progress), inversion_pairs=inversion_pairs, **extra)
@@ -75,7 +77,8 @@ class MetricOptions(dnnlib.EasyDict):
         return fn
 
     def load_detector(self, spec):
-        return detectors.get_detector(spec, device=self.device, num_gpus=self.num_gpus, rank=self.rank, verbose=self.progress)
+        return detectors.get_detector(spec, device=self.device, num_gpus=self.num_gpus, rank=self.rank,
+                                      verbose=self.progress)
 
     def make_dataset(self):
         if not self.dataset_kwargs.get('class_name'):
@@ -298,7 +301,8 @@ def compute_feature_stats_for_dataset(opts, detector_spec, detector_kwargs, max_
         stats_kwargs = dict(stats_kwargs, max_items=num_items)
         cached = None
         if opts.cache:
-            cached = Path(dataset_cache_file(opts, detector_spec, detector_kwargs, stats_kwargs, dataset_name=dataset.name))
+            cached = Path(dataset_cache_file(opts, detector_spec, detector_kwargs, stats_kwargs,
+                                             dataset_name=dataset.name))
             if _broadcast_flag(opts.rank == 0 and cached.is_file(), opts):
                 return FeatureStats.load(cached)
         stats = _features_of_dataset(opts, dataset, num_items, detector_spec, detector_kwargs, stats_kwargs)
@@ -326,7 +330,8 @@ def label_sampler(opts, G, offset=0):
     rnd = np.random.RandomState((opts.seed * 7919 + offset * 31 + opts.rank) % (1 << 31))
 
     def sample(n):
-        return torch.from_numpy(np.stack([dataset.get_label(rnd.randint(len(dataset))) for _ in range(n)])).to(opts.device)
+        return torch.from_numpy(np.stack([dataset.get_label(rnd.randint(len(dataset)))
+                                          for _ in range(n)])).to(opts.device)
     return sample
 
 

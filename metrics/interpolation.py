@@ -181,7 +181,8 @@ def interpolation_metrics(G, ws, pairs, distance_fn, feature_fn=None, real_featu
         length = interpolation_path_length(G, ws0, ws1, distance_fn, num_segments, batch_size).cpu()
         feats = None
         if want_fid:
-            feats = torch.as_tensor(feature_fn(to_uint8_nchw(midpoints(G, ws0, ws1, batch_size)))).to(torch.float32).cpu()
+            feats = (torch.as_tensor(feature_fn(to_uint8_nchw(midpoints(G, ws0, ws1, batch_size))))
+                     .to(torch.float32).cpu())
         if progress is not None:
             progress(len(chunk))
         return length, feats

@@ -14,6 +14,7 @@ import torch
 
 import dnnlib
 from torch_utils.files import append_jsonl
+
 from . import encoder_reconstruction, frechet, ppl, precision_recall, reconstruction
 from .feature_stats import MetricOptions
 
@@ -86,7 +87,8 @@ def calc_metric(metric, G=None, dataset_kwargs=None, num_gpus=1, rank=0, device=
     started = time.time()
     results = _broadcast_results(fn(opts), opts)
     seconds = time.time() - started
-    out = dnnlib.EasyDict(results=dnnlib.EasyDict({k: float(v) if isinstance(v, float) else v for k, v in results.items()}),
+    out = dnnlib.EasyDict(results=dnnlib.EasyDict({k: float(v) if isinstance(v, float) else v
+                                                   for k, v in results.items()}),
                           metric=metric, total_time=seconds, total_time_str=dnnlib.util.format_time(seconds),
                           num_gpus=num_gpus, overrides={k: opts[k] for k in ('num_gen', 'max_real', 'detector_path')
                                                         if opts[k] is not None})

@@ -16,7 +16,6 @@ normalises each row, so this is the row-wise counterpart of StyleGAN2's slerp of
 import numpy as np
 import torch
 
-from . import detectors
 from .feature_stats import frozen_copy, label_sampler, rank_generator
 
 #----------------------------------------------------------------------------
@@ -126,7 +125,8 @@ def sample_path_lengths(G, distance_fn, num_samples, epsilon=1e-4, space='w', sa
     if sample_c is None:
         def sample_c(n):
             return torch.zeros([n, G.c_dim], device=device)
-    noise = [buf for name, buf in G.named_buffers() if name.endswith('noise_const')] if hasattr(G, 'named_buffers') else []
+    noise = ([buf for name, buf in G.named_buffers() if name.endswith('noise_const')]
+             if hasattr(G, 'named_buffers') else [])
     t_scale = 1.0 if sampling == 'full' else 0.0
 
     lengths, done = [], 0
@@ -162,10 +162,10 @@ def compute_ppl(opts, *, num_samples, epsilon, space, sampling, crop, batch_size
     G = frozen_copy(opts.G, opts.device)
     batch_size = int(opts.get('ppl_batch_size') or batch_size)
     with opts.bar(num_samples, f'ppl {space}/{sampling}') as bar:
-        dist = sample_path_lengths(G, distance_fn, num_samples, epsilon=epsilon, space=space, sampling=sampling, crop=crop,
-                                   batch_size=batch_size, device=opts.device, generator=rank_generator(opts, offset=1),
-                                   sample_c=label_sampler(opts, G, offset=1), G_kwargs=opts.G_kwargs,
-                                   num_gpus=opts.num_gpus, bar=bar)
+        dist = sample_path_lengths(G, distance_fn, num_samples, epsilon=epsilon, space=space, sampling=sampling,
+                                   crop=crop, batch_size=batch_size, device=opts.device,
+                                   generator=rank_generator(opts, offset=1), sample_c=label_sampler(opts, G, offset=1),
+                                   G_kwargs=opts.G_kwargs, num_gpus=opts.num_gpus, bar=bar)
     if opts.rank != 0:
         return float('nan')
     return trimmed_mean(dist)

@@ -13,9 +13,8 @@ import torch
 from torch_utils import distributed
 
 from . import detectors
-from .lpips import normalised_weights
 from .frechet import frechet_distance
-
+from .lpips import normalised_weights
 
 #----------------------------------------------------------------------------
 # Per-image metrics on uint8 images.
@@ -144,7 +143,8 @@ def compute_recon(opts, with_detectors=True):
     distance_fn = feature_fn = None
     if with_detectors:
         distance_fn = opts.lpips_distance()
-        inception = detectors.get_detector(opts.detector(detectors.INCEPTION_URL), device=opts.device, verbose=opts.progress)
+        inception = detectors.get_detector(opts.detector(detectors.INCEPTION_URL), device=opts.device,
+                                           verbose=opts.progress)
 
         def feature_fn(images):
             return inception(images, return_features=True)

@@ -74,7 +74,8 @@ def list_photos(source, exclude=None):
 
 
 def photo_names(rel_paths):
-    """Relative paths -> unique file-system-safe stems: 'a b/c.jpg' -> 'a_b_c'; 'x.png' + 'x.jpg' -> 'x_png', 'x_jpg'."""
+    """Relative paths -> unique file-system-safe stems: 'a b/c.jpg' -> 'a_b_c';
+    'x.png' + 'x.jpg' -> 'x_png', 'x_jpg'."""
     stems = [re.sub(r'[^A-Za-z0-9-]+', '_', os.path.splitext(p)[0]).strip('_') or 'photo' for p in rel_paths]
     return disambiguate_names(stems, rel_paths)
 

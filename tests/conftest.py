@@ -105,7 +105,8 @@ def emulated_plugin(build_dir, name):
     if not have_compiler():
         skip_without_toolchain('needs a C++ compiler and ninja')
     from torch_utils import custom_ops
-    return custom_ops.get_plugin(f'{name}_emu', [f'{name}.cpp'], headers=[f'{name}.h', f'{name}.cu', 'cuda_emulation.h'],
+    return custom_ops.get_plugin(f'{name}_emu', [f'{name}.cpp'],
+                                 headers=[f'{name}.h', f'{name}.cu', 'cuda_emulation.h'],
                                  source_dir=OPS_DIR, build_dir=build_dir, extra_cflags=['-DOPS_EMULATE', '-O2'])
 
 
@@ -132,8 +133,8 @@ def tiny_generator_kwargs(latent_rows=None, resolution=32, dim=32, c_dim=0, use_
     """Kwargs of a small 2-mapping-layer generator (channels <= `dim`, so R >= dim rows suffice)."""
     return dict(z_dim=dim, c_dim=c_dim, w_dim=dim, img_resolution=resolution, img_channels=3, latent_rows=latent_rows,
                 mapping_kwargs=dict(num_layers=2),
-                synthesis_kwargs=dict(channel_base=resolution * dim // 2, channel_max=dim, num_fp16_res=0, conv_clamp=256,
-                                      use_noise=use_noise))
+                synthesis_kwargs=dict(channel_base=resolution * dim // 2, channel_max=dim, num_fp16_res=0,
+                                      conv_clamp=256, use_noise=use_noise))
 
 
 def tiny_generator_with_mean(latent_rows=None, resolution=16, seed=1):
@@ -159,8 +160,8 @@ def float64_copy(net):
 
 
 def tiny_discriminator_kwargs(resolution=32, dim=32, c_dim=0):
-    return dict(c_dim=c_dim, img_resolution=resolution, img_channels=3, channel_base=resolution * dim // 2, channel_max=dim,
-                conv_clamp=256, epilogue_kwargs=dict(mbstd_group_size=2))
+    return dict(c_dim=c_dim, img_resolution=resolution, img_channels=3, channel_base=resolution * dim // 2,
+                channel_max=dim, conv_clamp=256, epilogue_kwargs=dict(mbstd_group_size=2))
 
 
 @pytest.fixture

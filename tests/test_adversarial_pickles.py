@@ -186,8 +186,8 @@ def _payloads(sentinel):
         'persistent id': (_proto(_str('x') + b'Q'), 'persistent id'),
         'rebuild_from_type_v2': (_proto(_global('torch._utils', '_rebuild_from_type_v2')), 'allow-list'),
         # Our records naming classes outside the registry.
-        'persistent subprocess': (p4(_Call(persistence._rebuild_persistent, 'subprocess.Popen', (['touch', str(sentinel)],),
-                                           {}, dict(format=1))), 'not a registered'),
+        'persistent subprocess': (p4(_Call(persistence._rebuild_persistent, 'subprocess.Popen',
+                                           (['touch', str(sentinel)],), {}, dict(format=1))), 'not a registered'),
         'persistent module attr': (p4(_Call(persistence._rebuild_persistent, 'training.networks.os.system', (touch,),
                                             {}, dict(format=1))), 'not a registered'),
         # BUILD used to overwrite attributes of allow-listed classes and functions, or to pose keys as methods.
@@ -198,7 +198,8 @@ def _payloads(sentinel):
         'BUILD on a network': (p4(_Call(persistence._rebuild_persistent, 'x', (), {}, {})), 'not a registered'),
         # numpy.
         'numpy frombuffer': (_proto(_global('numpy', 'frombuffer') + b'C\x04abcd' + b'\x85R'), 'allow-list'),
-        'numpy _reconstruct huge': (_proto(_global('numpy._core.multiarray', '_reconstruct') + _global('numpy', 'ndarray')
+        'numpy _reconstruct huge': (_proto(_global('numpy._core.multiarray', '_reconstruct')
+                                           + _global('numpy', 'ndarray')
                                            + b'\x8a\x05\x00\x00\x00\x00\x01\x85' + b'C\x01b' + b'\x87R'), 'shape'),
         'numpy _reconstruct subtype': (_proto(_global('numpy._core.multiarray', '_reconstruct')
                                               + _global('dnnlib.util', 'EasyDict') + b'K\x00\x85C\x01b\x87R'),

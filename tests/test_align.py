@@ -11,8 +11,16 @@ from click.testing import CliRunner
 
 from preprocess import ffhq_align
 from preprocess.align_folder import align_folder, read_alignment
-from preprocess.ffhq_align import (align_face, aligned_from_source, ffhq_quad, level_face_eye_positions, map_points,
-                                   reflect_pad_soft, source_from_aligned, warp_quad)
+from preprocess.ffhq_align import (
+    align_face,
+    aligned_from_source,
+    ffhq_quad,
+    level_face_eye_positions,
+    map_points,
+    reflect_pad_soft,
+    source_from_aligned,
+    warp_quad,
+)
 from preprocess.landmarks import Face
 from preprocess.paste_back import paste_back
 
@@ -140,7 +148,8 @@ def test_reflection_padding_keeps_the_photo_blurs_and_fades_to_the_median():
     corner = out[0, 0].astype(np.float64)
     np.testing.assert_allclose(corner, np.median(out.reshape(-1, 3), axis=0), atol=2.5)
     band = (slice(0, 9), slice(None))
-    assert np.abs(np.diff(out[band].astype(np.float64), axis=1)).mean() < 0.2 * np.abs(np.diff(plain[band], axis=1)).mean()
+    assert (np.abs(np.diff(out[band].astype(np.float64), axis=1)).mean()
+            < 0.2 * np.abs(np.diff(plain[band], axis=1)).mean())
 
 #----------------------------------------------------------------------------
 # Paste-back (synthetic photo; the real-photo case is below).

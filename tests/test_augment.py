@@ -26,7 +26,8 @@ NVIDIA_SPECS = {                                     # stylegan2-ada-pytorch tra
 
 
 def images(n=6, c=3, size=16, dtype=torch.float32):
-    return (torch.rand([n, c, size, size], generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1).to(dtype)
+    return (torch.rand([n, c, size, size], generator=torch.Generator().manual_seed(0),
+                       dtype=torch.float64) * 2 - 1).to(dtype)
 
 
 def pipe(p=1.0, **kwargs):
@@ -330,11 +331,12 @@ def test_randomness_comes_from_torchs_global_generator():
 
 # ---------------------------------------------------------------------------- gradients
 
-FULL_DRAW = dict(xflip=torch.tensor([1.0, 0.0]), rotate90=torch.tensor([1.0, 3.0]), xint=torch.tensor([[1.0, 0], [0, -1]]),
-                 scale=torch.tensor([1.1, 0.8]), rotate_pre=torch.tensor([0.4, -1.0]), aniso=torch.tensor([0.9, 1.2]),
+FULL_DRAW = dict(xflip=torch.tensor([1.0, 0.0]), rotate90=torch.tensor([1.0, 3.0]),
+                 xint=torch.tensor([[1.0, 0], [0, -1]]), scale=torch.tensor([1.1, 0.8]),
+                 rotate_pre=torch.tensor([0.4, -1.0]), aniso=torch.tensor([0.9, 1.2]),
                  rotate_post=torch.tensor([2.0, 0.1]), xfrac=torch.tensor([[0.3, -0.2], [0.6, 0.4]]),
-                 brightness=torch.tensor([0.1, -0.2]), contrast=torch.tensor([1.3, 0.7]), lumaflip=torch.tensor([1.0, 0]),
-                 hue=torch.tensor([0.5, -2.0]), saturation=torch.tensor([1.5, 0.5]))
+                 brightness=torch.tensor([0.1, -0.2]), contrast=torch.tensor([1.3, 0.7]),
+                 lumaflip=torch.tensor([1.0, 0]), hue=torch.tensor([0.5, -2.0]), saturation=torch.tensor([1.5, 0.5]))
 
 
 def test_gradcheck_and_second_order_through_the_geometric_path():

@@ -208,7 +208,8 @@ NUMBER_CASES = [
 ]
 
 
-@pytest.mark.parametrize('cli, extra, option', [pytest.param(c, e, o, id=f'{c}{"".join(e)}') for c, e, o in NUMBER_CASES])
+@pytest.mark.parametrize('cli, extra, option',
+                         [pytest.param(c, e, o, id=f'{c}{"".join(e)}') for c, e, o in NUMBER_CASES])
 def test_bad_numbers(files, tmp_path, cli, extra, option):
     outdir = tmp_path / 'out'
     argv = _argv(cli, files, files['good'], outdir)

@@ -110,7 +110,8 @@ def test_recon_metrics_of_an_inversion_run(tmp_path):
         PIL.Image.fromarray(np.concatenate([target, recon], axis=1)).save(run / f'face{i}-pair.png')
         records.append(json.dumps(dict(name=f'face{i}', lpips=0.2)))
     (run / 'results.jsonl').write_text('\n'.join(records) + '\n')
-    result = _invoke('--inversion-run', run, '--metrics', 'recon_pixel,recon', '--detector-path', 'random:16:0', '--quiet')
+    result = _invoke('--inversion-run', run, '--metrics', 'recon_pixel,recon', '--detector-path', 'random:16:0',
+                     '--quiet')
     assert result.exit_code == 0, result.output
     pixel = json.loads((run / 'metric-recon_pixel.jsonl').read_text())['results']
     full = json.loads((run / 'metric-recon.jsonl').read_text())['results']

@@ -112,7 +112,8 @@ def test_encoder_recon_errors_are_one_line(files):
 
 
 def test_committed_help_is_current():
-    """docs/calc-metrics-help.txt is `python calc_metrics.py --help` (80 columns: width 78); regenerate it when options change."""
+    """docs/calc-metrics-help.txt is `python calc_metrics.py --help` (80 columns: width 78); regenerate it when
+    options change."""
     result = CliRunner().invoke(calc_metrics.main, ['--help'], prog_name='calc_metrics.py', terminal_width=78)
     path = Path(__file__).parent.parent / 'docs' / 'calc-metrics-help.txt'
     assert result.exit_code == 0 and result.output == path.read_text()

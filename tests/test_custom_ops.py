@@ -12,8 +12,6 @@ from conftest import OPS_DIR
 from torch_utils import custom_ops
 from torch_utils.ops import bias_act, upfirdn2d
 
-
-
 #----------------------------------------------------------------------------
 # Building
 
@@ -34,7 +32,8 @@ def test_compile_cuda_plugins(needs_nvcc, plugin_build_dir):
         except RuntimeError as exc:
             cause = exc.__cause__
             # Compiled, but the .so could not be imported on a machine without a driver.
-            if isinstance(cause, (ImportError, OSError)) and ('cuda' in str(cause).lower() or 'driver' in str(cause).lower()):
+            if (isinstance(cause, (ImportError, OSError))
+                    and ('cuda' in str(cause).lower() or 'driver' in str(cause).lower())):
                 pytest.skip(f'built, but importing needs a CUDA driver: {cause}')
             raise
         assert hasattr(modules[name], func)

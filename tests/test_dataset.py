@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from training.dataset import ImageFolderDataset, InfiniteSampler
-from training.dataset_convert import archive_name, write_image_zip
+from training.dataset_convert import write_image_zip
 from training.tiny_data import HELDOUT_SEED, render_shapes, write_tiny_dataset, write_tiny_images
-
 
 # ---------------------------------------------------------------------------- tiny data
 

@@ -128,7 +128,8 @@ def test_transforms():
 def test_one_line_errors(tmp_path):
     runner = CliRunner()
     missing = str(tmp_path / 'nope')
-    res = runner.invoke(dataset_tool.main, ['--source', missing, '--dest', str(tmp_path / 'o.zip'), '--resolution', '16'])
+    res = runner.invoke(dataset_tool.main,
+                        ['--source', missing, '--dest', str(tmp_path / 'o.zip'), '--resolution', '16'])
     assert res.exit_code != 0 and f"--source '{missing}' does not exist" in res.output
     assert 'Traceback' not in res.output
     empty = tmp_path / 'empty'

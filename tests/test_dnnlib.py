@@ -1,4 +1,5 @@
-"""Tests for the foundations: dnnlib (EasyDict, open_url cache, names), torch_utils.misc, training_stats, distributed."""
+"""Tests for the foundations: dnnlib (EasyDict, open_url cache, names), torch_utils.misc, training_stats,
+distributed."""
 
 import copy
 import hashlib
@@ -203,7 +204,8 @@ def test_training_stats_mean_std_match_numpy():
 # ---------------------------------------------------------------------------- distributed
 
 def test_distributed_env_parsing_and_single_process(monkeypatch, capsys):
-    cfg = distributed._env_config(dict(RANK='3', WORLD_SIZE='8', LOCAL_RANK='1', MASTER_ADDR='node0', MASTER_PORT='1234'))
+    cfg = distributed._env_config(dict(RANK='3', WORLD_SIZE='8', LOCAL_RANK='1', MASTER_ADDR='node0',
+                                       MASTER_PORT='1234'))
     assert cfg == dict(rank=3, world_size=8, local_rank=1, master_addr='node0', master_port=1234)
     cfg = distributed._env_config(dict(SLURM_PROCID='5', SLURM_NTASKS='6', SLURM_LOCALID='2'))
     assert (cfg['rank'], cfg['world_size'], cfg['local_rank']) == (5, 6, 2)
@@ -303,7 +305,8 @@ def test_outdir_lock_refuses_a_second_holder_and_frees_on_exit(tmp_path):
     import sys
     import time
     code = ('import sys, time; sys.path.insert(0, %r); from torch_utils import files\n'
-            'with files.outdir_lock(%r):\n    print("locked", flush=True); time.sleep(30)\n') % (os.getcwd(), str(tmp_path))
+            'with files.outdir_lock(%r):\n    print("locked", flush=True); time.sleep(30)\n'
+            % (os.getcwd(), str(tmp_path)))
     holder = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == 'locked'

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import tiny_generator_with_mean
-from training.latent_spaces import LatentSpace
 from torch_utils import checkpoint, safe_pickle
 from training.encoder import Encoder, load_encoder, load_encoder_pkl, parameter_count, save_encoder_pickle
+from training.latent_spaces import LatentSpace
 
 R = 32
 VALID = [(None, 'w'), (None, 'w+'), (R, 'w'), (R, 'w+'), (R, 'W'), (R, 'W+')]

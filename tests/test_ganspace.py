@@ -12,9 +12,9 @@ from click.testing import CliRunner
 import ganspace as ganspace_cli
 from conftest import tiny_generator_kwargs
 from inversion.edit import ganspace
-from training.latent_spaces import LatentSpace
 from torch_utils import checkpoint
 from training import networks
+from training.latent_spaces import LatentSpace
 
 R = 32
 

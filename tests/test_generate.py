@@ -9,9 +9,9 @@ from click.testing import CliRunner
 import generate
 import quickstart
 from conftest import shared_fixture, tiny_generator_kwargs
+from dnnlib.cli import parse_range
 from torch_utils import checkpoint
 from training import networks
-from dnnlib.cli import parse_range
 
 
 def test_parse_range():

@@ -10,10 +10,10 @@ from click.testing import CliRunner
 
 import interpolate
 from conftest import tiny_generator_kwargs
+from figures import sheets
 from inversion.inversion_job import InversionConfig, run_inversion
 from metrics import interpolation as interp
 from metrics.ppl import l2_distance
-from figures import sheets
 from torch_utils import checkpoint
 from training import networks
 from training.tiny_data import write_tiny_images
@@ -90,7 +90,8 @@ def test_fid_midpoints_uses_features():
     def feature_fn(images):                 # uint8 [n, 3, 4, 4] -> [n, 2]
         return images.flatten(1)[:, :2].to(torch.float32)
     real = np.random.RandomState(0).randn(50, 2) * 5 + 128
-    res = interp.interpolation_metrics(G, ws, interp.all_pairs(4), l2_distance, feature_fn=feature_fn, real_features=real)
+    res = interp.interpolation_metrics(G, ws, interp.all_pairs(4), l2_distance, feature_fn=feature_fn,
+                                       real_features=real)
     assert np.isfinite(res['fid_midpoints']) and res['fid_midpoints'] >= 0
 
 #----------------------------------------------------------------------------
@@ -180,7 +181,8 @@ def test_cli_seed_endpoints_equal_generate_images(tmp_path, rows):
     pkl = tmp_path / 'G.pkl'
     checkpoint.save_network_pkl(pkl, dict(G_ema=networks.Generator(**tiny_generator_kwargs(latent_rows=rows)).eval()))
     common = ['--network', str(pkl), '--seeds', '5,9', '--trunc', '0.8', '--device', 'cpu']
-    result = CliRunner().invoke(interpolate.main, common + ['--steps', '2', '--outdir', str(tmp_path / 'i'), '--no-progress'])
+    result = CliRunner().invoke(interpolate.main,
+                                common + ['--steps', '2', '--outdir', str(tmp_path / 'i'), '--no-progress'])
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(generate.main, common + ['--outdir', str(tmp_path / 'g')])
     assert result.exit_code == 0, result.output

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from conftest import tiny_generator_with_mean
 from inversion import losses, run_files, targets
-from metrics import lpips
 from inversion.optimize import Inverter, invert, truncation_steps
+from metrics import lpips
 from training.latent_spaces import LatentSpace
 
 pytestmark = pytest.mark.pins_numbers

@@ -70,7 +70,8 @@ def test_cli_writes_all_outputs(checkpoints, image_dir, tmp_path):
         assert PIL.Image.open(out / f'{n}-recon.png').size == (32, 32)
         pair = PIL.Image.open(out / f'{n}-pair.png')           # titled panels, each upscaled 4x to 128 px
         assert pair.size == ((3 if n == 'c' else 2) * (128 + 4) + 4, 128 + 2 * 20 + 8), n   # c.webp: alpha mask
-        assert sorted(p.name for p in (out / 'frames' / n).iterdir()) == ['step00000.png', 'step00002.png', 'step00004.png']
+        assert (sorted(p.name for p in (out / 'frames' / n).iterdir())
+                == ['step00000.png', 'step00002.png', 'step00004.png'])
     with np.load(out / 'latents.npz') as npz:
         assert list(npz['names']) == names and npz['latents'].shape == (3, R, 32)
         assert str(npz['space']) == 'W'
@@ -202,8 +203,8 @@ def test_first_steps_follow_adam_with_the_papers_betas(checkpoints, tmp_path):
     Adam's first step is lr * sign(g) for any betas; the second and third show them (swapped betas move them by
     ~lr)."""
     from inversion.losses import build_loss
-    from training.latent_spaces import LatentSpace
     from inversion.targets import decode_target_with_mask, to_tensor
+    from training.latent_spaces import LatentSpace
     rng = np.random.RandomState(3)
     (tmp_path / 'in').mkdir()
     PIL.Image.fromarray(rng.randint(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / 'in' / 'a.png')

@@ -17,11 +17,11 @@ from click.testing import CliRunner
 import invert
 from conftest import Killed, kill_inversion_at, tiny_generator_with_mean
 from inversion import optimize
-from training.latent_spaces import LatentSpace
 from inversion.targets import to_tensor
 from torch_utils import checkpoint
 from torch_utils.image_io import to_uint8
 from training.encoder import Encoder, save_encoder_pickle
+from training.latent_spaces import LatentSpace
 
 R = 32
 NAMES = ('a', 'b', 'c')

@@ -72,7 +72,8 @@ def test_phase_runs_and_reaches_expected_parameters(latent_rows, phase):
 
     stats = stats_since(collector)
     expected = {'Gmain': ['Loss/G/loss', 'Loss/scores/fake'], 'Greg': ['Loss/pl_penalty', 'Loss/G/reg'],
-                'Dmain': ['Loss/D/loss', 'Loss/scores/real', 'Loss/signs/fake'], 'Dreg': ['Loss/r1_penalty', 'Loss/D/reg']}
+                'Dmain': ['Loss/D/loss', 'Loss/scores/real', 'Loss/signs/fake'],
+                'Dreg': ['Loss/r1_penalty', 'Loss/D/reg']}
     for part in ('main', 'reg'):
         if phase.endswith(part) or phase.endswith('both'):
             for name in expected[phase[0] + part]:

@@ -21,8 +21,7 @@ import quickstart
 import upsample
 from conftest import tiny_generator_kwargs
 from inversion import losses
-from metrics import lpips as lpips_lib
-from metrics import detectors, metric_main
+from metrics import detectors, lpips as lpips_lib, metric_main
 from torch_utils import checkpoint
 from training import networks
 from training.tiny_data import write_tiny_images
@@ -90,7 +89,8 @@ def test_nvlabs_lpips_distance_and_name(fake_vgg16):
     expect = (feats(x) - feats(y)).square().sum(dim=1)
     torch.testing.assert_close(loss(x, loss.prepare_target(y))['lpips'], expect, rtol=1e-5, atol=1e-6)
     assert lpips_lib.lpips_network_name('vgg16-nvlabs') == 'vgg16-nvlabs'
-    assert lpips_lib.lpips_network_name('vgg') == 'vgg' and losses.build_loss('vgg-random').lpips_network == 'vgg-random'
+    assert (lpips_lib.lpips_network_name('vgg') == 'vgg'
+            and losses.build_loss('vgg-random').lpips_network == 'vgg-random')
 
 
 def test_default_lpips_is_nvlabs_and_fails_offline_in_one_line(tmp_path):

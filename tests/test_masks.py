@@ -17,10 +17,10 @@ from click.testing import CliRunner
 import invert
 from conftest import tiny_generator_with_mean
 from inversion import losses, targets
-from metrics import lpips, reconstruction
 from inversion.optimize import Inverter
-from training.latent_spaces import LatentSpace
+from metrics import lpips, reconstruction
 from torch_utils import checkpoint
+from training.latent_spaces import LatentSpace
 
 RES = 16
 pytestmark = [pytest.mark.pins_numbers, pytest.mark.filterwarnings('ignore:.*torch.jit.*:FutureWarning')]

@@ -20,7 +20,6 @@ from metrics import detectors, feature_stats, frechet, lpips, metric_main, ppl, 
 from training.networks import Generator
 from training.tiny_data import write_tiny_dataset
 
-
 pytestmark = pytest.mark.pins_numbers
 
 @pytest.fixture(autouse=True)
@@ -167,7 +166,8 @@ def test_pr_metric_rounds_features_to_float16_like_nvidia(monkeypatch):
     calls = iter([_FixedFeatures(real), _FixedFeatures(gen)])
     monkeypatch.setattr(precision_recall, 'compute_feature_stats_for_dataset', lambda *a, **k: next(calls))
     monkeypatch.setattr(precision_recall, 'compute_feature_stats_for_generator', lambda *a, **k: next(calls))
-    res = metric_main.calc_metric('pr50k3_full', G=torch.nn.Identity(), device='cpu', detector_path='random:2:0').results
+    res = metric_main.calc_metric('pr50k3_full', G=torch.nn.Identity(), device='cpu',
+                                  detector_path='random:2:0').results
     assert res.pr50k3_full_recall == float(np.float32(2 / 7))       # a float32 mean, as NVIDIA reports it
     assert res.pr50k3_full_precision == 1.0                         # the ball of (0, 4) has radius > 50
     p32, r32 = precision_recall.precision_recall(torch.tensor(real), torch.tensor(gen, dtype=torch.float32))
@@ -245,9 +245,11 @@ def test_dataset_stats_cache_skips_the_detector(tmp_path):
     handle = detector.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
     try:
         kw = dict(return_features=True)
-        first = feature_stats.compute_feature_stats_for_dataset(opts, 'random:8:0', kw, capture_mean_cov=True, capture_all=True)
+        first = feature_stats.compute_feature_stats_for_dataset(opts, 'random:8:0', kw, capture_mean_cov=True,
+                                                                capture_all=True)
         assert sum(calls) == 20 and first.num_items == 20
-        second = feature_stats.compute_feature_stats_for_dataset(opts, 'random:8:0', kw, capture_mean_cov=True, capture_all=True)
+        second = feature_stats.compute_feature_stats_for_dataset(opts, 'random:8:0', kw, capture_mean_cov=True,
+                                                                 capture_all=True)
         assert sum(calls) == 20                                            # read from the cache
         np.testing.assert_array_equal(first.get_all(), second.get_all())
         np.testing.assert_array_equal(first.get_mean_cov()[1], second.get_mean_cov()[1])
@@ -257,7 +259,8 @@ def test_dataset_stats_cache_skips_the_detector(tmp_path):
         feature_stats.compute_feature_stats_for_dataset(opts, 'random:8:0', kw, capture_mean_cov=True, capture_all=True)
         assert sum(calls) == 50
         cache_files = os.listdir(dnnlib.util.make_cache_dir_path('gan-metrics'))
-        assert len(cache_files) == 3 and all(f.startswith('data-random-8-0-') and f.endswith('.npz') for f in cache_files)
+        assert len(cache_files) == 3 and all(f.startswith('data-random-8-0-') and f.endswith('.npz')
+                                             for f in cache_files)
     finally:
         handle.remove()
 
@@ -289,8 +292,9 @@ def test_fid_pipeline_is_zero_for_the_dataset_itself(tmp_path):
     data = write_tiny_dataset(tmp_path / 'data.zip', num_images=24, resolution=32, seed=2)
     from training.dataset import ImageFolderDataset
     images = np.stack([ImageFolderDataset(data)[i][0] for i in range(24)])
-    result = metric_main.calc_metric('fid50k_full', G=_ReplayG(images), dataset_kwargs=_dataset_kwargs(data), device='cpu',
-                                     detector_path='random:8:0', num_gen=24, num_workers=0, batch_size=8, batch_gen=4)
+    result = metric_main.calc_metric('fid50k_full', G=_ReplayG(images), dataset_kwargs=_dataset_kwargs(data),
+                                     device='cpu', detector_path='random:8:0', num_gen=24, num_workers=0, batch_size=8,
+                                     batch_gen=4)
     assert abs(result.results.fid50k_full) < 1e-3 and result.overrides['num_gen'] == 24
 
 #----------------------------------------------------------------------------

@@ -222,5 +222,6 @@ def test_conv2d_resample_per_sample_equals_one_call_per_sample(up, down, k):
     ref = torch.cat([conv2d_resample.conv2d_resample(x[n:n + 1], weights[n], **kw) for n in range(3)])
     torch.testing.assert_close(out, ref)
     g = torch.randn_like(out)
-    for a, b in zip(torch.autograd.grad((out * g).sum(), [x, weights]), torch.autograd.grad((ref * g).sum(), [x, weights])):
+    for a, b in zip(torch.autograd.grad((out * g).sum(), [x, weights]),
+                    torch.autograd.grad((ref * g).sum(), [x, weights])):
         torch.testing.assert_close(a, b)

@@ -24,8 +24,7 @@ import torch
 
 from conftest import OPS_DIR, emulated_plugin
 from torch_utils import custom_ops
-from torch_utils.ops import modulated_conv2d_cuda as mcc
-from torch_utils.ops import upfirdn2d
+from torch_utils.ops import modulated_conv2d_cuda as mcc, upfirdn2d
 from torch_utils.ops.modulated_conv2d import modulated_conv2d, modulated_conv2d_ref
 
 SOURCES = ['modulated_conv2d.cpp', 'modulated_conv2d.cu']
@@ -44,7 +43,8 @@ def test_compile_cuda_plugin(needs_nvcc, plugin_build_dir):
                                        build_dir=plugin_build_dir)
     except RuntimeError as exc:
         cause = exc.__cause__
-        if isinstance(cause, (ImportError, OSError)) and ('cuda' in str(cause).lower() or 'driver' in str(cause).lower()):
+        if (isinstance(cause, (ImportError, OSError))
+                and ('cuda' in str(cause).lower() or 'driver' in str(cause).lower())):
             pytest.skip(f'compiled OK, load skipped (importing needs a CUDA driver): {cause}')
         raise
     print(f'modulated_conv2d CUDA plugin ready in {time.time() - start:.1f} s')
@@ -131,7 +131,8 @@ def test_emulated_matches_reference(emu, case, dtype, tensor_cores):
 def test_emulated_tile_configs_and_splits(emu, up, dtype, tensor_cores):
     """Every tile config of both kernels (FMA and tensor-core tiles), and the split (atomic)
     weight-gradient grids, give one result."""
-    x, weight, styles = _inputs(3, 20, 18, 6, 6, 3, 24, torch.float64 if dtype == torch.float64 else torch.float32, seed=3)
+    x, weight, styles = _inputs(3, 20, 18, 6, 6, 3, 24, torch.float64 if dtype == torch.float64 else torch.float32,
+                                seed=3)
     kw = dict(up=up, padding=1, resample_filter=_filter(up), flip_weight=(up == 1))
     ref = _run(modulated_conv2d_ref, x, weight, styles, **kw)
     tol = 1e-9 if dtype == torch.float64 else 1e-2
@@ -336,13 +337,15 @@ def test_cuda_matches_reference(case, dtype, tf32, tol):
     if base is not None:
         base, strength = base.to(dev), strength.detach().to(dev).requires_grad_(True)
     kw = dict(up=up, padding=k // 2, resample_filter=_filter(up, dev), demodulate=demod, flip_weight=flip)
-    ref = _run(lambda x, w, s, **kw: modulated_conv2d_ref(x, w, s, noise=None if base is None else base * strength, **kw),
+    ref = _run(lambda x, w, s, **kw: modulated_conv2d_ref(x, w, s, noise=None if base is None else base * strength,
+                                                          **kw),
                x, weight, styles, strength, **kw)
     xl, wl, sl = (t.detach().to(dt).requires_grad_(True) for t, dt in [(x, dtype), (weight, torch.float32),
                                                                        (styles, torch.float32)])
     sl32 = None if strength is None else strength.detach().float().requires_grad_(True)
     noise = lambda: None if base is None else base.to(dtype) * sl32.to(dtype)
-    out = _run(lambda x, w, s, **kw: modulated_conv2d(x, w, s, noise=noise(), impl='cuda', **kw), xl, wl, sl, sl32, **kw)
+    out = _run(lambda x, w, s, **kw: modulated_conv2d(x, w, s, noise=noise(), impl='cuda', **kw),
+               xl, wl, sl, sl32, **kw)
     assert out[0].dtype == dtype
     _compare(out, ref, tol, tol)
 
@@ -354,7 +357,8 @@ def test_cuda_synthesis_sizes(res, dtype, tf32, tol):
     dev = torch.device('cuda')
     x, weight, styles = _inputs(4, 512, 512, res // 2, res // 2, 3, 512, torch.float64, device=dev, seed=23)
     x1, _, _ = _inputs(4, 512, 512, res, res, 3, 512, torch.float64, device=dev, seed=24)
-    for xin, kw in [(x1, dict(padding=1)), (x, dict(up=2, padding=1, resample_filter=_filter(2, dev), flip_weight=False))]:
+    for xin, kw in [(x1, dict(padding=1)),
+                    (x, dict(up=2, padding=1, resample_filter=_filter(2, dev), flip_weight=False))]:
         ref = _run(modulated_conv2d_ref, xin, weight, styles, **kw)
         xl = xin.detach().to(dtype).requires_grad_(True)
         wl, sl = (t.detach().float().requires_grad_(True) for t in (weight, styles))

@@ -252,8 +252,9 @@ def test_orig_architecture_images_come_from_the_last_torgb_only():
 
 
 @pytest.mark.parametrize('default, training, dtype, batch, expect', [
-    (None, False, torch.float32, 4, True), (None, True, torch.float32, 4, False), (None, False, torch.float16, 4, False),
-    (None, False, torch.float16, 1, True), (True, True, torch.float16, 4, True), (False, False, torch.float32, 1, False),
+    (None, False, torch.float32, 4, True), (None, True, torch.float32, 4, False),
+    (None, False, torch.float16, 4, False), (None, False, torch.float16, 1, True),
+    (True, True, torch.float16, 4, True), (False, False, torch.float32, 1, False),
     ('inference_only', False, torch.float16, 4, True), ('inference_only', True, torch.float32, 1, False)])
 def test_fused_modconv_default(default, training, dtype, batch, expect):
     kw = tiny_generator_kwargs()

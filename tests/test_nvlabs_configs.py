@@ -81,7 +81,8 @@ def test_nvlabs_style_snapshot_round_trip(name):
     c = torch.nn.functional.one_hot(torch.tensor([1, 3]), c_dim).float() if c_dim else torch.zeros(2, 0)
     with torch.no_grad():
         img = G(z, c, truncation_psi=0.7, noise_mode='const', force_fp32=True)
-        torch.testing.assert_close(G2(z, c, truncation_psi=0.7, noise_mode='const', force_fp32=True), img, rtol=0, atol=0)
+        torch.testing.assert_close(G2(z, c, truncation_psi=0.7, noise_mode='const', force_fp32=True), img,
+                                   rtol=0, atol=0)
         torch.testing.assert_close(D2(img, c, force_fp32=True), D(img, c, force_fp32=True), rtol=0, atol=0)
 
 

@@ -8,7 +8,6 @@ from conftest import shared_fixture
 from torch_utils import checkpoint
 from training import networks
 
-
 pytestmark = pytest.mark.pins_numbers
 
 def load_snapshot(stem):

@@ -12,7 +12,6 @@ from test_nvlabs_fixture import assert_close as _close, assert_generator_matches
 from torch_utils import checkpoint
 from training import networks, nvlabs_layouts
 
-
 pytestmark = pytest.mark.pins_numbers
 
 @pytest.fixture(scope='module')

@@ -247,9 +247,11 @@ def test_conv2d_resample_matches_naive(up, down, k, padding, groups, flip_w, fli
     fw_, fh_ = (1, 1) if f is None else (f.shape[-1], f.shape[0])
     p = list(padding)
     if up > 1:
-        p = [p[0] + (fw_ + up - 1) // 2, p[1] + (fw_ - up) // 2, p[2] + (fh_ + up - 1) // 2, p[3] + (fh_ - up) // 2]
+        p = [p[0] + (fw_ + up - 1) // 2, p[1] + (fw_ - up) // 2,
+             p[2] + (fh_ + up - 1) // 2, p[3] + (fh_ - up) // 2]
     if down > 1:
-        p = [p[0] + (fw_ - down + 1) // 2, p[1] + (fw_ - down) // 2, p[2] + (fh_ - down + 1) // 2, p[3] + (fh_ - down) // 2]
+        p = [p[0] + (fw_ - down + 1) // 2, p[1] + (fw_ - down) // 2,
+             p[2] + (fh_ - down + 1) // 2, p[3] + (fh_ - down) // 2]
     t = upfirdn2d.upfirdn2d(xx, fu, up=up, padding=p, flip_filter=flip_f, gain=up * up, impl='ref')
     t = F.conv2d(t, ww if flip_w else ww.flip([2, 3]), groups=groups)
     if down > 1:
@@ -332,7 +334,8 @@ class _MirrorPlugin:
         yy, s, one = yr / gain, torch.sigmoid(v), torch.ones_like(x)
         if grad == 1:
             d = {1: one, 2: W(yy > 0, one, 0 * x), 3: W(yy > 0, one, alpha * one), 4: 1 - yy * yy,
-                 5: yy * (1 - yy), 6: W(yy > 0, one, yy + 1), 7: W(yy > 0, SELU_SCALE * one, yy + SELU_SCALE * SELU_ALPHA),
+                 5: yy * (1 - yy), 6: W(yy > 0, one, yy + 1),
+                 7: W(yy > 0, SELU_SCALE * one, yy + SELU_SCALE * SELU_ALPHA),
                  8: 1 - e(-yy), 9: s * (1 + v * (1 - s))}[act]
             out = x * gain * d
         else:
@@ -394,7 +397,8 @@ def test_bias_act_cuda_function_on_cpu(act, clamp, kernel_plugins):
 def test_upfirdn2d_cuda_function_on_cpu(up, down, padding, fshape, flip, gain, kernel_plugins):
     f = _randn(*fshape, seed=93).float()
     fn = lambda t: upfirdn2d._cuda_function(up=up, down=down, padding=padding, flip_filter=flip, gain=gain).apply(t, f)
-    ref = lambda t: upfirdn2d.upfirdn2d(t, f, up=up, down=down, padding=padding, flip_filter=flip, gain=gain, impl='ref')
+    ref = lambda t: upfirdn2d.upfirdn2d(t, f, up=up, down=down, padding=padding, flip_filter=flip, gain=gain,
+                                        impl='ref')
     _compare_orders(fn, ref, [_randn(2, 3, 7, 6, seed=94)])
 
 @pytest.fixture

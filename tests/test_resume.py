@@ -11,7 +11,6 @@ from training import snapshot
 from training.tiny_data import write_tiny_dataset
 from training.training_loop import TrainingRun, training_loop
 
-
 pytestmark = pytest.mark.usefixtures('one_thread')
 
 

@@ -25,9 +25,9 @@ from click.testing import CliRunner
 
 import invert
 from conftest import tiny_generator_kwargs
-from torch_utils.files import outdir_lock
 from inversion.job_runner import _plan_batches
 from torch_utils import checkpoint, distributed
+from torch_utils.files import outdir_lock
 from training import networks
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,7 @@ import PIL.Image
 import pytest
 from click.testing import CliRunner
 
-from benchmarks import tiny_finetune as bench
-from benchmarks import tiny_finetune_report as report
+from benchmarks import tiny_finetune as bench, tiny_finetune_report as report
 
 pytestmark = [pytest.mark.usefixtures('one_thread'), pytest.mark.slow]
 
@@ -84,7 +83,8 @@ def _result(psnrs, fids, kimgs, scratch_kimg=30.0):
     """A hand-made result: baseline w+ 20 dB, scratch W 30 dB (gain 10 dB), scratch FID 1.0."""
     return dict(inversions={'baseline w+': dict(psnr=20.0), 'overparam W': dict(psnr=30.0)},
                 training=dict(overparam=dict(kimg=scratch_kimg)), fid=dict(overparam=1.0),
-                finetunes=[dict(row_start='paper', kimg=k, fid=f, W=dict(psnr=p)) for p, f, k in zip(psnrs, fids, kimgs)])
+                finetunes=[dict(row_start='paper', kimg=k, fid=f, W=dict(psnr=p))
+                           for p, f, k in zip(psnrs, fids, kimgs)])
 
 
 def test_goal_thresholds_on_hand_made_numbers():

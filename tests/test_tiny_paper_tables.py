@@ -11,8 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from benchmarks import tiny_paper_tables as tables
-from benchmarks import tiny_tables_report as report
+from benchmarks import tiny_paper_tables as tables, tiny_tables_report as report
 from torch_utils import checkpoint
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,7 @@ import torch
 from configs import presets
 from test_training import read_stats, tiny_config
 from torch_utils import distributed
-from training import launch
-from training import phases as phase_lib
+from training import launch, phases as phase_lib
 from training.loss import StyleGAN2Loss
 from training.networks import Discriminator, Generator
 
@@ -23,7 +22,8 @@ def tiny_networks():
     torch.manual_seed(0)
     G = Generator(z_dim=32, c_dim=0, w_dim=32, img_resolution=16, img_channels=3, latent_rows=32,
                   mapping_kwargs=dict(num_layers=2),
-                  synthesis_kwargs=dict(channel_base=256, channel_max=32, use_noise=False)).train().requires_grad_(False)
+                  synthesis_kwargs=dict(channel_base=256, channel_max=32,
+                                        use_noise=False)).train().requires_grad_(False)
     D = Discriminator(c_dim=0, img_resolution=16, img_channels=3, channel_base=256, channel_max=32,
                       epilogue_kwargs=dict(mbstd_group_size=2)).train().requires_grad_(False)
     return G, D
@@ -103,7 +103,8 @@ def test_two_process_training_run(tmp_path):
     run_dir = launch.launch_training(c, outdir, 'dist', gpus=WORLD, device_type='cpu', options=dict(num_gpus=WORLD))
     assert os.path.basename(run_dir) == '00000-dist'
     files = os.listdir(run_dir)
-    assert {'network-snapshot-000000.016.pkl', 'training-state-000000.016.pt', 'fakes_init.png', 'training_options.json'} <= set(files)
+    assert {'network-snapshot-000000.016.pkl', 'training-state-000000.016.pt', 'fakes_init.png',
+            'training_options.json'} <= set(files)
     assert not [f for f in files if '.tmp' in f]
     log = open(os.path.join(run_dir, 'log.txt')).read()
     assert log.count('Exiting...') == 1                  # only rank 0 writes
@@ -114,7 +115,8 @@ def test_two_process_training_run(tmp_path):
 
 
 def _torchrun_worker(rank, world_size, port, c, outdir, result_path):
-    """What `torchrun --nproc_per_node=2 train.py ...` gives every process: the environment, then train.py's launcher."""
+    """What `torchrun --nproc_per_node=2 train.py ...` gives every process: the environment, then train.py's
+    launcher."""
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_RANK=str(rank))

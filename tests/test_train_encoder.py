@@ -12,8 +12,8 @@ import torch
 from click.testing import CliRunner
 
 import train_encoder as cli
-from conftest import tiny_generator_kwargs
 from configs import encoder_presets
+from conftest import tiny_generator_kwargs
 from inversion.losses import build_loss
 from torch_utils import checkpoint
 from training import launch, snapshot

@@ -30,10 +30,10 @@ def data16(tmp_path_factory):
 
 
 def cli_args(outdir, data, kimg='0.008'):
-    return ['--outdir', str(outdir), '--data', str(data), '--cfg', 'auto', '--rows', '32', '--dim', '32', '--cbase', '256',
-            '--cmax', '32', '--batch', '4', '--mbstd', '2', '--precision', 'fp32', '--tick', '0.004', '--snap', '1',
-            '--workers', '0', '--grid', '2', '--metrics', 'none', '--device', 'cpu', '--gamma', '0.05',
-            '--aug', 'noaug', '--kimg', kimg]
+    return ['--outdir', str(outdir), '--data', str(data), '--cfg', 'auto', '--rows', '32', '--dim', '32',
+            '--cbase', '256', '--cmax', '32', '--batch', '4', '--mbstd', '2', '--precision', 'fp32',
+            '--tick', '0.004', '--snap', '1', '--workers', '0', '--grid', '2', '--metrics', 'none',
+            '--device', 'cpu', '--gamma', '0.05', '--aug', 'noaug', '--kimg', kimg]
 
 
 def assert_one_line_error(result, *names):

@@ -14,13 +14,12 @@ import train as train_cli
 from configs import presets
 from conftest import shared_fixture
 from torch_utils import checkpoint
-from training import phases as phase_lib
+from training import phases as phase_lib, snapshot
 from training.augment import AUGPIPE_SPECS
-from training import snapshot
 from training.loss import StyleGAN2Loss
 from training.networks import Generator
-from training.tiny_data import write_tiny_dataset
 from training.run_setup import setup_backends as _setup_backends
+from training.tiny_data import write_tiny_dataset
 from training.training_loop import TrainingRun, training_loop
 
 ROWS = 32   # latent rows of the tiny overparameterized generator (>= its widest layer, 32 channels)
@@ -111,7 +110,8 @@ def test_resume_restores_counter_and_optimizer_state(data16, tmp_path):
     assert saved['progress']['cur_nimg'] == 16 and saved['progress']['batch_idx'] == 4
 
     # Resuming from the pickle finds its training state: counters, optimizers, weights and loss state come back.
-    cfg = dict(tiny_config(data16, rows=ROWS, kimg=0.032), resume_pkl=os.path.join(run1, 'network-snapshot-000000.016.pkl'))
+    cfg = dict(tiny_config(data16, rows=ROWS, kimg=0.032),
+               resume_pkl=os.path.join(run1, 'network-snapshot-000000.016.pkl'))
     run = TrainingRun.from_kwargs(run_dir=str(tmp_path / 'run2'), verbose=False, **cfg)
     try:
         assert run.progress.cur_nimg == 16 and run.progress.batch_idx == 4 and not run.fresh
@@ -208,7 +208,8 @@ def test_interrupted_snapshot_keeps_previous(data16, tmp_path, monkeypatch):
         snapshot.save_training_state(os.path.join(run_dir, 'training-state-000000.016.pt'), {'x': 1})
     monkeypatch.undo()
     assert sorted(os.listdir(run_dir)) == names
-    assert snapshot.load_training_state(os.path.join(run_dir, 'training-state-000000.016.pt'))['progress']['cur_nimg'] == 16
+    assert snapshot.load_training_state(
+        os.path.join(run_dir, 'training-state-000000.016.pt'))['progress']['cur_nimg'] == 16
 
 
 def test_nan_gradient_skips_step(data16, tmp_path, monkeypatch):
@@ -280,20 +281,26 @@ def test_paper_presets_match_auto_at_256px_on_4_gpus(tmp_path):
         c = presets.setup_training_config(cfg=cfg, data=data256)
         assert c.batch_size == 64 and c.batch_gpu == 16 and c.ema_kimg == 20 and c.ema_rampup == 0.05
         assert c.loss_kwargs['r1_gamma'] == pytest.approx(0.2048) and c.loss_kwargs['style_mixing_prob'] == 0.9
-        assert c.G_opt_kwargs == dict(class_name='torch.optim.Adam', lr=0.0025, betas=[0, 0.99], eps=1e-8) == c.D_opt_kwargs
+        assert (c.G_opt_kwargs == dict(class_name='torch.optim.Adam', lr=0.0025, betas=[0, 0.99], eps=1e-8)
+                == c.D_opt_kwargs)
         syn = c.G_kwargs['synthesis_kwargs']
-        assert c.G_kwargs['latent_rows'] == rows and c.G_kwargs['mapping_kwargs'] == dict(num_layers=2, lr_multiplier=0.01)
+        assert (c.G_kwargs['latent_rows'] == rows
+                and c.G_kwargs['mapping_kwargs'] == dict(num_layers=2, lr_multiplier=0.01))
         assert (syn['channel_base'], syn['channel_max'], syn['use_noise']) == (16384, 512, False)
         assert c.precision == 'fp32' and syn['num_fp16_res'] == 0 and syn['conv_clamp'] is None
-        assert c.D_kwargs['epilogue_kwargs']['mbstd_group_size'] == 4 and (c.G_reg_interval, c.D_reg_interval) == (4, 16)
+        assert (c.D_kwargs['epilogue_kwargs']['mbstd_group_size'] == 4
+                and (c.G_reg_interval, c.D_reg_interval) == (4, 16))
         # NVIDIA's default augmentation: ADA with the 'bgc' pipe at target 0.6, p from 0, 500 kimg speed, no x-flips.
-        assert c.augment_kwargs == dict(class_name='training.augment.AugmentPipe', **AUGPIPE_SPECS[presets.DEFAULT_AUGPIPE])
+        assert c.augment_kwargs == dict(class_name='training.augment.AugmentPipe',
+                                        **AUGPIPE_SPECS[presets.DEFAULT_AUGPIPE])
         assert c.ada_target == 0.6 and c.augment_p == 0 and not c.training_set_kwargs['xflip']
         assert c.loss_kwargs['pl_row_reduction'] == 'sum' and c.loss_kwargs['pl_weight'] == 2
-    plain = presets.setup_training_config(cfg='paper256-overparam', data=data256, aug='noaug', mirror=True, pl_rows='mean')
+    plain = presets.setup_training_config(cfg='paper256-overparam', data=data256, aug='noaug', mirror=True,
+                                          pl_rows='mean')
     assert plain.augment_kwargs is None and plain.ada_target is None and plain.training_set_kwargs['xflip']
     assert plain.loss_kwargs['pl_row_reduction'] == 'mean'
-    mixed = presets.setup_training_config(cfg='paper256-overparam', data=data256, precision='mixed', gamma=1, gpus=4, aug='ada')
+    mixed = presets.setup_training_config(cfg='paper256-overparam', data=data256, precision='mixed', gamma=1, gpus=4,
+                                          aug='ada')
     assert mixed.G_kwargs['synthesis_kwargs']['num_fp16_res'] == 4 and mixed.D_kwargs['conv_clamp'] == 256
     assert mixed.loss_kwargs['r1_gamma'] == 1 and mixed.batch_gpu == 16 and mixed.ada_target == 0.6
     with pytest.raises(ValueError, match='set up for 32x32 images'):

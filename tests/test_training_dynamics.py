@@ -8,8 +8,7 @@ import torch
 from configs import presets
 from conftest import tiny_discriminator_kwargs, tiny_generator_kwargs
 from torch_utils import training_stats
-from training import networks
-from training import phases as phase_lib
+from training import networks, phases as phase_lib
 from training.augment import AugmentPipe
 from training.loss import StyleGAN2Loss
 from training.tiny_data import write_tiny_dataset

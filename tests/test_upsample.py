@@ -12,9 +12,9 @@ from click.testing import CliRunner
 import upsample as upsample_cli
 from conftest import tiny_generator_kwargs
 from inversion import upsample
-from training.latent_spaces import LatentSpace
 from torch_utils import checkpoint
 from training import networks
+from training.latent_spaces import LatentSpace
 
 R = 32
 

@@ -37,6 +37,7 @@ import torch
 
 import dnnlib
 from torch_utils import files
+
 from . import persistence, safe_pickle, tf_records
 
 PickleLoadError = persistence.PickleLoadError

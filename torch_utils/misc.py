@@ -2,9 +2,9 @@
 multi-process consistency checks and a module summary table."""
 
 import contextlib
-from contextlib import contextmanager
 import re
 import warnings
+from contextlib import contextmanager
 
 import numpy as np
 import torch

@@ -117,7 +117,8 @@ def _capture_state(obj):
         return dict(
             format=_STATE_FORMAT,
             state_dict=collections.OrderedDict(
-                (name, value.detach() if isinstance(value, torch.Tensor) else value) for name, value in state_dict.items()),
+                (name, value.detach() if isinstance(value, torch.Tensor) else value)
+                for name, value in state_dict.items()),
             training={name: module.training for name, module in obj.named_modules()},
             requires_grad={name: param.requires_grad for name, param in obj.named_parameters()},
         )
@@ -246,7 +247,8 @@ class PersistentRecord:
                 if value is None or (kind == '_buffers' and name in skip):
                     continue
                 if not isinstance(value, torch.Tensor):
-                    raise PickleLoadError(f'{self.class_name}: {prefix}{name} is a {type(value).__name__}, not a tensor')
+                    raise PickleLoadError(f'{self.class_name}: {prefix}{name} is a {type(value).__name__}, '
+                                          'not a tensor')
                 out[prefix + name] = value
         for name, sub in (state.get('_modules') or {}).items():
             if sub is None:

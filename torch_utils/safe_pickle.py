@@ -37,6 +37,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 import dnnlib
+
 from . import persistence, tf_records
 
 PickleLoadError = persistence.PickleLoadError
@@ -204,7 +205,8 @@ class SafeUnpickler(pickle._Unpickler):  # pylint: disable=protected-access
         if module_name == 'torch' and isinstance(torch.__dict__.get(global_name), torch.dtype):
             return torch.__dict__[global_name]
         raise PickleLoadError(
-            f'Refusing to load {module_name}.{global_name} from the pickle: it is not on the safe loader\'s allow-list. '
+            f'Refusing to load {module_name}.{global_name} from the pickle: '
+            f'it is not on the safe loader\'s allow-list. '
             f'If you trust the file, load it with trust=True (CLI: --trust-pickle), which may run code from it.')
 
     def load_build(self):
@@ -388,4 +390,5 @@ def read_torch_save(f, trust=False):
             raise PickleLoadError(f'the torch.save file cannot be read safely: {detail[:200]}') from err
         raise PickleLoadError(
             f'Refusing to load {found.group(1)} from the torch.save file: it is not on the safe loader\'s allow-list. '
-            f'If you trust the file, load it with trust=True (CLI: --trust-pickle), which may run code from it.') from err
+            f'If you trust the file, load it with trust=True (CLI: --trust-pickle), which may run code from it.'
+        ) from err

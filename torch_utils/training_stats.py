@@ -4,7 +4,8 @@ For each name the module keeps three running sums per device, `[count, sum(x), s
 synchronisation at report time. A `Collector.update()` moves them to the CPU (one all_reduce over ranks once
 `init_multiprocessing` was called) and hands them to every live Collector whose regex matches; each gives the count,
 mean and standard deviation of what arrived since its previous `update()`. Intervals are kept apart (no cumulative
-totals), so a NaN reported once shows in that interval only. The names are stylegan2-ada-pytorch's ('Loss/G/loss', 'Progress/kimg', ...).
+totals), so a NaN reported once shows in that interval only. The names are
+stylegan2-ada-pytorch's ('Loss/G/loss', 'Progress/kimg', ...).
 """
 
 import re

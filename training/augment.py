@@ -263,7 +263,8 @@ class AugmentPipe(nn.Module):
         self.register_buffer('p', torch.ones([]))
         self.register_buffer('Hz_geom', torch.tensor(_SYM6_LOWPASS, dtype=torch.float64).div_(
             sum(_SYM6_LOWPASS)).to(torch.float32))
-        self.xflip, self.rotate90, self.xint, self.xint_max = float(xflip), float(rotate90), float(xint), float(xint_max)
+        self.xflip, self.rotate90, self.xint, self.xint_max = (float(xflip), float(rotate90), float(xint),
+                                                                float(xint_max))
         self.scale, self.rotate, self.aniso, self.xfrac = float(scale), float(rotate), float(aniso), float(xfrac)
         self.scale_std, self.rotate_max = float(scale_std), float(rotate_max)
         self.aniso_std, self.xfrac_std = float(aniso_std), float(xfrac_std)

@@ -12,12 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import PIL.Image
-import torch
 from torch.utils.data import Dataset as _TorchDataset
 
 from torch_utils.image_io import IMAGE_EXTENSIONS
 from torch_utils.misc import InfiniteSampler  # noqa: F401  (re-exported: the training loop shards data with it)
-
 
 
 @dataclass

@@ -16,8 +16,16 @@ from torch_utils import misc
 from torch_utils.ops import upfirdn2d
 from torch_utils.persistence import persistent_class
 from training import nvlabs_layouts
-from training.layers import (Conv2dLayer, FullyConnectedLayer, MappingNetwork, channels_at, compute_format,
-                            lowest_fp16_resolution, register_resample_filter, remember)
+from training.layers import (
+    Conv2dLayer,
+    FullyConnectedLayer,
+    MappingNetwork,
+    channels_at,
+    compute_format,
+    lowest_fp16_resolution,
+    register_resample_filter,
+    remember,
+)
 
 _ARCHITECTURES = ('orig', 'skip', 'resnet')
 _HALF_VARIANCE = math.sqrt(0.5)   # each branch of a residual sum, so the sum keeps unit variance

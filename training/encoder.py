@@ -31,7 +31,6 @@ from training.discriminator import DiscriminatorBlock
 from training.latent_spaces import LatentSpace
 from training.layers import FullyConnectedLayer, channels_at, normalize_2nd_moment, remember
 
-
 #----------------------------------------------------------------------------
 # Geometry shared by the module and the parameter-count formula.
 

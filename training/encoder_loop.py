@@ -27,9 +27,7 @@ import torch
 import dnnlib
 from torch_utils import checkpoint, training_stats
 from torch_utils.image_io import make_grid, save_png, to_uint8
-from training import phases as phase_lib
-from training import resume as resume_lib
-from training import run_setup, snapshot
+from training import phases as phase_lib, resume as resume_lib, run_setup, snapshot
 from training.encoder_loss import EncoderLoss
 from training.run_log import report_tick
 from training.training_loop import Loop

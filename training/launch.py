@@ -15,8 +15,8 @@ import socket
 
 import torch
 
-from torch_utils.files import OutdirError, check_outdir  # noqa: F401 (train.py reports them)
 from torch_utils import distributed
+from torch_utils.files import OutdirError, check_outdir  # noqa: F401 (train.py reports them)
 from training import finetune, snapshot
 from training.training_loop import training_loop
 

@@ -212,7 +212,8 @@ class StyleGAN2Loss:
     # The four terms.
 
     def _generator_adversarial(self, gen_z, gen_c, gain, spread):
-        img = self.run_G(gen_z, gen_c, spread)[0]         # ws not kept alive through the backward (W+: [N, L, R, w_dim])
+        # ws not kept alive through the backward (W+: [N, L, R, w_dim])
+        img = self.run_G(gen_z, gen_c, spread)[0]
         logits = self.run_D(img, gen_c)
         _report_logits('fake', logits)
         per_image = training_stats.report('Loss/G/loss', _softplus(-logits))      # -log sigmoid(f)

@@ -26,11 +26,23 @@ from torch_utils.ops import upfirdn2d
 from torch_utils.ops.modulated_conv2d import modulated_conv2d
 from torch_utils.persistence import persistent_class
 from training import nvlabs_layouts
-from training.latent_spaces import AUTO, LatentSpace
 from training.discriminator import Discriminator, DiscriminatorBlock, DiscriminatorEpilogue, MinibatchStdLayer  # noqa: F401  (re-export)
-from training.layers import (Conv2dLayer, FullyConnectedLayer, MappingNetwork, activate, channels_at,  # noqa: F401
-                             compute_format, default_gain, float_dtype_of, lowest_fp16_resolution, memory_format_of,
-                             normalize_2nd_moment, register_resample_filter, remember)
+from training.latent_spaces import AUTO, LatentSpace
+from training.layers import (  # noqa: F401  (re-export: callers name the layers as training.networks.X)
+    Conv2dLayer,
+    FullyConnectedLayer,
+    MappingNetwork,
+    activate,
+    channels_at,
+    compute_format,
+    default_gain,
+    float_dtype_of,
+    lowest_fp16_resolution,
+    memory_format_of,
+    normalize_2nd_moment,
+    register_resample_filter,
+    remember,
+)
 
 _HALF_VARIANCE = math.sqrt(0.5)   # each branch of a residual sum, so the sum keeps unit variance
 

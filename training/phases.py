@@ -7,8 +7,8 @@ as one un-lazy optimizer would. The generator average G_ema has a half-life in i
 "Training GANs with Limited Data") steers the augmentation probability p from the sign of D's real logits.
 """
 
-from contextlib import contextmanager
 import dataclasses
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -157,7 +157,8 @@ def update_ema(G_ema, G, beta):
 # Adaptive discriminator augmentation.
 
 def ada_step(rt, ada_target, batch_size, ada_interval, ada_kimg):
-    """Signed change of p after `ada_interval` steps: `sign(rt - target) * batch_size * ada_interval / (ada_kimg * 1000)`.
+    """Signed change of p after `ada_interval` steps:
+    `sign(rt - target) * batch_size * ada_interval / (ada_kimg * 1000)`.
 
     rt: mean of sign(D(real logits)) over those steps, ADA's overfitting gauge; p moves from 0 to 1 in ada_kimg
     thousand images while rt stays above the target, and back down as fast below it.

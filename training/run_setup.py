@@ -52,8 +52,8 @@ def setup_backends(precision, cudnn_benchmark, G_kwargs, D_kwargs):
         raise ValueError(f"precision must be 'fp32', 'tf32' or 'mixed', got {precision!r}")
     fp16_res = max(G_kwargs.get('synthesis_kwargs', {}).get('num_fp16_res', 0), D_kwargs.get('num_fp16_res', 0))
     if precision != 'mixed' and fp16_res > 0:
-        raise ValueError(f"precision='{precision}' but the networks have num_fp16_res={fp16_res}; use precision='mixed' "
-                         f'or set num_fp16_res=0 (configs.presets does this for you)')
+        raise ValueError(f"precision='{precision}' but the networks have num_fp16_res={fp16_res}; "
+                         "use precision='mixed' or set num_fp16_res=0 (configs.presets does this for you)")
     old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = (precision == 'tf32')
     torch.backends.cudnn.benchmark = cudnn_benchmark

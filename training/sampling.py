@@ -3,7 +3,6 @@
 import numpy as np
 import torch
 
-
 #----------------------------------------------------------------------------
 
 def latent_from_seed(G, seed, device=None):

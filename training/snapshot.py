@@ -19,8 +19,7 @@ import zipfile
 import numpy as np
 import torch
 
-from torch_utils import files
-from torch_utils import checkpoint, misc
+from torch_utils import checkpoint, files, misc
 from torch_utils.image_io import make_grid, save_png, to_uint8
 from training.phases import optimizers
 
@@ -128,7 +127,8 @@ def real_grid(training_set, num, seed):
 @torch.no_grad()
 def fake_grid(G, grid_z, grid_c, batch_gpu):
     """Images of G for fixed latents (const noise), uint8 [N, H, W, C]."""
-    images = [G(z, c, noise_mode='const').float().cpu() for z, c in zip(grid_z.split(batch_gpu), grid_c.split(batch_gpu))]
+    images = [G(z, c, noise_mode='const').float().cpu()
+              for z, c in zip(grid_z.split(batch_gpu), grid_c.split(batch_gpu))]
     return to_uint8(torch.cat(images))
 
 

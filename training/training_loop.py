@@ -18,10 +18,7 @@ import torch
 import dnnlib
 from torch_utils import training_stats
 from torch_utils.files import append_jsonl
-from training import finetune as finetune_lib
-from training import phases as phase_lib
-from training import resume as resume_lib
-from training import run_setup, snapshot
+from training import finetune as finetune_lib, phases as phase_lib, resume as resume_lib, run_setup, snapshot
 from training.run_log import RunLog, log_module_summaries, report_tick
 
 #----------------------------------------------------------------------------
@@ -130,9 +127,10 @@ class Loop:
 
     def summary(self, seconds, aborted):
         p = self.progress
-        return dict(run_dir=self.cfg.run_dir, cur_nimg=int(p.cur_nimg), kimg=p.cur_nimg / 1000, cur_tick=int(p.cur_tick),
-                    batch_idx=int(p.batch_idx), skipped_steps=int(p.skipped_steps), skipped=dict(p.skipped),
-                    seconds=seconds, aborted=aborted, snapshot_pkl=self.last_snapshot, training_state=self.last_state)
+        return dict(run_dir=self.cfg.run_dir, cur_nimg=int(p.cur_nimg), kimg=p.cur_nimg / 1000,
+                    cur_tick=int(p.cur_tick), batch_idx=int(p.batch_idx), skipped_steps=int(p.skipped_steps),
+                    skipped=dict(p.skipped), seconds=seconds, aborted=aborted, snapshot_pkl=self.last_snapshot,
+                    training_state=self.last_state)
 
     def close(self):
         """Release the data loader and files (safe to call twice)."""
@@ -206,10 +204,12 @@ def training_loop(
     network_snapshot_ticks  = 50,       # Ticks between snapshots (pkl + training state), None = never.
     image_grid              = None,     # (columns, rows) of image grids, None = about 7680x4320 pixels.
     keep_states             = 2,        # Newest training states kept on disk, None = all.
-    resume_pkl              = None,     # Snapshot .pkl (ours or NVIDIA's) or training-state .pt to resume, None = fresh.
+    resume_pkl              = None,     # Snapshot .pkl (ours or NVIDIA's) or training-state .pt to resume,
+                                        # None = fresh.
     resume_fallbacks        = (),       # Older training states to try (newest first) if resume_pkl is unreadable.
     resume_kimg             = 0,        # kimg counter after a weights-only resume (pickle without training state).
-    finetune                = None,     # Record of a start from a pretrained StyleGAN2 (training.finetune), None = none.
+    finetune                = None,     # Record of a start from a pretrained StyleGAN2 (training.finetune),
+                                        # None = none.
     precision               = 'fp32',   # 'fp32', 'tf32' or 'mixed' (FP16 where num_fp16_res > 0).
     cudnn_benchmark         = True,     # torch.backends.cudnn.benchmark.
     abort_fn                = None,     # Callable -> True to stop after the current tick.

@@ -25,18 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from tqdm import tqdm
 
-from figures import curves, sheets
-from torch_utils.files import atomic_write, check_outdir, make_outdir
 from dnnlib.cli import parse_range
-from torch_utils import checkpoint
-from torch_utils.image_io import save_png
-from torch_utils.files import save_json
-
+from figures import curves, sheets
 from inversion import optimize, run_files
 from inversion.run_files import save_npz
+from torch_utils import checkpoint
+from torch_utils.files import atomic_write, check_outdir, make_outdir, save_json
+from torch_utils.image_io import save_png
 from training.latent_spaces import LatentSpace
 
 #----------------------------------------------------------------------------

@@ -13,19 +13,15 @@ import PIL.Image
 import torch
 from tqdm import tqdm
 
-from torch_utils.files import check_outdir, make_outdir
 from figures import sheets
-from metrics import detectors
-from metrics import lpips as lpips_lib
-from metrics import interpolation as interp
-from metrics.feature_stats import MetricOptions, compute_feature_stats_for_dataset
-from torch_utils.image_io import save_png, to_uint8
-from torch_utils.files import save_json
-from torch_utils import checkpoint, distributed
-from training.sampling import class_label, latent_from_seed
-
 from inversion import run_files
 from inversion.job_runner import InversionError
+from metrics import detectors, interpolation as interp, lpips as lpips_lib
+from metrics.feature_stats import MetricOptions, compute_feature_stats_for_dataset
+from torch_utils import checkpoint, distributed
+from torch_utils.files import check_outdir, make_outdir, save_json
+from torch_utils.image_io import save_png, to_uint8
+from training.sampling import class_label, latent_from_seed
 
 OVERVIEW_MAX_ROWS = 64
 MIN_FRAME_PX = 128                   # Frames of the PNG strips are upscaled (nearest) to at least this.
@@ -95,8 +91,10 @@ def overview_rows(outdir, pairs, midpoints_only=False):
 #----------------------------------------------------------------------------
 # Metrics.
 
-def real_feature_stats(data, resolution, detector_spec, device, max_real=None, batch_size=64, progress=False, cache=True):
-    """Inception (mean `[D]`, cov `[D, D]`) of the images in `data` (zip or folder), cached as calc_metrics caches them."""
+def real_feature_stats(data, resolution, detector_spec, device, max_real=None, batch_size=64, progress=False,
+                       cache=True):
+    """Inception (mean `[D]`, cov `[D, D]`) of the images in `data` (zip or folder),
+    cached as calc_metrics caches them."""
     opts = MetricOptions(dataset_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path=data, max_size=None,
                                              xflip=False, use_labels=False, resolution=resolution),
                          device=device, batch_size=batch_size, progress=progress, num_workers=0, cache=cache)
@@ -203,7 +201,8 @@ def run_interpolation(cfg, outdir, log=None):
     distributed.barrier()
     if c.grid and distributed.get_rank() == 0:
         save_png(outdir / 'overview.png', sheets.stack_rows(overview_rows(outdir, pair_list, c.midpoints_only)))
-    record = dict(network=str(network), network_sha256=sha, inversion_run=None if inversion_run is None else str(inversion_run),
+    record = dict(network=str(network), network_sha256=sha,
+                  inversion_run=None if inversion_run is None else str(inversion_run),
                   seeds=None if seeds is None else [int(s) for s in seeds], space=space, names=names,
                   pairs=[list(p) for p in pair_list], steps=int(steps), midpoints_only=bool(c.midpoints_only),
                   truncation_psi=None if seeds is None else float(c.truncation_psi))

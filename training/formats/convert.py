@@ -6,8 +6,7 @@ import warnings
 import torch
 
 import dnnlib
-from torch_utils import files
-from torch_utils import checkpoint
+from torch_utils import checkpoint, files
 from training.formats import rosinality
 
 TARGETS = ('ours', 'rosinality')

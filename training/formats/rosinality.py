@@ -26,7 +26,6 @@ import torch
 
 from torch_utils.persistence import PickleLoadError
 from training.formats import UnsupportedNetworkError, as_tensor, build_network, channel_parameters
-from training.layers import channels_at
 
 W_AVG_SAMPLES = 10000              # Latents mapped to estimate w_avg when a file has no latent_avg.
 W_AVG_SEED = 0
