@@ -6,7 +6,7 @@ from pathlib import Path
 import click
 
 from dnnlib.cli import BatchType, checked_by, cli_errors, given_options
-from inversion.inversion_job import RESUMED, InversionConfig, InversionError, invert_folder, parse_init
+from inversion.inversion_job import InversionConfig, InversionError, invert_folder, parse_init
 from inversion.targets import CROP_MODES
 from metrics.lpips import parse_lpips_spec
 from preprocess.align_folder import MULTIPLE_MODES
@@ -101,22 +101,11 @@ def main(ctx, outdir, resume_dir, **options):
     """
     distributed.init(timeout_s=SHARD_TIMEOUT_S)
     try:
-        if resume_dir is None:
-            cfg = InversionConfig(**options)
-        else:
-            if outdir is not None and Path(outdir).resolve() != Path(resume_dir).resolve():
-                raise click.UsageError('--resume DIR continues the run in DIR: leave out --outdir or make it DIR')
-            given = given_options(ctx, options)
-            cfg = InversionConfig.from_run(resume_dir, **{k: v for k, v in options.items()
-                                                          if k not in RESUMED or k in given})
-            outdir = resume_dir
+        cfg, outdir = InversionConfig.for_command(options, given_options(ctx, options), resume_dir, outdir)
     except InversionError as err:
         raise click.ClickException(str(err)) from None
-    except ValueError as err:                               # A combination of options the config refuses.
+    except ValueError as err:                               # Options that do not go together.
         raise click.UsageError(str(err)) from None
-    for key, value in (('network', cfg.network), ('target', cfg.target), ('outdir', outdir)):
-        if value is None:
-            raise click.UsageError(f'--{key} is required (unless --resume DIR is given)')
     summary, pasted = invert_folder(cfg, outdir, log=click.echo)
     if distributed.get_rank() == 0:
         lpips_mean = 'n/a' if summary['lpips_mean'] is None else f'{summary["lpips_mean"]:.4f}'

@@ -105,6 +105,24 @@ class InversionConfig:
         restored = {name: saved[name] for name in RESUMED if saved.get(name) is not None}
         return cls(**{**restored, **given})
 
+    @classmethod
+    def for_command(cls, options, given, resume_dir=None, outdir=None):
+        """(config, output folder) of invert.py's `options` ({field: value}, defaults included; `given`: those the
+        user set): the options, or with `resume_dir` the options of that run (`from_run`) except those given,
+        into that folder. ValueError (one line) for options that do not go together, InversionError for a run
+        that cannot be resumed."""
+        if resume_dir is None:
+            cfg = cls(**options)
+        else:
+            if outdir is not None and Path(outdir).resolve() != Path(resume_dir).resolve():
+                raise ValueError('--resume DIR continues the run in DIR: leave out --outdir or make it DIR')
+            cfg = cls.from_run(resume_dir, **{k: v for k, v in options.items() if k not in RESUMED or k in given})
+            outdir = resume_dir
+        for key, value in (('network', cfg.network), ('target', cfg.target), ('outdir', outdir)):
+            if value is None:
+                raise ValueError(f'--{key} is required (unless --resume DIR is given)')
+        return cfg, outdir
+
 
 # Options that `--resume DIR` takes from DIR/run.json unless given.
 RESUMED = ('network', 'target', 'space', 'steps', 'lr', 'truncation', 'truncation_until', 'crop', 'lpips',
