@@ -1,0 +1,109 @@
+"""Gmain and Dmain compiled (training.compiled_phases) against the eager phases: one compiled iteration equals one
+eager iteration (every random stream in use: style mixing, ADA, path length, R1), a killed and resumed compiled
+run ends bitwise where the uninterrupted compiled run does, a compile failure leaves the eager run bitwise, and
+auto's decision depends on the configuration only. Tiny 16 px networks (R = 32)."""
+
+import warnings
+
+import pytest
+import torch
+
+from test_resume import assert_states_equal, config
+from torch_utils import compiled
+from training import snapshot
+from training.compiled_phases import AUTO_MIN_STEPS, PhaseCompiler
+from training.tiny_data import write_tiny_dataset
+from training.training_loop import TrainingRun, training_loop
+
+pytestmark = [pytest.mark.slow, pytest.mark.pins_numbers, pytest.mark.usefixtures('one_thread')]
+
+
+@pytest.fixture(scope='module')
+def data16(tmp_path_factory):
+    path = tmp_path_factory.mktemp('data') / 'tiny16.zip'
+    write_tiny_dataset(str(path), num_images=24, resolution=16, seed=0)
+    return str(path)
+
+
+def _steps(data, tmp_path, mode, steps):
+    """`steps` training steps of the test_resume configuration (step 0 runs all four phases) -> the run's state."""
+    run = TrainingRun.from_kwargs(run_dir=str(tmp_path / mode), verbose=False, **dict(config(data, 0), compile=mode))
+    try:
+        for _ in range(steps):
+            run.step()
+        state = snapshot.capture_run_state(run)
+        return state, run.phase_compiler.summary(), run.loss.compiled is not None
+    finally:
+        run.close()
+
+
+def _assert_close_states(a, b, rtol):
+    """Networks and Adam moments within `rtol` of their largest magnitude; counters, pl_mean's count and the RNG
+    equal (the same random draws were made)."""
+    for key in ('G', 'D', 'G_ema', 'augment_pipe'):
+        for name, x in a['networks'][key].items():
+            y = b['networks'][key][name]
+            if x.is_floating_point():
+                assert (x - y).abs().max() <= rtol * max(x.abs().max().item(), 1e-6), (key, name)
+            else:
+                assert torch.equal(x, y), (key, name)
+    for key in ('G', 'D'):
+        for idx, st in a['optimizers'][key]['state'].items():
+            for name, x in st.items():
+                y = torch.as_tensor(b['optimizers'][key]['state'][idx][name])
+                x = torch.as_tensor(x)
+                assert (x - y).abs().max() <= rtol * max(x.abs().max().item(), 1e-12), (key, idx, name)
+    assert abs(float(a['loss']['pl_mean']) - float(b['loss']['pl_mean'])) <= rtol * abs(float(a['loss']['pl_mean']))
+    assert a['progress'] == b['progress']
+    assert torch.equal(a['rng'][0]['cpu'], b['rng'][0]['cpu'])
+
+
+def test_compiled_iterations_equal_eager(data16, tmp_path):
+    """Two iterations (the first runs Gmain, Greg, Dmain, Dreg; the second Gmain, Dmain): G, D, G_ema and both Adam
+    states within 1e-4 of the eager ones, and the same random draws (the CPU generator ends in the same state)."""
+    eager, _, used = _steps(data16, tmp_path, 'off', 2)
+    assert not used
+    fast, summary, used = _steps(data16, tmp_path, 'on', 2)
+    assert used and summary['active'], summary['failure']
+    assert summary['graphs'] == 4          # G with and without gradients, D frozen and trainable
+    _assert_close_states(eager, fast, rtol=1e-4)
+
+
+def test_killed_and_resumed_compiled_run_equals_uninterrupted(data16, tmp_path):
+    c = dict(config(data16, 0), compile='on')
+    full = training_loop(run_dir=str(tmp_path / 'full'), verbose=False, **c)
+    ticks = []
+    killed = training_loop(run_dir=str(tmp_path / 'killed'), verbose=False, **c,
+                           progress_fn=lambda *a: ticks.append(a), abort_fn=lambda: len(ticks) >= 1)
+    assert killed['aborted'] and killed['cur_nimg'] == 12
+    resumed = training_loop(run_dir=str(tmp_path / 'killed'), verbose=False, **dict(c, resume_pkl=killed['training_state']))
+    assert resumed['cur_nimg'] == 32 and not resumed['aborted']
+    log = (tmp_path / 'full' / 'log.txt').read_text()
+    assert '--compile on: first-order phases compiled' in log and 'torch.compile failed' not in log
+    assert_states_equal(snapshot.load_training_state(full['training_state']),
+                        snapshot.load_training_state(resumed['training_state']))
+
+
+def test_compile_failure_leaves_the_eager_run(data16, tmp_path, monkeypatch):
+    """No C++ compiler: one warning, and the two iterations are bitwise the eager ones (nothing ran compiled)."""
+    eager, _, _ = _steps(data16, tmp_path, 'off', 2)
+    monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', str(tmp_path / 'empty-cache'))
+    import torch._inductor.config
+    with warnings.catch_warnings(record=True) as caught, \
+            torch._inductor.config.patch({'cpp.cxx': ('/nonexistent/c++-for-test',)}):
+        warnings.simplefilter('always')
+        broken, summary, _ = _steps(data16, tmp_path, 'on', 2)
+    fallbacks = [w for w in caught if issubclass(w.category, compiled.CompileFallbackWarning)]
+    assert len(fallbacks) == 1 and not summary['active']
+    assert_states_equal(eager, broken)
+
+
+def test_auto_decides_from_the_configuration_only():
+    cpu = torch.device('cpu')
+    assert not PhaseCompiler('auto', estimates={'cpu': None}).wanted(cpu, 10**6)          # not measured
+    assert not PhaseCompiler('auto', estimates={'cpu': 1.05}).wanted(cpu, 10**6)          # measured slower
+    assert PhaseCompiler('auto', estimates={'cpu': 0.8}).wanted(cpu, AUTO_MIN_STEPS)
+    assert not PhaseCompiler('auto', estimates={'cpu': 0.8}).wanted(cpu, AUTO_MIN_STEPS - 1)
+    assert PhaseCompiler('on').wanted(cpu, 1) and not PhaseCompiler('off', estimates={'cpu': 0.1}).wanted(cpu, 10**9)
+    with pytest.raises(ValueError, match='--compile'):
+        PhaseCompiler('sometimes')
