@@ -32,10 +32,12 @@ from torch_utils import compiled
 AUTO_TIMED_STEPS = 2        # eager steps timed (after one warm-up step) before `auto` decides
 
 # Per device type: the compiled / eager time of one inversion step and the compile time (seconds, cold cache),
-# measured by benchmarks/bench_inversion_step.py (docs/benchmarks.md). CUDA: not measured yet (no GPU was lent):
-# `None` keeps `auto` eager there until the acceptance run (benchmarks.gpu_acceptance) has measured it.
+# measured by benchmarks/bench_inversion_step.py (docs/benchmarks.md): on the CPU 0.81-0.84 at 64 and 256 px, batch
+# 1 and 4, one thread, and 100-120 s of compilation; rounded toward eager (0.85, 150 s) with a margin of 1.5 in
+# `compiled.repays`, so that `auto` compiles only runs that clearly repay it. CUDA: not measured yet (no GPU was
+# lent): `None` keeps `auto` eager there until the acceptance run (benchmarks.gpu_acceptance) has measured it.
 ESTIMATES = {
-    'cpu': dict(ratio=0.92, compile_s=240.0),
+    'cpu': dict(ratio=0.85, compile_s=150.0),
     'cuda': None,
 }
 

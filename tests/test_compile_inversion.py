@@ -230,3 +230,39 @@ def test_upsampling_loss_compiled_equals_eager(setup):
     assert compiler.compiler.active and compiler.compiler.graphs == 1
     assert _rel(fast['latents'], eager['latents']) < 1e-4
     assert (fast['history'] - eager['history']).abs().max() <= 1e-4 * eager['history'].abs().max()
+
+
+def test_invert_cli_compile_on_records_and_matches_off(setup, tmp_path):
+    """invert.py --compile on: the same latents as --compile off (within the float tolerance above), and
+    summary.json records what was compiled."""
+    import json
+
+    import numpy as np
+    import PIL.Image
+    from click.testing import CliRunner
+
+    import invert
+    from torch_utils import checkpoint
+    G, _loss, _space = setup
+    checkpoint.save_network_pkl(tmp_path / 'G.pkl', dict(G_ema=G))
+    (tmp_path / 'img').mkdir()
+    rng = np.random.RandomState(0)
+    for name in ('a', 'b'):
+        PIL.Image.fromarray(rng.randint(0, 256, (RES, RES, 3), dtype=np.uint8)).save(tmp_path / 'img' / f'{name}.png')
+    latents = {}
+    for mode in ('off', 'on'):
+        out = tmp_path / mode
+        result = CliRunner().invoke(invert.main, ['--network', tmp_path / 'G.pkl', '--target', tmp_path / 'img',
+                                                  '--outdir', out, '--lpips', 'vgg-random', '--steps', 4, '--batch', 2,
+                                                  '--space', 'W', '--device', 'cpu', '--compile', mode],
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        summary = json.loads((out / 'summary.json').read_text())
+        latents[mode] = np.load(out / 'latents.npz')['latents']
+        if mode == 'on':
+            assert summary['compile']['mode'] == 'on' and summary['compile']['active']
+            assert summary['compile']['graphs'] == 1 and summary['compile']['failure'] is None
+        else:
+            assert summary['compile']['graphs'] == 0
+    rel = np.linalg.norm(latents['on'] - latents['off']) / np.linalg.norm(latents['off'])
+    assert rel < 1e-4

@@ -107,3 +107,11 @@ def test_auto_decides_from_the_configuration_only():
     assert PhaseCompiler('on').wanted(cpu, 1) and not PhaseCompiler('off', estimates={'cpu': 0.1}).wanted(cpu, 10**9)
     with pytest.raises(ValueError, match='--compile'):
         PhaseCompiler('sometimes')
+
+
+def test_presets_carry_the_switch(data16):
+    from configs import presets
+    assert presets.setup_training_config(cfg='auto', data=data16).compile == 'auto'
+    assert presets.setup_training_config(cfg='auto', data=data16, compile='off').compile == 'off'
+    with pytest.raises(ValueError, match="--compile must be auto, on or off, got 'fast'"):
+        presets.setup_training_config(cfg='auto', data=data16, compile='fast')
