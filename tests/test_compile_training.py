@@ -115,3 +115,37 @@ def test_presets_carry_the_switch(data16):
     assert presets.setup_training_config(cfg='auto', data=data16, compile='off').compile == 'off'
     with pytest.raises(ValueError, match="--compile must be auto, on or off, got 'fast'"):
         presets.setup_training_config(cfg='auto', data=data16, compile='fast')
+
+
+def test_compiled_encoder_step_equals_eager():
+    """The encoder loop's step (training.encoder_loss.EncoderLoss.terms: E, G's synthesis, LPIPS, latent MSE)
+    compiled: the per-image losses and E's gradients equal the eager ones; the reports come from the same terms."""
+    from conftest import tiny_generator_with_mean
+    from inversion import losses
+    from torch_utils import training_stats
+    from training.encoder import Encoder
+    from training.encoder_loss import EncoderLoss
+    G = tiny_generator_with_mean(32, 16).requires_grad_(False)
+    recon = losses.build_loss('vgg-random', seed=0, mse_weight=0.1)
+    torch.manual_seed(4)
+    E = Encoder.from_generator(G, 'W').train()
+    loss = EncoderLoss(G, 'W', recon, latent_weight=1.0)
+    torch.manual_seed(5)
+    images, latents = loss.sample(2, torch.device('cpu'))
+    grads, values = {}, {}
+    for mode in ('off', 'on'):
+        compiler = PhaseCompiler(mode)
+        assert compiler.attach(loss, torch.device('cpu'), planned_steps=10**6) == (mode == 'on')
+        E.zero_grad(set_to_none=True)
+        collector = training_stats.Collector(regex='Loss/E/.*')
+        per_image = loss(E, images, latents, kind='fake')
+        per_image.sum().backward()
+        collector.update()
+        values[mode] = (per_image.detach(), collector.mean('Loss/E/latent'), collector.mean('Loss/E/lpips_fake'))
+        grads[mode] = torch.cat([p.grad.flatten() for p in E.parameters() if p.grad is not None])
+        if mode == 'on':
+            assert compiler.summary()['active'] and compiler.summary()['graphs'] == 1
+    torch.testing.assert_close(values['on'][0], values['off'][0], rtol=1e-5, atol=1e-7)
+    assert abs(values['on'][1] - values['off'][1]) <= 1e-5 * abs(values['off'][1])
+    assert abs(values['on'][2] - values['off'][2]) <= 1e-5 * abs(values['off'][2])
+    assert (grads['on'] - grads['off']).norm() <= 1e-4 * grads['off'].norm()
