@@ -213,11 +213,12 @@ def test_cache_dir_default_and_override(monkeypatch, tmp_path):
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
     import dnnlib
     monkeypatch.setattr(dnnlib.util, '_cache_dir_override', str(tmp_path / 'dnnlib'))
+    ours = str(tmp_path / 'dnnlib' / 'inductor' / torch.backends.cpu.get_cpu_capability().lower())
     monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', default_cache_dir())    # what Inductor writes on first use
-    assert compiled.cache_dir() == str(tmp_path / 'dnnlib' / 'inductor')
+    assert compiled.cache_dir() == ours
     monkeypatch.setenv('TORCHINDUCTOR_CACHE_DIR', str(tmp_path / 'mine'))
     assert compiled.cache_dir() == str(tmp_path / 'mine')
     monkeypatch.delenv('TORCHINDUCTOR_CACHE_DIR')
-    assert compiled.use_cache_dir() == str(tmp_path / 'dnnlib' / 'inductor')
+    assert compiled.use_cache_dir() == ours
     import os
-    assert os.environ['TORCHINDUCTOR_CACHE_DIR'] == str(tmp_path / 'dnnlib' / 'inductor')
+    assert os.environ['TORCHINDUCTOR_CACHE_DIR'] == ours

@@ -17,8 +17,8 @@ Compiler warns once, names the reason in one line, and runs eagerly from then on
 error the eager call raises too is the caller's and propagates unchanged.
 
 On-disk cache: Inductor's FX-graph and AOTAutograd caches (on by default in torch 2.x) live in `cache_dir()`:
-`$TORCHINDUCTOR_CACHE_DIR` when set, else `<dnnlib cache>/inductor` (`~/.cache/dnnlib/inductor`, or
-`$DNNLIB_CACHE_DIR/inductor`). A second run with the same networks and shapes skips code generation and the C++
+`$TORCHINDUCTOR_CACHE_DIR` when set, else `<dnnlib cache>/inductor/<cpu capability>`
+(`~/.cache/dnnlib/inductor/avx512`, or under `$DNNLIB_CACHE_DIR`). A second run with the same networks and shapes skips code generation and the C++
 or Triton builds, and pays only TorchDynamo's tracing (see docs/benchmarks.md for both times).
 
 Accounting: every graph Inductor compiles for a function goes through this module's backend, so
@@ -64,16 +64,19 @@ def check_mode(mode):
 
 
 def cache_dir():
-    """Inductor's on-disk cache folder: $TORCHINDUCTOR_CACHE_DIR, else `<dnnlib cache>/inductor`.
+    """Inductor's on-disk cache folder: $TORCHINDUCTOR_CACHE_DIR, else `<dnnlib cache>/inductor/<cpu capability>`.
 
     Inductor writes its own default (a folder in /tmp, lost at reboot) into the variable the first time anything
-    asks it, sometimes on import of other libraries: that value counts as not set."""
+    asks it, sometimes on import of other libraries: that value counts as not set. The CPU capability (ATen's
+    `avx512`, `avx2`, `default`, set by $ATEN_CPU_CAPABILITY) names a folder of its own because Inductor's
+    graph cache does not tell them apart: C++ kernels built for AVX-512 reused under ATEN_CPU_CAPABILITY=avx2
+    crashed the process (torch 2.14), under `default` they failed to build."""
     import dnnlib
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
     given = os.environ.get('TORCHINDUCTOR_CACHE_DIR')
     if given and os.path.abspath(given) != os.path.abspath(default_cache_dir()):
         return os.path.abspath(given)
-    return dnnlib.util.make_cache_dir_path('inductor')
+    return dnnlib.util.make_cache_dir_path('inductor', torch.backends.cpu.get_cpu_capability().lower())
 
 
 def use_cache_dir():
