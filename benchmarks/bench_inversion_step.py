@@ -73,12 +73,13 @@ def matmul_peak_gflops(device, dtype_name='fp32', size=2048, reps=None):
 
 def run_worker(res, cmax, batch, rows, rounds, device_name, precision, seed, profile, count_flops, lpips='vgg-random'):
     import torch
+
     from benchmarks.flop_count import FlopCounter
     from inversion import losses
     from inversion.compiled_step import InversionCompiler
     from inversion.optimize import Inverter
-    from inversion.spaces import LatentSpace
     from training import networks
+    from training.latent_spaces import LatentSpace
 
     device = torch.device(device_name)
     cuda = device.type == 'cuda'
@@ -161,7 +162,8 @@ def summarize(rec, clock):
         threads = rec['threads'] if clock == 'cpu' else 1       # CPU time of T threads ~ T x the wall time
         gf = rec['gflop_per_step']
         out.update(gflop_per_step=round(gf, 2),
-                   eager_gflops=round(gf / (e_ms / 1e3 / threads), 1), compiled_gflops=round(gf / (c_ms / 1e3 / threads), 1),
+                   eager_gflops=round(gf / (e_ms / 1e3 / threads), 1),
+                   compiled_gflops=round(gf / (c_ms / 1e3 / threads), 1),
                    peak_gflops=round(rec['matmul_peak_gflops'], 1))
         out['compiled_share_of_peak'] = round(out['compiled_gflops'] / out['peak_gflops'], 3)
     return out
@@ -182,13 +184,14 @@ def summarize(rec, clock):
 @click.option('--seed', type=int, default=0, show_default=True)
 @click.option('--json', 'json_path', type=click.Path(dir_okay=False), default=None, help='Write all records here')
 @click.option('--worker', default=None, hidden=True)
-def main(res, cmax, batch, threads, rows, rounds, device, precision, cold, profile, count_flops, seed, json_path, worker):
+def main(res, cmax, batch, threads, rows, rounds, device, precision, cold, profile, count_flops, seed, json_path,
+         worker):
     if worker is not None:
         import torch
         cfg = json.loads(worker)
         torch.set_num_threads(cfg['threads'])
-        print(json.dumps(run_worker(cfg['res'], cfg['cmax'], cfg['batch'], rows, rounds, device, precision, seed, profile,
-                                    count_flops)))
+        print(json.dumps(run_worker(cfg['res'], cfg['cmax'], cfg['batch'], rows, rounds, device, precision, seed,
+                                    profile, count_flops)))
         return
     res = list(res) or [64]
     cmax = list(cmax) or [256 if r <= 64 else 512 for r in res]
@@ -228,7 +231,8 @@ def main(res, cmax, batch, threads, rows, rounds, device, precision, cold, profi
               if 'eager_gflops' in s else '-')
         print(f'{r:4d} {cm:5d} {b:5d} {t:3d} {s["eager_ms"]:9.0f} {s["compiled_ms"]:11.0f} {rng:>24s} '
               f'{s["compile_s"]:9.0f} {str(s["break_even_steps"]):>10s} {gf:>24s}')
-    result = dict(bench='inversion_step', command=' '.join(['python -m benchmarks.bench_inversion_step', *sys.argv[1:]]),
+    command = ' '.join(['python -m benchmarks.bench_inversion_step', *sys.argv[1:]])
+    result = dict(bench='inversion_step', command=command,
                   clock=clock, date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), machine=platform.platform(),
                   load=os.getloadavg(), records=records)
     if json_path:

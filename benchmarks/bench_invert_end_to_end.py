@@ -26,6 +26,7 @@ def _prepare(work, images, res, cmax, rows, seed):
     import numpy as np
     import PIL.Image
     import torch
+
     from torch_utils import checkpoint
     from training import networks
     torch.manual_seed(seed)
@@ -40,7 +41,8 @@ def _prepare(work, images, res, cmax, rows, seed):
     os.makedirs(target, exist_ok=True)
     rng = np.random.RandomState(seed)
     for i in range(images):
-        PIL.Image.fromarray(rng.randint(0, 256, (res, res, 3), dtype=np.uint8)).save(os.path.join(target, f'{i:03d}.png'))
+        pixels = rng.randint(0, 256, (res, res, 3), dtype=np.uint8)
+        PIL.Image.fromarray(pixels).save(os.path.join(target, f'{i:03d}.png'))
     return pkl, target
 
 

@@ -402,9 +402,9 @@ def part_compiled(part, cfg, ctx):
     part.results['inversion'] = rows
     t = c['train']
     if not part.over('training Gmain + Dmain'):
-        recs = {mode: bench_training_step.run_worker('overparam', t['res'], t['cmax'], t['cbase'], t['batch'], t['rows'],
-                                                     t['dim'], t['iters'], t['warmup'], str(device), 0, clock,
-                                                     compile_mode=mode) for mode in ('off', 'on')}
+        recs = {mode: bench_training_step.run_worker('overparam', t['res'], t['cmax'], t['cbase'], t['batch'],
+                                                     t['rows'], t['dim'], t['iters'], t['warmup'], str(device), 0,
+                                                     clock, compile_mode=mode) for mode in ('off', 'on')}
         eager, fast = (recs[m]['ms']['Gmain+Dmain'] for m in ('off', 'on'))
         part.results['training'] = dict(eager_ms=eager, compiled_ms=fast, ratio=_ratio(fast, eager),
                                         compile=recs['on']['compile'], first_iteration_s=recs['on']['warmup_s'][0])

@@ -17,8 +17,9 @@ The compiled function closes over the generator, the loss and the space only (ta
 so every batch of a run reuses its graph; a masked loss (`losses.MaskedLoss`) is unwrapped, its masks being in
 the target state. NVIDIA's TorchScript VGG16 (the default LPIPS) is traced through an FX twin made by
 `torch_utils.compiled.traceable_script`; where that conversion fails, only the synthesis is compiled and the
-LPIPS network runs as TorchScript (one log line). On CUDA the step is captured as a CUDA graph (`cudagraphs=True`; Inductor's CUDA graph trees,
-one per batch shape), and the Adam update of a compiled step is one fused kernel (`compiled.fuse_adam_`).
+LPIPS network runs as TorchScript (one log line). On CUDA the step is captured as a CUDA graph (`cudagraphs=True`;
+Inductor's CUDA graph trees, one per batch shape), and the Adam update of a compiled step is one fused kernel
+(`compiled.fuse_adam_`).
 """
 
 import time

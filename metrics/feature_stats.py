@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 import dnnlib
-
 from torch_utils import compiled
 
 from . import detectors, lpips

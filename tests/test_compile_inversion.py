@@ -12,8 +12,8 @@ from conftest import tiny_generator_with_mean
 from inversion import losses
 from inversion.compiled_step import InversionCompiler
 from inversion.optimize import Inverter
-from inversion.spaces import LatentSpace
 from torch_utils import compiled
+from training.latent_spaces import LatentSpace
 
 pytestmark = [pytest.mark.slow, pytest.mark.pins_numbers, pytest.mark.usefixtures('one_thread')]
 

@@ -76,7 +76,8 @@ def test_killed_and_resumed_compiled_run_equals_uninterrupted(data16, tmp_path):
     killed = training_loop(run_dir=str(tmp_path / 'killed'), verbose=False, **c,
                            progress_fn=lambda *a: ticks.append(a), abort_fn=lambda: len(ticks) >= 1)
     assert killed['aborted'] and killed['cur_nimg'] == 12
-    resumed = training_loop(run_dir=str(tmp_path / 'killed'), verbose=False, **dict(c, resume_pkl=killed['training_state']))
+    resumed = training_loop(run_dir=str(tmp_path / 'killed'), verbose=False,
+                            **dict(c, resume_pkl=killed['training_state']))
     assert resumed['cur_nimg'] == 32 and not resumed['aborted']
     log = (tmp_path / 'full' / 'log.txt').read_text()
     assert '--compile on: first-order phases compiled' in log and 'torch.compile failed' not in log

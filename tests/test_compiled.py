@@ -211,6 +211,7 @@ def test_ops_take_the_reference_path_under_compile(monkeypatch):
 
 def test_cache_dir_default_and_override(monkeypatch, tmp_path):
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
     import dnnlib
     monkeypatch.setattr(dnnlib.util, '_cache_dir_override', str(tmp_path / 'dnnlib'))
     ours = str(tmp_path / 'dnnlib' / 'inductor' / torch.backends.cpu.get_cpu_capability().lower())

@@ -18,8 +18,9 @@ error the eager call raises too is the caller's and propagates unchanged.
 
 On-disk cache: Inductor's FX-graph and AOTAutograd caches (on by default in torch 2.x) live in `cache_dir()`:
 `$TORCHINDUCTOR_CACHE_DIR` when set, else `<dnnlib cache>/inductor/<cpu capability>`
-(`~/.cache/dnnlib/inductor/avx512`, or under `$DNNLIB_CACHE_DIR`). A second run with the same networks and shapes skips code generation and the C++
-or Triton builds, and pays only TorchDynamo's tracing (see docs/benchmarks.md for both times).
+(`~/.cache/dnnlib/inductor/avx512`, or under `$DNNLIB_CACHE_DIR`). A second run with the same networks and
+shapes skips code generation and the C++ or Triton builds, and pays only TorchDynamo's tracing (see
+docs/benchmarks.md for both times).
 
 Accounting: every graph Inductor compiles for a function goes through this module's backend, so
 `CompiledFunction.graphs` is the number of graphs made (one per signature; more means recompilation, e.g. per
@@ -71,8 +72,9 @@ def cache_dir():
     `avx512`, `avx2`, `default`, set by $ATEN_CPU_CAPABILITY) names a folder of its own because Inductor's
     graph cache does not tell them apart: C++ kernels built for AVX-512 reused under ATEN_CPU_CAPABILITY=avx2
     crashed the process (torch 2.14), under `default` they failed to build."""
-    import dnnlib
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    import dnnlib
     given = os.environ.get('TORCHINDUCTOR_CACHE_DIR')
     if given and os.path.abspath(given) != os.path.abspath(default_cache_dir()):
         return os.path.abspath(given)
@@ -304,4 +306,5 @@ class Compiler:
     def summary(self):
         """JSON-able record: mode, whether it fell back (and why), graphs made, compile seconds."""
         return dict(mode=self.mode, active=self.active, failure=self.failure, graphs=self.graphs,
-                    compile_seconds=round(self.compile_seconds, 3), cache_dir=cache_dir() if self.mode != 'off' else None)
+                    compile_seconds=round(self.compile_seconds, 3),
+                    cache_dir=cache_dir() if self.mode != 'off' else None)
