@@ -15,7 +15,9 @@ from inversion.optimize import Inverter
 from torch_utils import compiled
 from training.latent_spaces import LatentSpace
 
-pytestmark = [pytest.mark.slow, pytest.mark.pins_numbers, pytest.mark.usefixtures('one_thread')]
+# Not pins_numbers: these compare compiled with eager on the same machine, and CI's second pass under another
+# kernel set would compile every graph again (minutes of C++ builds on 2 cores).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures('one_thread')]
 
 R, RES, STEPS = 32, 16, 20
 
@@ -122,9 +124,9 @@ def test_one_graph_per_signature_and_no_recompilation(runs, setup):
     assert compiler.compiler.graphs == 2 and runs['graph_breaks'] == 0    # unmasked, masked: 2 x 20 steps
     _run(G, loss, space, _targets(2, 5), compiler, steps=3)                # another batch of the same shape
     _run(G, loss, space, _targets(2, 6), compiler, steps=3, mask=_mask(2))
-    assert compiler.compiler.graphs == 2
-    _run(G, loss, space, _targets(3, 7), compiler, steps=2)                # another shape: one more graph
-    assert compiler.compiler.graphs == 3 and len(compiler.compiler.functions) == 1
+    assert compiler.compiler.graphs == 2 and len(compiler.compiler.functions) == 1
+    # Another batch shape makes one more graph: tests/test_compiled.py shows it on a small function (here it would
+    # cost a whole compilation of G and LPIPS).
 
 
 def test_auto_compiles_only_when_it_repays(setup):
