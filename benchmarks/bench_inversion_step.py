@@ -236,10 +236,8 @@ def main(res, cmax, batch, threads, rows, rounds, device, precision, cold, profi
                   clock=clock, date=time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), machine=platform.platform(),
                   load=os.getloadavg(), records=records)
     if json_path:
-        tmp = json_path + '.tmp'
-        with open(tmp, 'w', encoding='utf-8') as fh:
-            json.dump(result, fh, indent=1)
-        os.replace(tmp, json_path)
+        from torch_utils.files import save_json
+        save_json(json_path, result, indent=1)
 
 #----------------------------------------------------------------------------
 

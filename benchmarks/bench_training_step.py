@@ -346,10 +346,8 @@ def main(res, cmax, cbase, batch, rows, dim, threads, rounds, iters, warmup, dev
                   summary=summary, gflops=flops, records=records)
     print(json.dumps(dict(bench='training_step', summary=summary, gflops=flops)))
     if json_path:
-        tmp = json_path + '.tmp'
-        with open(tmp, 'w', encoding='utf-8') as fh:
-            json.dump(result, fh, indent=1)
-        os.replace(tmp, json_path)
+        from torch_utils.files import save_json
+        save_json(json_path, result, indent=1)
 
 #----------------------------------------------------------------------------
 
