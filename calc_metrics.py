@@ -9,7 +9,7 @@ import dnnlib
 from dnnlib.cli import cli_errors
 from inversion import run_files
 from metrics import detectors, metric_main
-from torch_utils import checkpoint, distributed
+from torch_utils import checkpoint, compiled, distributed
 from torch_utils.files import check_outdir
 from training.encoder import load_encoder_pkl
 
@@ -53,9 +53,11 @@ def _parse_metrics(value):
 @click.option('--no-cache', is_flag=True, help='Recompute dataset features instead of reading the cache')
 @click.option('--trust-pickle', is_flag=True, help='Unpickle without restrictions (only for files you trust)')
 @click.option('--verbose/--quiet', default=True, show_default=True, help='Progress bars')
+@click.option('--compile', 'compile_mode', type=click.Choice(compiled.MODES), default='auto', show_default=True,
+              help=compiled.CLI_HELP + ' (the generator of FID/KID/PR)')
 @cli_errors
 def main(network_pkl, metric_list, data, encoder_pkl, mirror, gpus, detector_path, inversion_run, run_dir, num_images,
-         seed, batch_size, num_workers, truncation_psi, device, no_cache, trust_pickle, verbose):
+         seed, batch_size, num_workers, truncation_psi, device, no_cache, trust_pickle, verbose, compile_mode):
     """Compute metrics and append each to <run-dir>/metric-<name>.jsonl.
 
     \b
@@ -132,7 +134,7 @@ def main(network_pkl, metric_list, data, encoder_pkl, mirror, gpus, detector_pat
                                              detector_path=detector_path, num_gen=num_images, max_real=num_images,
                                              seed=seed, batch_size=batch_size, num_workers=num_workers,
                                              cache=not no_cache, progress=verbose, inversion_pairs=pairs,
-                                             encoder=E)
+                                             encoder=E, compile=compile_mode)
         except (detectors.DetectorUnavailableError, FileNotFoundError, ValueError) as err:
             raise click.ClickException(str(err).splitlines()[0] if str(err) else type(err).__name__)
         if rank == 0:

@@ -10,7 +10,7 @@ from inversion.inversion_job import InversionConfig, InversionError, invert_fold
 from inversion.targets import CROP_MODES
 from metrics.lpips import parse_lpips_spec
 from preprocess.align_folder import MULTIPLE_MODES
-from torch_utils import distributed
+from torch_utils import compiled, distributed
 from training.latent_spaces import SPACES
 
 SHARD_TIMEOUT_S = 7 * 24 * 3600      # How long a rank of a sharded run (torchrun / SLURM) waits for the slowest rank.
@@ -57,6 +57,7 @@ SHARD_TIMEOUT_S = 7 * 24 * 3600      # How long a rank of a sharded run (torchru
               help="vgg16-nvlabs[:PATH] (StyleGAN2's LPIPS: NVIDIA vgg16.pt, URL by default) | vgg (lpips package) | "
                    'vgg-random (random VGG trunk: offline smoke runs and tests only)')
 @click.option('--trust-pickle', is_flag=True, help='Unpickle without restrictions (only for files you trust)')
+@click.option('--compile', type=click.Choice(compiled.MODES), default='auto', show_default=True, help=compiled.CLI_HELP)
 @click.option('--mse-weight', type=click.FloatRange(min=0), default=0.0, show_default=True,
               help='Weight of a pixel MSE term')
 @click.option('--l1-weight', type=click.FloatRange(min=0), default=0.0, show_default=True,

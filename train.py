@@ -5,6 +5,7 @@ import zipfile
 import click
 
 from configs import presets
+from torch_utils import compiled
 from training import launch
 from training.augment import AUGPIPE_SPECS
 from training.resume import ResumeError
@@ -78,6 +79,7 @@ def parse_metrics(ctx, param, value):
 @click.option('--workers',      help='DataLoader worker processes', type=click.IntRange(min=0), metavar='INT')
 @click.option('--grid',         help='Image grids of INT x INT samples', type=click.IntRange(min=1), metavar='INT')
 @click.option('--device',       help='[default: cuda if available]', type=click.Choice(['cpu', 'cuda']))
+@click.option('--compile',      help=compiled.CLI_HELP + ' [default: auto]', type=click.Choice(compiled.MODES))
 @click.option('--desc',         help='Extra text for the run directory name', metavar='STR')
 @click.option('-n', '--dry-run', help='Print the resolved options and exit', is_flag=True)
 def main(outdir, desc, dry_run, device, **opts):

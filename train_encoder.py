@@ -7,6 +7,7 @@ import click
 from configs import encoder_presets
 from dnnlib.cli import cli_errors
 from metrics.lpips import parse_lpips_spec
+from torch_utils import compiled
 from training import launch
 from training.encoder_loop import check_encoder_resume, encoder_loop
 from training.resume import ResumeError
@@ -56,6 +57,7 @@ from training.resume import ResumeError
 @click.option('--trust-pickle',  help='Allow arbitrary code in the generator pickle (files you trust only)',
               is_flag=True, default=None)
 @click.option('--device',        help='[default: cuda if available]', type=click.Choice(['cpu', 'cuda']))
+@click.option('--compile',       help=compiled.CLI_HELP + ' [default: auto]', type=click.Choice(compiled.MODES))
 @click.option('--desc',          help='Extra text for the run directory name', metavar='STR')
 @click.option('-n', '--dry-run', help='Print the resolved options and exit', is_flag=True)
 @cli_errors(ResumeError)

@@ -6,6 +6,7 @@ import click
 
 from dnnlib.cli import cli_errors
 from inversion.upsample import LOSSES, MODES, UpsampleConfig, run_upsample
+from torch_utils import compiled
 from training.latent_spaces import SPACES
 
 #----------------------------------------------------------------------------
@@ -32,6 +33,8 @@ from training.latent_spaces import SPACES
 @click.option('--seed', type=int, default=0, show_default=True, help='Random seed (of vgg-random).')
 @click.option('--device', default=None, help='Device (default: cuda if available).')
 @click.option('--trust-pickle', is_flag=True, help='Allow arbitrary code in the checkpoint (trusted files only).')
+@click.option('--compile', type=click.Choice(compiled.MODES), default='auto', show_default=True,
+              help=compiled.CLI_HELP + '.')
 @click.option('--outdir', required=True, help='Output folder (same folder again = resume).')
 @cli_errors
 def main(outdir, **options):

@@ -32,6 +32,13 @@ class; the summary sets the FLOP ratio beside the time ratio. The count depends 
 same on every machine and in every round): it is the arithmetic floor of a ratio, which no
 implementation of the same exact gradients goes below with kernels of equal efficiency.
 
+Compiled vs eager (`--compile`): the two workers of a round are the same overparameterized model, eager and with
+Gmain/Dmain's G and D compiled (`training.compiled_phases`, `--compile on`; Greg/Dreg stay eager), and the table
+gives compiled / eager per phase and for Gmain + Dmain; the compiled worker's first (untimed) iteration includes
+the compilation (Inductor's on-disk cache makes later workers faster: the first round's is the cold figure).
+
+    python -m benchmarks.bench_training_step --compile --res 64 --cmax 256 --batch 4 --threads 1 --flops
+
 Prints one JSON line per worker and a summary; `--json FILE` writes everything to FILE.
 """
 
@@ -73,10 +80,12 @@ def _reset_peak_rss():
         return False
 
 
-def run_worker(model, res, cmax, cbase, batch, rows, dim, iters, warmup, device_name, seed, clock, count_flops=False):
+def run_worker(model, res, cmax, cbase, batch, rows, dim, iters, warmup, device_name, seed, clock, count_flops=False,
+               compile_mode='off'):
     import torch  # Imported here: the driver needs no torch.
 
     from training import networks, phases as phase_lib
+    from training.compiled_phases import PhaseCompiler
     from training.loss import StyleGAN2Loss
     rss_torch = _proc_status_mb('VmRSS')                      # Libraries only: subtracted from the peak.
 
@@ -100,6 +109,8 @@ def run_worker(model, res, cmax, cbase, batch, rows, dim, iters, warmup, device_
     G.requires_grad_(False)
     D.requires_grad_(False)
     loss = StyleGAN2Loss(device, G, D, r1_gamma=0.2048, style_mixing_prob=0.9, pl_weight=2, pl_batch_shrink=2)
+    compiler = PhaseCompiler(compile_mode)
+    compiler.attach(loss, device, planned_steps=10**9)        # 'on': G and D of Gmain/Dmain compiled
     opt = dict(class_name='torch.optim.Adam', lr=0.0025, betas=[0, 0.99], eps=1e-8)
     phases = {p.name: p for p in phase_lib.setup_phases(G, D, opt, opt, G_reg_interval=4, D_reg_interval=16)}
     reg_interval = {'Greg': phases['Greg'].interval, 'Dreg': phases['Dreg'].interval}
@@ -123,8 +134,11 @@ def run_worker(model, res, cmax, cbase, batch, rows, dim, iters, warmup, device_
         times['EMA'] = now() - start
         return times
 
+    warmup_s = []
     for it in range(warmup):
+        start = time.perf_counter(), time.process_time()
         one_iteration(it)
+        warmup_s.append(dict(wall=time.perf_counter() - start[0], cpu=time.process_time() - start[1]))
     rss_before = _proc_status_mb('VmRSS')
     peak_reset = _reset_peak_rss()
     if cuda:
@@ -132,6 +146,7 @@ def run_worker(model, res, cmax, cbase, batch, rows, dim, iters, warmup, device_
     samples = [one_iteration(warmup + it) for it in range(iters)]
 
     ms = {name: statistics.median(s[name] for s in samples) * 1e3 for name in (*PHASES, 'EMA')}
+    ms['Gmain+Dmain'] = statistics.median(s['Gmain'] + s['Dmain'] for s in samples) * 1e3
     ms['iteration'] = (ms['Gmain'] + ms['Greg'] / reg_interval['Greg'] + ms['Dmain'] + ms['Dreg'] / reg_interval['Dreg']
                        + ms['EMA'])
     if cuda:
@@ -143,6 +158,7 @@ def run_worker(model, res, cmax, cbase, batch, rows, dim, iters, warmup, device_
     flops = None
     if count_flops:                                         # After the peak was read: not in the timed figures.
         from benchmarks.flop_count import FlopCounter
+        loss.compiled = None                                # counted eagerly: a compiled graph is one opaque call
         counters = {name: FlopCounter() for name in PHASES}
         one_iteration(warmup + iters, counters)
         flops = {name: dict(sorted(c.flops.items())) for name, c in counters.items()}
@@ -152,7 +168,8 @@ def run_worker(model, res, cmax, cbase, batch, rows, dim, iters, warmup, device_
     return dict(model=model, ms={k: round(v, 1) for k, v in ms.items()},
                 peak_mb=None if peak_mb is None else round(peak_mb, 1),
                 rss_after_import_mb=round(rss_torch, 1), rss_before_timed_mb=round(rss_before, 1), hardware=hardware,
-                torch=torch.__version__, iters=iters, warmup=warmup, clock=clock, flops=flops)
+                torch=torch.__version__, iters=iters, warmup=warmup, clock=clock, flops=flops,
+                compile=compiler.summary(), warmup_s=warmup_s)
 
 #----------------------------------------------------------------------------
 # Driver: alternate the workers, take per-round ratios.
@@ -167,18 +184,18 @@ def _stats(values, digits):
                 max=round(max(values), digits))
 
 
-def _summary(rounds):
-    """{key: {'baseline': stats, 'overparam': stats, 'ratio': stats of the per-round ratios}}."""
+def _summary(rounds, labels=MODELS):
+    """{key: {labels[0]: stats, labels[1]: stats, 'ratio': stats of the per-round ratios labels[1] / labels[0]}}."""
     def value(rec, key):
         return rec['peak_mb'] if key == 'peak_mb' else rec['ms'][key]
     out = {}
-    for key in KEYS:
+    for key in KEYS + (('Gmain+Dmain',) if 'Gmain+Dmain' in rounds[0][labels[0]]['ms'] else ()):
         entry = {}
-        for model in MODELS:
+        for model in labels:
             values = [value(r[model], key) for r in rounds]
             if None not in values:
                 entry[model] = _stats(values, 1)
-        pairs = [(value(r['overparam'], key), value(r['baseline'], key)) for r in rounds]
+        pairs = [(value(r[labels[1]], key), value(r[labels[0]], key)) for r in rounds]
         if all(o is not None and b for o, b in pairs):
             entry['ratio'] = _stats([o / b for o, b in pairs], 3)
         out[key] = entry
@@ -218,14 +235,36 @@ def _print_flop_table(flops, summary):
                                        f'-> {classes["overparam"].get(n, 0):.2f}' for n in names))
 
 
-def _print_table(summary):
+def _print_table(summary, labels=MODELS):
     def cell(entry, fmt):
         return '-' if entry is None else f'{entry["median"]:{fmt}} [{entry["min"]:{fmt}}-{entry["max"]:{fmt}}]'
-    print(f'{"":70s} {"baseline":>24s} {"overparam":>24s} {"overparam/baseline":>24s}')
-    for key in KEYS:
+    a, b = labels
+    print(f'{"":70s} {a:>24s} {b:>24s} {b + "/" + a:>24s}')
+    for key in summary:
         e = summary[key]
-        print(f'{LABELS[key]:70s} {cell(e.get("baseline"), ".0f"):>24s} {cell(e.get("overparam"), ".0f"):>24s} '
+        print(f'{LABELS.get(key, key + ", ms"):70s} {cell(e.get(a), ".0f"):>24s} {cell(e.get(b), ".0f"):>24s} '
               f'{cell(e.get("ratio"), ".3f"):>24s}')
+
+
+COMPILE_LABELS = ('eager', 'compiled')
+
+
+def _print_compile_table(records):
+    """Compile time (first iteration minus a timed one, CPU and wall) and GFLOP/s of Gmain + Dmain."""
+    for rec in records:
+        c = rec['compiled']
+        first = c['warmup_s'][0] if c.get('warmup_s') else None
+        if first is None:
+            continue
+        it_s = c['ms']['iteration'] / 1e3
+        print(f'compiled worker: graphs {c["compile"]["graphs"]}, first iteration {first["cpu"]:.0f} s CPU '
+              f'({first["wall"]:.0f} s wall), compile ~ {first["cpu"] - it_s:.0f} s CPU')
+        e = rec['eager']
+        if e.get('flops'):
+            gm = (e['flops']['total']['Gmain'] + e['flops']['total']['Dmain']) / 1e9
+            for label in COMPILE_LABELS:
+                ms = rec[label]['ms']['Gmain'] + rec[label]['ms']['Dmain']
+                print(f'  {label}: Gmain + Dmain {gm:.1f} GFLOP in {ms:.0f} ms = {gm / (ms / 1e3):.1f} GFLOP/s')
 
 
 @click.command()
@@ -246,16 +285,19 @@ def _print_table(summary):
 @click.option('--parallel', is_flag=True, help='Run the two workers of a round at the same time (with --clock cpu)')
 @click.option('--flops', 'count_flops', is_flag=True,
               help='Also count each phase\'s convolution and matrix-product FLOPs (one extra, untimed iteration)')
+@click.option('--compile', 'compare_compile', is_flag=True,
+              help='Compare the eager and the compiled (torch.compile of Gmain/Dmain) overparameterized model instead')
 @click.option('--json', 'json_path', type=click.Path(dir_okay=False), default=None, help='Write all records here')
 @click.option('--worker', type=click.Choice(MODELS), default=None, hidden=True)
+@click.option('--worker-compile', type=click.Choice(['off', 'on']), default='off', hidden=True)
 def main(res, cmax, cbase, batch, rows, dim, threads, rounds, iters, warmup, device, seed, clock, parallel, count_flops,
-         json_path, worker):
+         compare_compile, json_path, worker, worker_compile):
     clock = clock or ('cpu' if device == 'cpu' else 'wall')
     if worker is not None:
         import torch
         torch.set_num_threads(threads)
         print(json.dumps(run_worker(worker, res, cmax, cbase, batch, rows, dim, iters, warmup, device, seed, clock,
-                                    count_flops)))
+                                    count_flops, worker_compile)))
         return
     if batch < 2 or rounds < 1 or iters < 1:
         raise click.BadParameter('need --batch >= 2, --rounds >= 1 and --iters >= 1')
@@ -264,15 +306,21 @@ def main(res, cmax, cbase, batch, rows, dim, threads, rounds, iters, warmup, dev
     args = ['--res', res, '--cmax', cmax, '--cbase', cbase, '--batch', batch, '--rows', rows, '--dim', dim,
             '--threads', threads, '--iters', iters, '--warmup', warmup, '--device', device, '--clock', clock,
             '--seed', seed] + (['--flops'] if count_flops else [])
+    labels = COMPILE_LABELS if compare_compile else MODELS
+    worker_args = {'eager': ['--worker', 'overparam', '--worker-compile', 'off'],
+                   'compiled': ['--worker', 'overparam', '--worker-compile', 'on'],
+                   **{m: ['--worker', m] for m in MODELS}}
+    if compare_compile:
+        env['TORCHINDUCTOR_COMPILE_THREADS'] = '1'       # compilation in the worker (and its C++ compiler children)
     records = []
     for rnd in range(rounds):
-        order = MODELS if rnd % 2 == 0 else MODELS[::-1]
+        order = labels if rnd % 2 == 0 else labels[::-1]
         record = {}
         batches = [order] if parallel else [[model] for model in order]
         for models in batches:
-            procs = {model: subprocess.Popen([sys.executable, '-m', 'benchmarks.bench_training_step', '--worker', model,
-                                              *map(str, args)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                             text=True) for model in models}
+            procs = {model: subprocess.Popen([sys.executable, '-m', 'benchmarks.bench_training_step',
+                                              *worker_args[model], *map(str, args)], env=env, stdout=subprocess.PIPE,
+                                             stderr=subprocess.PIPE, text=True) for model in models}
             for model, proc in procs.items():
                 out, err = proc.communicate()
                 if proc.returncode != 0:
@@ -283,11 +331,13 @@ def main(res, cmax, cbase, batch, rows, dim, threads, rounds, iters, warmup, dev
                 print(json.dumps(dict(round=rnd + 1, **record[model])), flush=True)
         records.append(record)
 
-    summary = _summary(records)
-    _print_table(summary)
-    flops = _flop_summary(records)
+    summary = _summary(records, labels)
+    _print_table(summary, labels)
+    flops = None if compare_compile else _flop_summary(records)
     if flops:
         _print_flop_table(flops, summary)
+    if compare_compile:
+        _print_compile_table(records)
     result = dict(bench='training_step', command=' '.join(['python -m benchmarks.bench_training_step', *sys.argv[1:]]),
                   clock=clock, parallel=parallel, res=res, cmax=cmax, cbase=cbase, batch=batch, rows=rows, dim=dim,
                   threads=threads, rounds=rounds,
@@ -296,10 +346,8 @@ def main(res, cmax, cbase, batch, rows, dim, threads, rounds, iters, warmup, dev
                   summary=summary, gflops=flops, records=records)
     print(json.dumps(dict(bench='training_step', summary=summary, gflops=flops)))
     if json_path:
-        tmp = json_path + '.tmp'
-        with open(tmp, 'w', encoding='utf-8') as fh:
-            json.dump(result, fh, indent=1)
-        os.replace(tmp, json_path)
+        from torch_utils.files import save_json
+        save_json(json_path, result, indent=1)
 
 #----------------------------------------------------------------------------
 

@@ -18,6 +18,11 @@ Parts, in order, each stopped at its time budget (what it did not reach is liste
   training        a few hundred steps of both paper presets on synthetic data: s/kimg and peak GPU
                   memory, strict fp32 (as the paper) and mixed precision.
   inversion       256 px inversion, batch 1 vs the largest batch that fits: s/image for 1000 steps.
+  compiled        torch.compile side by side with eager (benchmarks.bench_inversion_step / bench_training_step):
+                  the inversion step compiled + CUDA graphs at batch 1 and 4 in fp32 / tf32 / bf16 (goal: <= 0.5x
+                  eager at batch 1), compile time and break-even; Gmain + Dmain compiled vs eager (goal <= 0.85).
+                  Its ratios and compile times are what `inversion.compiled_step.ESTIMATES['cuda']` and
+                  `training.compiled_phases.ESTIMATES['cuda']` wait for (until then --compile auto stays eager on GPUs).
 
 Uses the public entry points: configs.presets, training.training_loop, inversion.optimize.
 """
@@ -49,25 +54,31 @@ TEST_FILES = ['tests/test_custom_ops.py', 'tests/test_ops.py', 'tests/test_modul
               'tests/test_self_check.py']
 
 REAL = dict(
-    device='cuda', budgets=dict(tests=180, self_check=10, modconv_layers=60, generator=30, training=110, inversion=40),
+    device='cuda', budgets=dict(tests=180, self_check=10, modconv_layers=60, generator=30, training=110, inversion=40,
+                                compiled=150),
     test_files=TEST_FILES, test_filter='not emulated',     # the CPU emulator tests are CI's (no GPU needed)
     layer_res=[4, 8, 16, 32, 64, 128, 256], layer_batch=16, cbase=16384, cmax=512, rows=512,
     precisions=['fp32', 'tf32', 'fp16'], iters=5, warmup=2,
     presets=['paper256-baseline', 'paper256-overparam'], g_batch=16, g_precisions=['fp32', 'tf32'], data_images=32,
     train_precisions=['fp32', 'mixed'], train_steps=200, inv_steps=20, inv_batches=[1, 'auto'],
     overrides={},
+    compiled=dict(res=256, cmax=512, rows=512, batches=[1, 4], precisions=['fp32', 'tf32', 'bf16'], rounds=10,
+                  train=dict(res=256, cmax=512, cbase=16384, batch=8, rows=512, dim=512, iters=3, warmup=2)),
 )
 DRY = dict(
-    device='cpu', budgets=dict(tests=60, self_check=15, modconv_layers=15, generator=15, training=40, inversion=20),
+    device='cpu', budgets=dict(tests=60, self_check=15, modconv_layers=15, generator=15, training=40, inversion=20,
+                               compiled=60),
     test_files=['tests/test_custom_ops.py'], test_filter='bad_impl_rejected or real_cuda_tensor',
     layer_res=[4, 8], layer_batch=2, cbase=32, cmax=8, rows=8,
     precisions=['fp32'], iters=1, warmup=0,
     presets=['tiny', 'tiny-overparam'], g_batch=2, g_precisions=['fp32'], data_images=8,
     train_precisions=['fp32'], train_steps=2, inv_steps=2, inv_batches=[1, 2],
     overrides=dict(batch=2, batch_gpu=2, mbstd=2, dim=16, cbase=64, cmax=16),   # on top of the tiny presets
+    compiled=dict(res=16, cmax=16, rows=16, batches=[1], precisions=['fp32'], rounds=1,
+                  train=dict(res=16, cmax=16, cbase=64, batch=2, rows=16, dim=16, iters=1, warmup=1)),
 )
 GOALS = dict(time_ratio=1.03, memory_ratio=1.10, paper_time_ratio=1.056, paper_memory_ratio=1.26,
-             inversion_s_per_image=1.0)
+             inversion_s_per_image=1.0, compiled_inversion_ratio_batch1=0.5, compiled_training_ratio=0.85)
 
 #----------------------------------------------------------------------------
 
@@ -370,8 +381,41 @@ def part_inversion(part, cfg, ctx):
     part.results['runs'] = out
     part.results['goal_s_per_image'] = GOALS['inversion_s_per_image']
 
+def part_compiled(part, cfg, ctx):
+    """Eager vs compiled, side by side in this process: the inversion step (CUDA graphs on a GPU) per precision and
+    batch, then Gmain + Dmain of the overparameterized model (fp32)."""
+    from benchmarks import bench_inversion_step, bench_training_step
+    c, device = cfg['compiled'], ctx['device']
+    clock = 'wall' if device.type == 'cuda' else 'cpu'
+    rows = []
+    for precision in c['precisions']:
+        for batch in c['batches']:
+            if part.over(f'inversion {precision} batch {batch}'):
+                continue
+            rec = bench_inversion_step.run_worker(c['res'], c['cmax'], batch, c['rows'], c['rounds'], str(device),
+                                                  precision, seed=0, profile=False, count_flops=True)
+            s = bench_inversion_step.summarize(rec, clock)
+            rows.append(dict(precision=precision, batch=batch, eager_ms=s['eager_ms'], compiled_ms=s['compiled_ms'],
+                             ratio=s['ratio'], compile_s=s['compile_s'], break_even_steps=s['break_even_steps'],
+                             compiled_gflops=s.get('compiled_gflops'), peak_gflops=s.get('peak_gflops'),
+                             cuda_graphs=device.type == 'cuda', failure=rec['compile']['failure']))
+    part.results['inversion'] = rows
+    t = c['train']
+    if not part.over('training Gmain + Dmain'):
+        recs = {mode: bench_training_step.run_worker('overparam', t['res'], t['cmax'], t['cbase'], t['batch'],
+                                                     t['rows'], t['dim'], t['iters'], t['warmup'], str(device), 0,
+                                                     clock, compile_mode=mode) for mode in ('off', 'on')}
+        eager, fast = (recs[m]['ms']['Gmain+Dmain'] for m in ('off', 'on'))
+        part.results['training'] = dict(eager_ms=eager, compiled_ms=fast, ratio=_ratio(fast, eager),
+                                        compile=recs['on']['compile'], first_iteration_s=recs['on']['warmup_s'][0])
+    part.results['goals'] = dict(inversion_batch1=GOALS['compiled_inversion_ratio_batch1'],
+                                 training=GOALS['compiled_training_ratio'])
+    failed = [r for r in rows if r['failure']]
+    if failed:
+        raise RuntimeError(f'torch.compile fell back to eager: {failed[0]["failure"]}')
+
 PARTS = dict(tests=part_tests, self_check=part_self_check, modconv_layers=part_modconv_layers,
-             generator=part_generator, training=part_training, inversion=part_inversion)
+             generator=part_generator, training=part_training, inversion=part_inversion, compiled=part_compiled)
 
 #----------------------------------------------------------------------------
 # Report.
@@ -401,6 +445,11 @@ def _headline(name, r):
                          f'{_fmt(x["peak_gpu_mem_gb"])} GB' for x in r.get('runs', []))
     if name == 'inversion':
         return '; '.join(f'batch {x["batch"]}: {_fmt(x["s_per_image_1000_steps"])} s/image' for x in r.get('runs', []))
+    if name == 'compiled':
+        inv = '; '.join(f'{x["precision"]} batch {x["batch"]}: compiled/eager {_fmt(x["ratio"]["median"])}, compile '
+                        f'{_fmt(x["compile_s"])} s' for x in r.get('inversion', []))
+        tr = r.get('training')
+        return inv + (f'; Gmain+Dmain {_fmt(tr["ratio"])}' if tr else '') + ' (goals <= 0.5 at batch 1, <= 0.85)'
     return ''
 
 

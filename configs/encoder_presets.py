@@ -17,7 +17,7 @@ LOSS_FN = 'inversion.losses.build_loss'     # The inversion's reconstruction los
 ENCODER_CLASS = 'training.encoder.Encoder'
 
 COMMON = dict(space='auto', latent_weight=1.0, mse_weight=0.1, sample_psi=1.0, real_fraction=0.5, lr=1e-3, beta2=0.99,
-              gpus=1, seed=0, workers=1, keep_states=2, resume_kimg=0, design={})
+              gpus=1, seed=0, workers=1, keep_states=2, resume_kimg=0, design={}, compile='auto')
 
 ENCODER_PRESETS = {
     # CPU minutes at 32 px: small batches; the offline LPIPS (a seeded random VGG16: not a perceptual metric).
@@ -39,6 +39,7 @@ OPTIONS = dict(
     workers='data workers', keep_states='training states kept', resume='encoder pkl, training-state pt or auto',
     resume_kimg='kimg counter for weights-only resume', design='encoder design keyword arguments (dict)',
     res='expected resolution', trust_pickle='unpickle arbitrary code from the generator file',
+    compile="torch.compile of the encoder's step: auto, on or off (training.compiled_phases)",
 )
 
 #----------------------------------------------------------------------------
@@ -119,6 +120,7 @@ def _validate(o):
     need(o.latent_weight >= 0 and o.mse_weight >= 0, '--latent-weight and --mse-weight must be >= 0')
     need(0 < o.lr, '--lr must be positive')
     need(o.resume_kimg >= 0, '--resume-kimg must be >= 0')
+    need(o.compile in ('auto', 'on', 'off'), f"--compile must be auto, on or off, got '{o.compile}'")
 
 
 def build_encoder_kwargs(o):
@@ -150,6 +152,7 @@ def build_encoder_kwargs(o):
     c.resume_pkl = o.resume
     c.resume_kimg = o.resume_kimg
     c.trust_pickle = o.trust_pickle
+    c.compile = o.compile
     return c
 
 

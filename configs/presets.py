@@ -29,6 +29,7 @@ COMMON = dict(
     target=0.6, mirror=False, cond=False,
     fp16_res=4, conv_clamp=256, G_reg=4, D_reg=16, gpus=1, seed=0, workers=3, keep_states=2, resume_kimg=0,
     row_start=None, row_spread_kimg=None,     # fine-tuning starts only: None = training.finetune's defaults
+    compile='auto',
 )
 
 # Paper runs: batch 64 = 16 per GPU on 4 GPUs (fewer GPUs accumulate 16-image rounds to the same batch).
@@ -74,6 +75,7 @@ OPTIONS = dict(
     resume_kimg='kimg counter for weights-only resume', res='expected resolution',
     row_start='rows of a fine-tuning start (training.row_start): paper or spread',
     row_spread_kimg='spread: kimg over which the rows go from identical to the paper\'s correlation',
+    compile='torch.compile of Gmain/Dmain: auto, on or off (training.compiled_phases)',
 )
 
 #----------------------------------------------------------------------------
@@ -151,6 +153,7 @@ def _validate(o):
     need(o.resume is not None or (o.row_start is None and o.row_spread_kimg is None),
          '--row-start and --row-spread-kimg set how a fine-tuning run starts: give the pretrained StyleGAN2 '
          'with --resume=PKL (and --rows R)')
+    need(o.compile in ('auto', 'on', 'off'), f"--compile must be auto, on or off, got '{o.compile}'")
 
 
 def build_training_kwargs(o):
@@ -199,6 +202,7 @@ def build_training_kwargs(o):
     # A network file to resume from decides the architecture; a StyleGAN2 into R rows is a fine-tuning start.
     finetune.adopt_resume_source(c, row_start_name=o.row_start, spread_kimg=o.row_spread_kimg)
     _check_rows(c.G_kwargs)
+    c.compile = o.compile
     return c
 
 

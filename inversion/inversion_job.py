@@ -20,12 +20,13 @@ import dnnlib
 from metrics.lpips import DEFAULT_LPIPS, MaskUnsupportedError, lpips_network_name
 from metrics.reconstruction import pixel_metrics
 from preprocess.align_folder import AlignFolderError, align_folder, paste_back_folder
-from torch_utils import distributed, files
+from torch_utils import compiled, distributed, files
 from torch_utils.image_io import to_uint8
 from training.encoder import generator_mismatch, load_encoder_pkl
 from training.latent_spaces import AUTO
 
 from . import run_files
+from .compiled_step import InversionCompiler
 from .job_runner import InversionError, check_job_outdir, list_job_targets, load_generator, run_job
 from .losses import MaskedLoss, build_loss, check_mask_support
 from .optimize import Inverter, auto_batch_size
@@ -61,6 +62,7 @@ class InversionConfig:
     save_every:       int = 100                     # Steps between resumable states; 0 = never.
     device:           Optional[str] = None          # cuda, cuda:K, cpu; None = cuda when available.
     trust_pickle:     bool = False                  # Unpickle the network without restrictions (trusted files).
+    compile:          str = 'auto'                  # auto | on | off: the step through torch.compile (compiled_step).
     save_video:       bool = False                  # frames/<name>/stepNNNNN.png during the optimisation.
     video_every:      int = 10                      # Steps between video frames.
     align:            bool = False                  # Align the faces of target first (invert_folder).
@@ -177,6 +179,7 @@ class InversionJob:
         changes results); args: what run.json and summary.json record of the options."""
         self.cfg, self.G, self.loss, self.space, self.settings, self.args = cfg, G, loss, space, settings, args
         self.encoder = encoder                                              # None: start at the mean latent
+        self.compiler = InversionCompiler(cfg.compile)                      # --compile: one per job, shared by batches
         self.lpips_network = getattr(loss, 'lpips_network', None) or lpips_network_name(cfg.lpips)
         self.device = torch.device(cfg.device)
         self.mask_dir = settings['mask']
@@ -237,7 +240,7 @@ class InversionJob:
         try:
             return Inverter(self.G, loss, targets, self.space, steps=c.steps, lr=c.lr, betas=c.betas,
                             truncation_psi=c.truncation, truncation_until=c.truncation_until, precision=c.precision,
-                            init=self.initial_latents(targets))
+                            init=self.initial_latents(targets), compiler=self.compiler)
         except MaskUnsupportedError as err:
             raise InversionError(str(err)) from err
 
@@ -286,7 +289,8 @@ class InversionJob:
             extra=dict(checkpoint_sha256=s['network_sha256'], precision=s['precision'], lpips=s['lpips'],
                        lpips_network=self.lpips_network, device=str(self.device), skipped=len(skipped),
                        mask=s.get('mask'), masked_images=sum(bool(r.get('masked')) for r in results.values()),
-                       init=self.init_name, encoder_sha256=s.get('encoder_sha256'), truncation=s['truncation']))
+                       init=self.init_name, encoder_sha256=s.get('encoder_sha256'), truncation=s['truncation'],
+                       compile=self.compiler.summary()))
 
 #----------------------------------------------------------------------------
 
@@ -307,6 +311,8 @@ def run_inversion(cfg, target, outdir, skipped=()):
         raise InversionError(f'--mask {cfg.mask}: not a folder (give a folder of masks named like the targets)')
     if int(cfg.steps) < 0:
         raise InversionError(f'--steps {cfg.steps}: must be 0 or more')
+    if cfg.compile not in compiled.MODES:
+        raise InversionError(f'--compile {cfg.compile!r}: use one of {", ".join(compiled.MODES)}')
     encoder_path = parse_init(cfg.init)
     check_job_outdir(outdir)
     G, sha256 = load_generator(cfg.network, cfg.trust_pickle, device)

@@ -364,6 +364,10 @@ def run_job(job, sources, ignored, outdir, *, batch, device, save_every=100, pro
             chunks = distributed.split_by_rank(chunks)
             todo = sum(map(len, chunks)) + sum(sum(n not in runner.results for n in names) for names, _ in groups)
             log(f'This rank: {len(groups)} saved batches and {len(chunks)} new batches ({todo} images)')
+        compiler = getattr(job, 'compiler', None)                          # --compile: what auto may count on
+        if compiler is not None:
+            compiler.set_log(log)
+            compiler.plan([len(names) for names, _ in groups] + [len(c) for c in chunks], job.settings.get('steps', 0))
 
         images_bar = tqdm(total=todo, desc='images', unit='img', disable=not opt['progress'], dynamic_ncols=True)
         try:

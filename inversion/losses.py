@@ -46,6 +46,16 @@ class InversionLoss(torch.nn.Module):
             img = F.interpolate(img, size=(self.resolution, self.resolution), mode='area')
         return img
 
+    def prepare_compile(self, image_shape, device):
+        """Make the perceptual network traceable (`make_traceable`, NVIDIA's TorchScript VGG16) for generated images
+        of `image_shape` `[N, C, H, W]`, before torch.compile traces this loss; no-op for the other networks."""
+        make = getattr(self.perceptual, 'make_traceable', None)
+        if make is not None:
+            n, _c, h, w = image_shape
+            if self.resolution is not None and h > self.resolution:
+                h = w = self.resolution
+            make((n, 3, h, w), device)
+
     def _autocast(self, device):
         if self.vgg_autocast is None:
             return contextlib.nullcontext()

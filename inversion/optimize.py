@@ -74,10 +74,13 @@ class Inverter:
         w_avg:            mean latent `[w_dim]`; None = `G.mapping.w_avg`.
         init:             initial latents `[N, *space.param_shape]` (e.g. an encoder's prediction); None = the
                           mean latent. Copied: the first step's latents equal it exactly.
+        compiler:         None (eager), or an `InversionCompiler` (`inversion.compiled_step`): each step's forward
+                          (synthesis + loss, masks included) and backward then run through one compiled graph per
+                          (network, loss, space, batch shape), and Adam's update is one fused kernel.
     """
 
     def __init__(self, G, loss, targets, space, *, steps=1000, lr=0.05, betas=(0.9, 0.999), eps=1e-8,
-                 truncation_psi=0.9, truncation_until=0.5, precision='fp32', w_avg=None, init=None):
+                 truncation_psi=0.9, truncation_until=0.5, precision='fp32', w_avg=None, init=None, compiler=None):
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
         self.G = G.eval().requires_grad_(False)
@@ -98,6 +101,7 @@ class Inverter:
                   else init.detach().to(self.device, torch.float32).clone())
         assert tuple(params.shape) == (n, *space.param_shape)
         self.params = params.requires_grad_(True)                           # [N, *param_shape]
+        self.compiler = compiler                    # fuses Adam's update when it compiles the step
         self.optimizer = torch.optim.Adam([self.params], lr=lr, betas=tuple(betas), eps=eps)
         self.step = 0                                                       # Completed steps.
         self.history = torch.full([self.steps, n], float('nan'), device=self.device)  # LPIPS per step [steps, N]
@@ -119,6 +123,23 @@ class Inverter:
         params = self.params if params is None else params
         return self.G.synthesis(self.space.to_ws(params), noise_mode='const', force_fp32=True)
 
+    def forward(self, params, target_state):
+        """The step's forward, eager: (per-image loss `[N]`, lpips `[N]`, images `[N, C, H, W]`) of `params`."""
+        images = self.synthesize(params)
+        out = self.loss(images, target_state)
+        return out['loss'], out['lpips'], images
+
+    def _forward_backward(self):
+        """This step's forward and its backward into `params.grad` (compiled when the compiler says so)."""
+        def backward(out):
+            out[0].sum().backward()         # Sum: per-image gradients independent of the batch.
+        step = None if self.compiler is None else self.compiler.step_function(self)
+        if step is None:
+            out = self.forward(self.params, self.target_state)
+            backward(out)
+            return out
+        return step(self.params, self.target_state, after=backward, undo=lambda: setattr(self.params, 'grad', None))
+
     def run(self, max_steps=None):
         """Generator: run the remaining steps (at most `max_steps`), yielding after each one.
 
@@ -134,16 +155,13 @@ class Inverter:
             with precision_context(self.precision):
                 if truncated:
                     self.space.truncate_(self.params, self.w_avg, self.truncation_psi)
-                images = self.synthesize()
-                out = self.loss(images, self.target_state)
                 self.optimizer.zero_grad(set_to_none=True)
-                out['loss'].sum().backward()        # Sum: per-image gradients independent of the batch.
+                loss, lpips, images = self._forward_backward()
                 self.optimizer.step()
-            lpips = out['lpips'].detach()
+            lpips = lpips.detach()
             self.history[t] = lpips
             self.step = t + 1
-            yield dict(step=self.step, truncated=truncated, loss=out['loss'].detach(), lpips=lpips,
-                       images=images.detach())
+            yield dict(step=self.step, truncated=truncated, loss=loss.detach(), lpips=lpips, images=images.detach())
 
     @torch.no_grad()
     def evaluate(self):
@@ -176,7 +194,10 @@ class Inverter:
             raise ValueError(f'Saved step {step} is outside 0..{self.steps}')
         with torch.no_grad():
             self.params.copy_(params)
+        flags = [(g.get('fused'), g.get('foreach')) for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state['optimizer'])
+        for group, (fused, foreach) in zip(self.optimizer.param_groups, flags):
+            group['fused'], group['foreach'] = fused, foreach    # this run's Adam kernel, not the saved run's
         self.history.fill_(float('nan'))
         self.history[:step] = state['history'].to(self.device)
         self.step = step

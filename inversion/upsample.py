@@ -35,11 +35,12 @@ import torch.nn.functional as F
 from figures import sheets
 from metrics.lpips import DEFAULT_LPIPS, lpips_network_name
 from metrics.reconstruction import pixel_metrics
-from torch_utils import distributed
+from torch_utils import compiled, distributed
 from torch_utils.image_io import save_png, to_uint8
 from training.latent_spaces import AUTO
 
 from . import run_files
+from .compiled_step import InversionCompiler
 from .job_runner import InversionError, check_job_outdir, default_summary, list_job_targets, load_generator, run_job
 from .losses import build_loss
 from .optimize import Inverter
@@ -150,6 +151,13 @@ class LowResLoss(torch.nn.Module):
         feats = self.perceptual.features(enlarge_for_lpips(lowres)) if self.perceptual is not None else None
         return dict(image=lowres, features=feats)
 
+    def prepare_compile(self, image_shape, device):
+        """See `InversionLoss.prepare_compile`: the LPIPS network sees the enlarged low-res images."""
+        if self.perceptual is not None:
+            n, c, h, w = image_shape
+            k = max(1, math.ceil(MIN_LPIPS_SIZE / (h // self.factor)))
+            self.perceptual.prepare_compile((n, c, k * (h // self.factor), k * (w // self.factor)), device)
+
     def forward(self, img, target_state):
         low = self.down(img)
         mse = ((low - target_state['image']) / 2).square().mean(dim=(1, 2, 3))
@@ -170,7 +178,7 @@ def build_lowres_loss(kind='lpips-lowres', factor=16, mode='nearest', lpips=DEFA
 #----------------------------------------------------------------------------
 
 def upsample_invert(G, lowres, space, *, factor=16, steps=100, truncation=0.9, loss='lpips-lowres', mode='nearest',
-                    lpips=DEFAULT_LPIPS, lr=0.05, loss_module=None, callback=None):
+                    lpips=DEFAULT_LPIPS, lr=0.05, loss_module=None, callback=None, compiler=None):
     """Super-resolve a batch of low-res images by latent optimisation (PULSE-style).
 
     Args:
@@ -180,6 +188,7 @@ def upsample_invert(G, lowres, space, *, factor=16, steps=100, truncation=0.9, l
         truncation:  psi applied before EVERY step (`truncation_until=1.0`); 1 = off.
         loss, mode, lpips: see `LowResLoss` / `build_lowres_loss` (ignored when `loss_module` is given).
         callback:    called with (inverter, step_info) after every step (e.g. progress, instrumentation).
+        compiler:    None (eager) or an `inversion.compiled_step.InversionCompiler`.
     Returns:
         dict(latents `[N, *space.param_shape]`, images `[N, C, res, res]` (the upsampled images),
         recon_lowres `[N, C, h, w]`, lowres_mse `[N]`, lowres_lpips `[N]` (None for 'mse'),
@@ -194,7 +203,7 @@ def upsample_invert(G, lowres, space, *, factor=16, steps=100, truncation=0.9, l
     if loss_module is None:
         loss_module = build_lowres_loss(loss, factor, mode, lpips, device=lowres.device)
     inverter = Inverter(G, loss_module, lowres, space, steps=steps, lr=lr, truncation_psi=truncation,
-                        truncation_until=1.0)
+                        truncation_until=1.0, compiler=compiler)
     for info in inverter.run():
         if callback is not None:
             callback(inverter, info)
@@ -231,6 +240,7 @@ class UpsampleJob:
         self.cfg, self.G, self.space, self.settings, self.args = cfg, G, space, settings, args
         self.device = torch.device(cfg.device)
         self.loss_module, self.hr_loss, self.from_highres = loss_module, hr_loss, cfg.target is not None
+        self.compiler = InversionCompiler(cfg.compile)                      # --compile: one per job, shared by batches
         self.factor = cfg.factor
         self.decode_resolution = G.img_resolution if self.from_highres else G.img_resolution // self.factor
         self.curve_key = 'lowres_mse' if cfg.loss == 'mse' else 'lowres_lpips'
@@ -244,7 +254,7 @@ class UpsampleJob:
         x = to_tensor(images).to(self.device)
         low = downsample(x, self.factor, c.mode) if self.from_highres else x
         return Inverter(self.G, self.loss_module, low, self.space, steps=c.steps, lr=c.lr, truncation_psi=c.truncation,
-                        truncation_until=1.0)
+                        truncation_until=1.0, compiler=self.compiler)
 
     def on_step(self, outdir, names, images, info):
         pass
@@ -279,7 +289,7 @@ class UpsampleJob:
         s = self.settings
         return default_summary(results, skipped, self, self.args, num_images=len(results),
                                input='target' if self.from_highres else 'lowres',
-                               lpips_network=lpips_network_name(s['lpips']),
+                               lpips_network=lpips_network_name(s['lpips']), compile=self.compiler.summary(),
                                **{k: s[k] for k in ('network_sha256', 'factor', 'mode', 'loss', 'lpips', 'lr',
                                                     'truncation', 'truncation_until')})
 
@@ -302,6 +312,7 @@ class UpsampleConfig:
     save_every:   int = 100                     # Steps between resumable states; 0 = never.
     seed:         int = 0                       # Seed (of the vgg-random trunk).
     device:       Optional[str] = None          # None = cuda when available.
+    compile:      str = 'auto'                  # auto | on | off: the step through torch.compile (compiled_step).
     trust_pickle: bool = dataclasses.field(default=False, metadata=dict(recorded=False))  # Unrestricted unpickling.
     progress:     bool = dataclasses.field(default=True, metadata=dict(recorded=False))   # tqdm bars, console lines.
 
@@ -330,6 +341,8 @@ def run_upsample(cfg, outdir):
         raise InversionError(f'--truncation must be in [0, 1] and --lr positive, got {cfg.truncation} and {cfg.lr}')
     if cfg.mode not in MODES or cfg.loss not in LOSSES:
         raise InversionError(f'--mode must be one of {MODES} and --loss one of {LOSSES}')
+    if cfg.compile not in compiled.MODES:
+        raise InversionError(f'--compile {cfg.compile!r}: use one of {", ".join(compiled.MODES)}')
     args = cfg.to_json(outdir=outdir)                                      # The device as given.
     device = distributed.resolve_device(cfg.device)
     cfg = cfg.replace(device=str(device))

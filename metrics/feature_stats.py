@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 import dnnlib
+from torch_utils import compiled
 
 from . import detectors, lpips
 
@@ -36,6 +37,8 @@ class MetricOptions(dnnlib.EasyDict):
     batch_size      images per detector call; batch_gen: images per generator call.
     num_workers     DataLoader workers for real images; cache: reuse dataset stats on disk.
     progress        show tqdm bars (rank 0 only); inversion_pairs: the pairs of an inversion run, for `recon`.
+    compile         (extra) 'auto', 'on' or 'off': the generator of the generated-image metrics compiled
+                    (`image_function`).
     """
 
     def __init__(self, G=None, G_kwargs=None, dataset_kwargs=None, num_gpus=1, rank=0, device=None, detector_path=None,
@@ -344,14 +347,34 @@ def generate_images(G, z, c, G_kwargs):
     return (img * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
+# `compile='auto'` (calc_metrics.py --compile): the generator calls below which it stays eager, and the device types
+# where the compiled forward was measured faster (none yet: eager everywhere until measured; 'on' compiles).
+AUTO_COMPILE = dict(min_calls=2000, devices=())
+
+
+def image_function(opts, G, calls):
+    """`fn(z, c) -> uint8 images` (`generate_images` with `opts.G_kwargs`), compiled with torch.compile when
+    `opts.compile` says so for `calls` generator calls (`torch_utils.compiled`; one graph per batch shape)."""
+    kwargs = dict(opts.G_kwargs)
+
+    def images(z, c):
+        return generate_images(G, z, c, kwargs)
+    mode = compiled.check_mode(opts.get('compile', 'off'))
+    if mode == 'off' or (mode == 'auto' and (opts.device.type not in AUTO_COMPILE['devices']
+                                             or calls < AUTO_COMPILE['min_calls'])):
+        return images
+    return compiled.Compiler('on').function(('generate', G), lambda: images, name='generator (metrics)')
+
+
 def _generated_batches(opts, G, num_calls, per_call, batch_gen):
     """Yield `num_calls` uint8 batches of `per_call` images, `batch_gen` per generator call."""
     gen, sample_c = rank_generator(opts), label_sampler(opts, G)
+    make = image_function(opts, G, num_calls * (per_call // batch_gen))
     for _ in range(num_calls):
         parts = []
         for _ in range(per_call // batch_gen):
             z = G.sample_z(batch_gen, gen, opts.device)
-            parts.append(generate_images(G, z, sample_c(batch_gen), opts.G_kwargs))
+            parts.append(make(z, sample_c(batch_gen)))
         yield torch.cat(parts)
 
 

@@ -163,13 +163,32 @@ class DetectorLpips(torch.nn.Module):
         super().__init__()
         self.net = net.eval()
         self._layout_checked = set()                                        # input sizes whose layout was checked
+        self._traceable = {}                                                # input shape -> FX twin (torch.compile)
         for p in self.net.parameters():
             p.requires_grad_(False)
 
     def features(self, x):
         """x `[N, 3, H, W]` in [-1, 1] -> unit-normalised features `[N, F]` (float32)."""
         x = (x + 1) * (255 / 2)
+        if torch.compiler.is_compiling():                                   # TorchDynamo cannot trace TorchScript
+            twin = self._traceable.get(tuple(x.shape))
+            if twin is not None:
+                out = twin(x, False, True)
+                return (out[0] if isinstance(out, (tuple, list)) else out).float()
         return self.net(x, resize_images=False, return_lpips=True).float()
+
+    def make_traceable(self, shape, device):
+        """Before torch.compile traces `features` for inputs of `shape` `[N, 3, H, W]`: a TorchScript network is
+        converted into an FX graph (`torch_utils.compiled.traceable_script`, checked against the TorchScript output);
+        a plain module (the seeded random detector) is traceable as it is. Raises RuntimeError (one line) when the
+        conversion is not possible; the compiled step then compiles the synthesis alone."""
+        if not isinstance(self.net, torch.jit.ScriptModule):
+            return
+        from torch_utils.compiled import traceable_script
+        key = tuple(int(v) for v in shape)
+        if key not in self._traceable:
+            probe = torch.linspace(0, 255, key[0] * 3 * key[2] * key[3], device=device).reshape(key)
+            self._traceable[key] = traceable_script(self.net, (probe, False, True))
 
     def distance(self, fa, fb, weights=None):
         """Features `[N, F]` of two batches -> squared L2 distance `[N]`; weights: None or `spatial_weights`."""

@@ -31,8 +31,13 @@ def test_dry_run_end_to_end(tmp_path, monkeypatch):
     assert all(r['sec_per_kimg'] > 0 for r in runs)
     inv = parts['inversion']['results']['runs']
     assert [r['batch'] for r in inv] == [1, 2] and all(r['s_per_image_1000_steps'] > 0 for r in inv)
+    compiled = parts['compiled']['results']             # eager vs compiled, without CUDA graphs on the CPU
+    assert [(r['precision'], r['batch'], r['cuda_graphs'], r['failure']) for r in compiled['inversion']] == \
+        [('fp32', 1, False, None)]
+    assert compiled['inversion'][0]['compiled_ms'] > 0 and compiled['inversion'][0]['compile_s'] > 0
+    assert compiled['training']['compile']['graphs'] == 4 and compiled['training']['ratio'] > 0
     md = (tmp_path / 'gpu-acceptance.md').read_text()
-    assert '| part | status |' in md and 'DRY RUN' in md and '| training |' in md
+    assert '| part | status |' in md and 'DRY RUN' in md and '| training |' in md and '| compiled |' in md
 
 
 def test_budget_stops_a_part_and_records_what_it_skipped():

@@ -179,6 +179,10 @@ class LazyPlugin:
             raise ValueError(f'impl must be None, "ref" or "cuda", got {impl!r}')
         if impl == 'ref':
             return False
+        if impl is None and torch.compiler.is_compiling():
+            # Under torch.compile the reference path is traced: Inductor fuses its elementwise work into kernels
+            # of its own, while a plugin call (and its first-use self-check) would split the graph at every op.
+            return False
         on_cuda = _is_cuda_tensor(x)
         if impl == 'cuda':
             if not on_cuda:

@@ -28,6 +28,7 @@ import dnnlib
 from torch_utils import checkpoint, training_stats
 from torch_utils.image_io import make_grid, save_png, to_uint8
 from training import phases as phase_lib, resume as resume_lib, run_setup, snapshot
+from training.compiled_phases import PhaseCompiler
 from training.encoder_loss import EncoderLoss
 from training.run_log import report_tick
 from training.training_loop import Loop
@@ -66,6 +67,7 @@ def encoder_loop(
     abort_fn                = None,     # Callable -> True to stop after the current tick.
     progress_fn             = None,     # Callable(cur_nimg, total_nimg) after each tick.
     verbose                 = True,     # Print log lines and a progress bar on rank 0 (log.txt is always written).
+    compile                 = 'auto',   # torch.compile of the encoder's step: auto, on, off (compiled_phases).
     device                  = torch.device('cpu'),  # Device of this rank.
 ):
     """Train E; returns a summary dict (cur_nimg, kimg, cur_tick, skipped steps, last snapshot and state, seconds)."""
@@ -139,6 +141,8 @@ class EncoderRun(Loop):
         self.phases = [phase_lib.Phase('Emain', self.E, opt, 1)]
         recon = dnnlib.util.call_func_by_name(device=self.device, **c.loss_kwargs)
         self.loss = EncoderLoss(self.G, c.space, recon, latent_weight=c.latent_weight, sample_psi=c.sample_psi)
+        self.phase_compiler = PhaseCompiler(c.compile, log=self.log)
+        self.phase_compiler.attach(self.loss, self.device, int(c.total_kimg * 1000) // max(c.batch_size, 1))
         n_params = sum(p.numel() for p in self.E.parameters())
         self.log(f'Generator: {self.network_path} (sha256 {self.network_sha256[:12]}), latent rows '
                  f'{self.G.latent_rows}, {self.G.img_resolution} px; encoder into {c.space} '

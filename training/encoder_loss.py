@@ -47,6 +47,7 @@ class EncoderLoss:
                              f'(their rows differ); use --space W/W+, or --latent-weight 0')
         self.G, self.space, self.recon_loss = G, space, recon_loss
         self.latent_weight, self.sample_psi = float(latent_weight), float(sample_psi)
+        self.compiled = None    # `training.compiled_phases.PhaseCompiler`: `terms` compiled
 
     @torch.no_grad()
     def sample(self, n, device):
@@ -68,18 +69,28 @@ class EncoderLoss:
 
         Reports Loss/E/loss, Loss/E/lpips_{kind}, Loss/E/pixel_{kind} and, with latents, Loss/E/latent.
         """
+        out = self.terms(E, images, latents) if self.compiled is None else self.compiled.run_terms(self, E, images,
+                                                                                                   latents)
+        training_stats.report(f'Loss/E/lpips_{kind}', out['lpips'])
+        training_stats.report(f'Loss/E/pixel_{kind}', out['pixel'])
+        if latents is not None:
+            training_stats.report('Loss/E/latent', out['latent'])
+        training_stats.report('Loss/E/loss', out['loss'])
+        return out['loss']
+
+    def terms(self, E, images, latents=None):
+        """The per-image terms `[N]` of `__call__` without the reports: dict(loss, lpips, pixel[, latent])."""
         pred = E(images)
         recon = self.reconstruct(E, pred)
         out = self.recon_loss(recon, self.recon_loss.prepare_target(images))
         loss = out['loss']
-        training_stats.report(f'Loss/E/lpips_{kind}', out['lpips'])
-        training_stats.report(f'Loss/E/pixel_{kind}', ((recon.detach() - images) / 2).square().mean(dim=(1, 2, 3)))
+        terms = dict(lpips=out['lpips'], pixel=((recon.detach() - images) / 2).square().mean(dim=(1, 2, 3)))
         if latents is not None:
             latent = (pred.to(torch.float32) - latents).square().flatten(1).mean(dim=1)
-            training_stats.report('Loss/E/latent', latent)
+            terms['latent'] = latent
             if self.latent_weight != 0:
                 loss = loss + self.latent_weight * latent
-        training_stats.report('Loss/E/loss', loss)
-        return loss
+        terms['loss'] = loss
+        return terms
 
 #----------------------------------------------------------------------------

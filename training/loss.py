@@ -142,6 +142,7 @@ class StyleGAN2Loss:
         self.pl_no_weight_grad = bool(pl_no_weight_grad) and len(G.w_shape) == 1
         self.pl_mean = torch.zeros([], device=self.device)
         self._pl_skips = torch.zeros([], dtype=torch.int64, device=self.device)
+        self.compiled = None    # `training.compiled_phases.PhaseCompiler`: G and D of the first-order terms compiled
 
     @property
     def pl_mean_skips(self):
@@ -164,12 +165,21 @@ class StyleGAN2Loss:
         return 1.0 if cur_nimg is None else row_start.row_spread(cur_nimg, self.row_spread_kimg,
                                                                  self.row_spread_start_kimg)
 
-    def run_G(self, z, c, spread=1.0):
+    def run_G(self, z, c, spread=1.0, first_order=False):
         """z `[N, *G.z_shape]`, c `[N, c_dim]` -> (img `[N, C, H, W]`, ws `[N, L, *G.w_shape]`).
 
         Only the first mapping call moves w_avg (train mode). The second latent of style mixing comes from
         `G.sample_z` with row spread `spread`, so latent matrices get the rows of `z`'s distribution there too.
+        first_order: no gradient of a gradient will be taken (Gmain, Dmain), so the compiled G may run
+        (`self.compiled`, when set; it returns ws None). A row spread below 1 (the first kimg of `--row-start
+        spread`) runs eagerly: a graph would be specialised to each value of it.
         """
+        if first_order and self.compiled is not None and spread == 1.0:
+            return self.compiled.run_G(self, z, c)
+        return self.generate(z, c, spread)
+
+    def generate(self, z, c, spread=1.0):
+        """`run_G`'s eager body (what the compiled G traces, with spread 1)."""
         ws = self.G.mapping(z, c)
         if self.style_mixing_prob != 0:
             ws = self._mix_with_second_latent(ws, z, c, spread)
@@ -182,9 +192,12 @@ class StyleGAN2Loss:
         second = self.G.sample_z(n, device=z.device, row_spread=spread).to(z.dtype)
         return mix_styles(ws, self.G.mapping(second, c, skip_w_avg_update=True), cutoff)
 
-    def run_D(self, img, c):
-        """img `[N, C, H, W]` (augmented here when a pipe is set) -> logits `[N, 1]`."""
+    def run_D(self, img, c, first_order=False):
+        """img `[N, C, H, W]` (augmented here when a pipe is set) -> logits `[N, 1]`. first_order: as in `run_G`
+        (the augmentation stays eager: its geometry reads values on the host)."""
         seen = img if self.augment_pipe is None else self.augment_pipe(img)
+        if first_order and self.compiled is not None:
+            return self.compiled.run_D(self, seen, c)
         return self.D(seen, c)
 
     def path_lengths(self, z, c, spread=1.0):
@@ -213,8 +226,8 @@ class StyleGAN2Loss:
 
     def _generator_adversarial(self, gen_z, gen_c, gain, spread):
         # ws not kept alive through the backward (W+: [N, L, R, w_dim])
-        img = self.run_G(gen_z, gen_c, spread)[0]
-        logits = self.run_D(img, gen_c)
+        img = self.run_G(gen_z, gen_c, spread, first_order=True)[0]
+        logits = self.run_D(img, gen_c, first_order=True)
         _report_logits('fake', logits)
         per_image = training_stats.report('Loss/G/loss', _softplus(-logits))      # -log sigmoid(f)
         _backward_mean(per_image, gain)
@@ -240,8 +253,8 @@ class StyleGAN2Loss:
 
     def _discriminator_fake(self, gen_z, gen_c, gain, spread):
         with torch.no_grad():
-            img = self.run_G(gen_z, gen_c, spread)[0]
-        logits = self.run_D(img, gen_c)
+            img = self.run_G(gen_z, gen_c, spread, first_order=True)[0]
+        logits = self.run_D(img, gen_c, first_order=True)
         _report_logits('fake', logits)
         per_image = _softplus(logits)                                              # -log(1 - sigmoid(f))
         _backward_mean(per_image, gain)
@@ -251,7 +264,7 @@ class StyleGAN2Loss:
         if r1:
             logits, r1_sq = self.r1_penalty(real_img, real_c)
         else:
-            logits = self.run_D(real_img.detach(), real_c)
+            logits = self.run_D(real_img.detach(), real_c, first_order=True)
         _report_logits('real', logits)
         total = logits * 0                                                          # [N, 1]; keeps D in the graph
         if adversarial:

@@ -333,7 +333,7 @@ class _LayerLatents(torch.autograd.Function):
         if not used:
             return None, None
         num_layers, num_rows = ctx.shape[1], ctx.shape[2]
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             grad_ws = used[0][2].new_zeros(ctx.shape)
             for layer, rows, grad in used:
                 grad_ws[:, layer, :rows] += grad

@@ -19,6 +19,7 @@ import dnnlib
 from torch_utils import training_stats
 from torch_utils.files import append_jsonl
 from training import finetune as finetune_lib, phases as phase_lib, resume as resume_lib, run_setup, snapshot
+from training.compiled_phases import PhaseCompiler
 from training.run_log import RunLog, log_module_summaries, report_tick
 
 #----------------------------------------------------------------------------
@@ -212,6 +213,7 @@ def training_loop(
                                         # None = none.
     precision               = 'fp32',   # 'fp32', 'tf32' or 'mixed' (FP16 where num_fp16_res > 0).
     cudnn_benchmark         = True,     # torch.backends.cudnn.benchmark.
+    compile                 = 'auto',   # torch.compile of G and D in Gmain/Dmain: auto, on, off (compiled_phases).
     abort_fn                = None,     # Callable -> True to stop after the current tick.
     progress_fn             = None,     # Callable(cur_nimg, total_nimg) after each tick.
     verbose                 = True,     # Print log lines on rank 0 (log.txt is always written).
@@ -244,6 +246,8 @@ class TrainingRun(Loop):
         self.phases = phase_lib.setup_phases(self.G, self.D, c.G_opt_kwargs, c.D_opt_kwargs, c.G_reg_interval,
                                              c.D_reg_interval)
         run_setup.log_setup(self.log, self.training_set, self.G, self.D, self.phases)
+        self.phase_compiler = PhaseCompiler(c.compile, log=self.log)
+        self.phase_compiler.attach(self.loss, self.device, int(c.total_kimg * 1000) // max(c.batch_size, 1))
         for line in finetune_lib.describe(c.finetune) if c.finetune else []:
             self.log(line)
         self._start(weights_only=(c.finetune or {}).get('source'))

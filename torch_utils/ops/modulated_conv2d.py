@@ -128,7 +128,7 @@ _cuda_warned = False
 
 def _cuda_available_for(x: torch.Tensor) -> bool:
     global _cuda_warned
-    if x.device.type != 'cuda':
+    if x.device.type != 'cuda' or torch.compiler.is_compiling():   # compiled: the traced reference path
         return False
     try:
         from . import modulated_conv2d_cuda
