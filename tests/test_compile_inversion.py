@@ -76,7 +76,10 @@ def runs(setup):
     breaks_before = sum(torch._dynamo.utils.counters['graph_break'].values())
     out = dict(compiler=compiler)
     out['eager'] = _run(G, loss, space, _targets(2, 0))
-    out['compiled'] = _run(G, loss, space, _targets(2, 0), compiler)
+    out['spread'] = _rounding_spread(G, loss, space, _targets(2, 0), out['eager'])
+    fast = Inverter(G, loss, _targets(2, 0), space, steps=STEPS, compiler=compiler)
+    out['lockstep'] = _lockstep(fast, compiler)
+    out['compiled'] = fast
     masked = Inverter(G, losses.MaskedLoss(loss, _mask(2)), _targets(2, 0), space, steps=STEPS, compiler=compiler)
     out['masked_lockstep'] = _lockstep(masked, compiler)
     out['masked'] = masked
@@ -89,16 +92,64 @@ def _rel(a, b):
     return ((a - b).flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1)).max().item()
 
 
+# Two runs of the same steps, one compiled: how far apart they may end. Adam turns rounding-level differences of a
+# gradient into lr-sized moves wherever a step sits near a kink (a ReLU, LPIPS's normalisation), and then an image
+# takes another path: an eager run whose gradients get 1e-7 relative noise at every step ends, after the 20 steps
+# below, within 8e-7 (latents) / 1.5e-7 (LPIPS curve, of its maximum) of the plain run with this machine's AVX-512
+# kernels, but 1.8e-2 / 7.5e-4 away with AVX2 kernels and 6.0e-2 / 1.6e-3 with ATen's `default` kernels (the
+# compiled run: 2.1e-6, 1.1e-3, 7.9e-2). So the end of a run is compared with the spread measured on the CPU at
+# hand (`_rounding_spread`), and the compiled step itself is held to float rounding at every step (`_lockstep`).
+# The short runs of the other tests are held to fixed bounds that all three kernel sets keep.
+TRAJECTORY_LATENTS, TRAJECTORY_CURVE = 5e-2, 2e-3
+
+
+def _curve_distance(a, b):
+    """Largest difference of two LPIPS histories `[steps, N]`, relative to the largest value of `b`."""
+    return ((a.history - b.history).abs().max() / b.history.abs().max()).item()
+
+
+def _rounding_spread(G, loss, space, targets, eager, seeds=(1, 2)):
+    """How far eager runs of `eager`'s steps end from it when their gradients get 1e-7 relative noise at every
+    step (float rounding): (latents, curve) distances, the largest over `seeds`."""
+    latents = curve = 0.0
+    for seed in seeds:
+        inv = Inverter(G, loss, targets, space, steps=eager.steps)
+        gen, update = torch.Generator().manual_seed(seed), inv.optimizer.step
+
+        def noisy_update(inv=inv, gen=gen, update=update):
+            inv.params.grad.mul_(1 + 1e-7 * torch.randn(inv.params.grad.shape, generator=gen))
+            update()
+        inv.optimizer.step = noisy_update
+        for _ in inv.run():
+            pass
+        latents = max(latents, _rel(inv.params.detach(), eager.params.detach()))
+        curve = max(curve, _curve_distance(inv, eager))
+    return latents, curve
+
+
+def _assert_same_run(fast, eager, spread=None):
+    """`fast` and `eager` (Inverters after the same steps) end at the same latents and LPIPS curves: within 1e-4, or
+    3x the rounding spread of this CPU when it is given (`_rounding_spread`), else within TRAJECTORY_*."""
+    bounds = (TRAJECTORY_LATENTS, TRAJECTORY_CURVE) if spread is None else (max(1e-4, 3 * v) for v in spread)
+    latents_bound, curve_bound = bounds
+    assert _rel(fast.params.detach(), eager.params.detach()) < latents_bound, spread
+    assert _curve_distance(fast, eager) <= curve_bound, spread
+
+
 def test_compiled_steps_equal_eager(runs):
-    """The same 20 steps (Adam, the paper's settings, truncation for the first 10): latents within 1e-4, the LPIPS
-    curves on top of each other."""
+    """The same 20 steps (Adam, the paper's settings, truncation for the first 10). At the latents of every
+    compiled step its loss and gradient equal the eager step's (float rounding; see the masked test for the bound
+    of the worst step), and the two runs end as close as rounding lets two eager runs end (`_rounding_spread`): on
+    this machine's AVX-512 kernels the latents within 1e-4 (measured 2.1e-6), the issue's figure."""
     eager, fast = runs['eager'], runs['compiled']
     assert runs['compiler'].compiler.active, runs['compiler'].compiler.failure
     assert fast.optimizer.param_groups[0]['fused'] and not eager.optimizer.param_groups[0].get('fused')
-    assert _rel(fast.params.detach(), eager.params.detach()) < 1e-4
-    curve_e, curve_c = eager.history, fast.history                         # [steps, N] LPIPS before each update
-    assert (curve_e[-1] < 0.9 * curve_e[0]).all()                           # the steps did optimise
-    assert (curve_c - curve_e).abs().max().item() <= 1e-4 * curve_e.abs().max().item()
+    worst = runs['lockstep']
+    assert max(worst['loss']) < 1e-5, worst
+    grads = sorted(worst['grad'])
+    assert grads[len(grads) // 2] < 1e-5 and grads[-1] < 5e-2, worst
+    assert (eager.history[-1] < 0.9 * eager.history[0]).all()              # the steps did optimise
+    _assert_same_run(fast, eager, runs['spread'])
 
 
 def test_masked_compiled_step_equals_eager_at_every_step(runs):
@@ -142,7 +193,7 @@ def test_auto_compiles_only_when_it_repays(setup):
     fast = _run(G, loss, space, _targets(2, 1), always, steps=6)
     assert always.compiler.graphs == 1 and always.decisions                # steps 4-6 compiled
     assert 'compiling' in logged[0] and 'batch of 2' in logged[0]
-    assert _rel(fast.params.detach(), eager.params.detach()) < 1e-4
+    _assert_same_run(fast, eager)
     slow = InversionCompiler('auto', estimates={'cpu': dict(ratio=0.9, compile_s=1e6)})
     _run(G, loss, space, _targets(2, 1), slow, steps=6)
     assert slow.compiler.graphs == 0
@@ -218,7 +269,7 @@ def test_nvlabs_torchscript_lpips_compiled(setup, tmp_path, convertible):
         assert list(loss.perceptual._traceable) == [(2, 3, RES, RES)] and names == {'inversion step'}
     else:
         assert names == {'inversion synthesis'} and 'stays TorchScript' in logged[0]
-    assert _rel(fast.params.detach(), eager.params.detach()) < 1e-4
+    _assert_same_run(fast, eager)
 
 
 def test_upsampling_loss_compiled_equals_eager(setup):
@@ -230,8 +281,7 @@ def test_upsampling_loss_compiled_equals_eager(setup):
     compiler = InversionCompiler('on')
     fast = upsample_invert(G, low, space, factor=4, steps=8, loss_module=lowres_loss, compiler=compiler)
     assert compiler.compiler.active and compiler.compiler.graphs == 1
-    assert _rel(fast['latents'], eager['latents']) < 1e-4
-    assert (fast['history'] - eager['history']).abs().max() <= 1e-4 * eager['history'].abs().max()
+    _assert_same_run(fast['inverter'], eager['inverter'])
 
 
 def test_invert_cli_compile_on_records_and_matches_off(setup, tmp_path):
@@ -267,4 +317,4 @@ def test_invert_cli_compile_on_records_and_matches_off(setup, tmp_path):
         else:
             assert summary['compile']['graphs'] == 0
     rel = np.linalg.norm(latents['on'] - latents['off']) / np.linalg.norm(latents['off'])
-    assert rel < 1e-4
+    assert rel < TRAJECTORY_LATENTS
