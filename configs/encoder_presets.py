@@ -9,6 +9,7 @@ import json
 import os
 
 import dnnlib
+from torch_utils import compiled
 from training.latent_spaces import SPACES
 
 #----------------------------------------------------------------------------
@@ -120,7 +121,7 @@ def _validate(o):
     need(o.latent_weight >= 0 and o.mse_weight >= 0, '--latent-weight and --mse-weight must be >= 0')
     need(0 < o.lr, '--lr must be positive')
     need(o.resume_kimg >= 0, '--resume-kimg must be >= 0')
-    need(o.compile in ('auto', 'on', 'off'), f"--compile must be auto, on or off, got '{o.compile}'")
+    need(o.compile in compiled.MODES, f"--compile must be auto, on or off, got '{o.compile}'")
 
 
 def build_encoder_kwargs(o):

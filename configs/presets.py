@@ -9,6 +9,7 @@ that is not None (EDM2 style), validates the result and returns the keyword argu
 import os
 
 import dnnlib
+from torch_utils import compiled
 from training import finetune
 from training.augment import AUGPIPE_SPECS
 from training.loss import PL_ROW_REDUCTIONS
@@ -153,7 +154,7 @@ def _validate(o):
     need(o.resume is not None or (o.row_start is None and o.row_spread_kimg is None),
          '--row-start and --row-spread-kimg set how a fine-tuning run starts: give the pretrained StyleGAN2 '
          'with --resume=PKL (and --rows R)')
-    need(o.compile in ('auto', 'on', 'off'), f"--compile must be auto, on or off, got '{o.compile}'")
+    need(o.compile in compiled.MODES, f"--compile must be auto, on or off, got '{o.compile}'")
 
 
 def build_training_kwargs(o):

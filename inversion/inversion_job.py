@@ -20,14 +20,14 @@ import dnnlib
 from metrics.lpips import DEFAULT_LPIPS, MaskUnsupportedError, lpips_network_name
 from metrics.reconstruction import pixel_metrics
 from preprocess.align_folder import AlignFolderError, align_folder, paste_back_folder
-from torch_utils import compiled, distributed, files
+from torch_utils import distributed, files
 from torch_utils.image_io import to_uint8
 from training.encoder import generator_mismatch, load_encoder_pkl
 from training.latent_spaces import AUTO
 
 from . import run_files
 from .compiled_step import InversionCompiler
-from .job_runner import InversionError, check_job_outdir, list_job_targets, load_generator, run_job
+from .job_runner import InversionError, check_compile_mode, check_job_outdir, list_job_targets, load_generator, run_job
 from .losses import MaskedLoss, build_loss, check_mask_support
 from .optimize import Inverter, auto_batch_size
 from .targets import TargetError, decode_target_with_mask, mask_tensor, split_mask, to_tensor
@@ -311,8 +311,7 @@ def run_inversion(cfg, target, outdir, skipped=()):
         raise InversionError(f'--mask {cfg.mask}: not a folder (give a folder of masks named like the targets)')
     if int(cfg.steps) < 0:
         raise InversionError(f'--steps {cfg.steps}: must be 0 or more')
-    if cfg.compile not in compiled.MODES:
-        raise InversionError(f'--compile {cfg.compile!r}: use one of {", ".join(compiled.MODES)}')
+    check_compile_mode(cfg.compile)
     encoder_path = parse_init(cfg.init)
     check_job_outdir(outdir)
     G, sha256 = load_generator(cfg.network, cfg.trust_pickle, device)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from dnnlib.util import one_line
 from figures.curves import lpips_curves
-from torch_utils import checkpoint, distributed
+from torch_utils import checkpoint, compiled, distributed
 from torch_utils.files import check_outdir, make_outdir, outdir_lock, remove_stale_temporaries, save_json
 from torch_utils.image_io import IMAGE_EXTENSIONS
 from training.latent_spaces import LatentSpace
@@ -69,6 +69,12 @@ class Job(Protocol):
         """summary.json of the run."""
 
 #----------------------------------------------------------------------------
+
+def check_compile_mode(mode):
+    """Raise InversionError (one line) unless `mode` is a --compile value (`torch_utils.compiled.MODES`)."""
+    if mode not in compiled.MODES:
+        raise InversionError(f'--compile {mode!r}: use one of {", ".join(compiled.MODES)}')
+
 
 def list_job_targets(target):
     """(sources, ignored) of `targets.list_targets`; InversionError when `target` is missing or holds no candidates."""

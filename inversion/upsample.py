@@ -35,13 +35,21 @@ import torch.nn.functional as F
 from figures import sheets
 from metrics.lpips import DEFAULT_LPIPS, lpips_network_name
 from metrics.reconstruction import pixel_metrics
-from torch_utils import compiled, distributed
+from torch_utils import distributed
 from torch_utils.image_io import save_png, to_uint8
 from training.latent_spaces import AUTO
 
 from . import run_files
 from .compiled_step import InversionCompiler
-from .job_runner import InversionError, check_job_outdir, default_summary, list_job_targets, load_generator, run_job
+from .job_runner import (
+    InversionError,
+    check_compile_mode,
+    check_job_outdir,
+    default_summary,
+    list_job_targets,
+    load_generator,
+    run_job,
+)
 from .losses import build_loss
 from .optimize import Inverter
 from .targets import decode_target, to_tensor
@@ -341,8 +349,7 @@ def run_upsample(cfg, outdir):
         raise InversionError(f'--truncation must be in [0, 1] and --lr positive, got {cfg.truncation} and {cfg.lr}')
     if cfg.mode not in MODES or cfg.loss not in LOSSES:
         raise InversionError(f'--mode must be one of {MODES} and --loss one of {LOSSES}')
-    if cfg.compile not in compiled.MODES:
-        raise InversionError(f'--compile {cfg.compile!r}: use one of {", ".join(compiled.MODES)}')
+    check_compile_mode(cfg.compile)
     args = cfg.to_json(outdir=outdir)                                      # The device as given.
     device = distributed.resolve_device(cfg.device)
     cfg = cfg.replace(device=str(device))

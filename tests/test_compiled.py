@@ -223,3 +223,22 @@ def test_cache_dir_default_and_override(monkeypatch, tmp_path):
     assert compiled.use_cache_dir() == ours
     import os
     assert os.environ['TORCHINDUCTOR_CACHE_DIR'] == ours
+
+
+def test_inversion_and_upsampling_jobs_refuse_an_unknown_mode(tmp_path):
+    """The Python API's InversionConfig / UpsampleConfig(compile=...) are checked before anything is loaded or
+    written (the CLIs' click.Choice does it for the flags)."""
+    import numpy as np
+    import PIL.Image
+
+    from inversion.inversion_job import InversionConfig, InversionError, run_inversion
+    from inversion.upsample import UpsampleConfig, run_upsample
+    PIL.Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / 'a.png')
+    expected = "--compile 'sometimes': use one of auto, on, off"
+    with pytest.raises(InversionError, match=expected):
+        run_inversion(InversionConfig(network=str(tmp_path / 'missing.pkl'), compile='sometimes', progress=False),
+                      str(tmp_path / 'a.png'), str(tmp_path / 'out'))
+    with pytest.raises(InversionError, match=expected):
+        run_upsample(UpsampleConfig(network=str(tmp_path / 'missing.pkl'), target=str(tmp_path / 'a.png'),
+                                    compile='sometimes', progress=False), str(tmp_path / 'up'))
+    assert not (tmp_path / 'out').exists() and not (tmp_path / 'up').exists()

@@ -337,3 +337,9 @@ def test_two_process_run(files, tmp_path):
     assert stats[-1]['Progress/kimg']['mean'] == pytest.approx(0.008)
     assert stats[0]['Loss/E/loss']['num'] == 4                  # tick 0 = one step: 2 images on each of 2 ranks
     assert 'encoder-snapshot-000000.008.pkl' in os.listdir(run_dir)
+
+
+def test_compile_option_is_carried_and_checked(files):
+    assert config(files['matrix']).compile == 'auto' and config(files['matrix'], compile='off').compile == 'off'
+    with pytest.raises(ValueError, match="--compile must be auto, on or off, got 'fast'"):
+        config(files['matrix'], compile='fast')
