@@ -28,7 +28,6 @@ import dnnlib
 from torch_utils import checkpoint, training_stats
 from torch_utils.image_io import make_grid, save_png, to_uint8
 from training import phases as phase_lib, resume as resume_lib, run_setup, snapshot
-from training.compiled_phases import PhaseCompiler
 from training.encoder_loss import EncoderLoss
 from training.run_log import report_tick
 from training.training_loop import Loop
@@ -141,8 +140,7 @@ class EncoderRun(Loop):
         self.phases = [phase_lib.Phase('Emain', self.E, opt, 1)]
         recon = dnnlib.util.call_func_by_name(device=self.device, **c.loss_kwargs)
         self.loss = EncoderLoss(self.G, c.space, recon, latent_weight=c.latent_weight, sample_psi=c.sample_psi)
-        self.phase_compiler = PhaseCompiler(c.compile, log=self.log)
-        self.phase_compiler.attach(self.loss, self.device, int(c.total_kimg * 1000) // max(c.batch_size, 1))
+        self._attach_phase_compiler()
         n_params = sum(p.numel() for p in self.E.parameters())
         self.log(f'Generator: {self.network_path} (sha256 {self.network_sha256[:12]}), latent rows '
                  f'{self.G.latent_rows}, {self.G.img_resolution} px; encoder into {c.space} '

@@ -72,6 +72,13 @@ class Loop:
         self.fresh = resume_lib.seed_and_resume(self.run_state, c.random_seed, c.resume_pkl, c.resume_fallbacks,
                                                 c.resume_kimg, weights_only=weights_only)
 
+    def _attach_phase_compiler(self):
+        """--compile: a `PhaseCompiler` for `self.loss`'s first-order calls, decided from the configuration only
+        (the steps the run plans), so that a resumed run decides as the uninterrupted one did."""
+        c = self.cfg
+        self.phase_compiler = PhaseCompiler(c.compile, log=self.log)
+        self.phase_compiler.attach(self.loss, self.device, int(c.total_kimg * 1000) // max(c.batch_size, 1))
+
     def count_skip(self, what, detail):
         """Count one non-finite event (`progress.skipped_steps`, `progress.skipped[what]`) and log it: a gradient
         (the step is skipped) or a running statistic's update (that update is)."""
@@ -246,8 +253,7 @@ class TrainingRun(Loop):
         self.phases = phase_lib.setup_phases(self.G, self.D, c.G_opt_kwargs, c.D_opt_kwargs, c.G_reg_interval,
                                              c.D_reg_interval)
         run_setup.log_setup(self.log, self.training_set, self.G, self.D, self.phases)
-        self.phase_compiler = PhaseCompiler(c.compile, log=self.log)
-        self.phase_compiler.attach(self.loss, self.device, int(c.total_kimg * 1000) // max(c.batch_size, 1))
+        self._attach_phase_compiler()
         for line in finetune_lib.describe(c.finetune) if c.finetune else []:
             self.log(line)
         self._start(weights_only=(c.finetune or {}).get('source'))
