@@ -153,3 +153,24 @@ def test_compiled_encoder_step_equals_eager():
     assert abs(values['on'][1] - values['off'][1]) <= 1e-5 * abs(values['off'][1])
     assert abs(values['on'][2] - values['off'][2]) <= 1e-5 * abs(values['off'][2])
     assert (grads['on'] - grads['off']).norm() <= 1e-4 * grads['off'].norm()
+
+
+def test_first_order_calls_take_the_compiled_G_only_at_full_row_spread():
+    """StyleGAN2Loss.run_G: the compiled G (attached PhaseCompiler) for first-order terms at the paper's row spread
+    (1); eagerly during a `--row-start spread` warm-up (spread < 1: a graph would be specialised to each value) and
+    for the terms that take gradients of gradients."""
+    from training.loss import StyleGAN2Loss
+
+    class Recorder:
+        def run_G(self, loss, z, c):
+            return 'compiled', None
+
+    class Loss:
+        compiled = Recorder()
+
+        def generate(self, z, c, spread=1.0):
+            return 'eager', spread
+    run_G = StyleGAN2Loss.run_G
+    assert run_G(Loss(), None, None, 1.0, first_order=True) == ('compiled', None)
+    assert run_G(Loss(), None, None, 0.5, first_order=True) == ('eager', 0.5)
+    assert run_G(Loss(), None, None, 1.0) == ('eager', 1.0)
